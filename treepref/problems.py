@@ -2,8 +2,10 @@
 
 from __future__ import annotations
 
+import json as _json
 from dataclasses import dataclass, field
-from typing import Any
+from pathlib import Path
+from typing import Any, Iterable, Iterator
 
 
 @dataclass(frozen=True)
@@ -29,3 +31,264 @@ class Problem:
         if system and not any(m.get("role") == "system" for m in msgs):
             msgs = [{"role": "system", "content": system}] + msgs
         return msgs
+
+
+# -- loading ------------------------------------------------------------------------------------------
+# A problems file is user data: one bad row must never stop a long run, and every bad row must be
+# findable in the file. So loaders return the good problems together with a list of errors.
+
+@dataclass(frozen=True)
+class ProblemError:
+    """One malformed row: where it is (file, 1-based line or row) and what is wrong with which field."""
+
+    file: str
+    line: int
+    field: str | None  # None: the whole row (bad JSON, not an object)
+    reason: str
+
+    def __str__(self) -> str:
+        where = f"{self.file}:{self.line}"
+        return f"{where}: {self.field}: {self.reason}" if self.field else f"{where}: {self.reason}"
+
+
+class ProblemLoadError(ValueError):
+    """Raised by callers that want a strict load (e.g. the CLI with no tolerance for bad rows)."""
+
+    def __init__(self, errors: list[ProblemError]):
+        self.errors = list(errors)
+        shown = "\n".join(f"  {e}" for e in self.errors[:20])
+        more = f"\n  ... and {len(self.errors) - 20} more" if len(self.errors) > 20 else ""
+        super().__init__(f"{len(self.errors)} malformed problem row(s):\n{shown}{more}")
+
+
+def read_rows(path: str | Path) -> Iterator[tuple[int, dict | ProblemError]]:
+    """Yield ``(line, row)`` from a JSONL, JSON (a list of objects) or parquet file.
+
+    A row that cannot be read yields a :class:`ProblemError` in its place. JSONL lines are physical
+    1-based line numbers (blank lines are skipped); parquet and JSON-array rows are 1-based row numbers.
+    """
+    path = Path(path)
+    name = str(path)
+    suffix = path.suffix.lower()
+    if suffix == ".parquet":
+        import pyarrow.parquet as pq
+
+        for i, row in enumerate(pq.read_table(path).to_pylist(), start=1):
+            yield i, row
+        return
+    if suffix == ".json":
+        text = path.read_text(encoding="utf-8", errors="replace")
+        try:
+            data = _json.loads(text)
+        except ValueError:
+            data = None  # maybe JSON Lines with a .json name; read it line by line below
+        if isinstance(data, list):
+            for i, row in enumerate(data, start=1):
+                yield i, row if isinstance(row, dict) else ProblemError(name, i, None, "row is not a JSON object")
+            return
+        if isinstance(data, dict):
+            yield 1, data
+            return
+    with path.open("rb") as f:
+        for i, raw in enumerate(f, start=1):
+            try:
+                line = raw.decode("utf-8")
+            except UnicodeDecodeError as e:
+                yield i, ProblemError(name, i, None, f"not UTF-8 text ({e.reason} at byte {e.start})")
+                continue
+            if not line.strip():
+                continue
+            try:
+                row = _json.loads(line)
+            except ValueError as e:
+                yield i, ProblemError(name, i, None, f"bad JSON: {e}")
+                continue
+            yield i, row if isinstance(row, dict) else ProblemError(name, i, None, "row is not a JSON object")
+
+
+def _check_prompt(value: Any) -> str | None:
+    """Why ``value`` is not a usable prompt, or None when it is."""
+    if isinstance(value, str):
+        return "empty prompt" if not value.strip() else None
+    if isinstance(value, list):
+        if not value:
+            return "empty prompt (no messages)"
+        for m in value:
+            if not (isinstance(m, dict) and isinstance(m.get("role"), str) and isinstance(m.get("content"), str)):
+                return "chat messages must be objects with string 'role' and 'content'"
+        if not any(m["content"].strip() for m in value):
+            return "empty prompt (all messages empty)"
+        return None
+    return f"expected a string or a list of chat messages, got {type(value).__name__}"
+
+
+def _answer_text(value: Any) -> tuple[str | None, str | None]:
+    """(answer as text, error reason). Numbers are accepted and written as text."""
+    if value is None or isinstance(value, str):
+        return value, None
+    if isinstance(value, bool):
+        return None, "expected a string or a number, got bool"
+    if isinstance(value, int):
+        return str(value), None
+    if isinstance(value, float):
+        return (str(int(value)) if value.is_integer() else repr(value)), None
+    return None, f"expected a string or a number, got {type(value).__name__}"
+
+
+def row_to_problem(row: dict, *, file: str, line: int, seen: dict[str, int], id_field: str = "id",
+                   prompt_field: str = "prompt", answer_field: str | None = "answer",
+                   default_id: str | None = None) -> Problem | list[ProblemError]:
+    """Validate one row and build its Problem, or return every error found in it.
+
+    ``seen`` maps ids already loaded to their line, to report duplicates; it is updated on success.
+    Fields other than id/prompt/answer go to ``meta`` (a ``meta`` object in the row is merged in).
+    """
+    errors: list[ProblemError] = []
+    err = lambda fld, why: errors.append(ProblemError(file, line, fld, why))  # noqa: E731
+
+    pid = row.get(id_field)
+    if pid is None:
+        pid = default_id if default_id is not None else f"{Path(file).stem}-{line}"
+    elif isinstance(pid, bool) or not isinstance(pid, (str, int)):
+        err(id_field, f"expected a string or an integer, got {type(pid).__name__}")
+    elif not str(pid).strip():
+        err(id_field, "empty id")
+    pid = str(pid)
+    if not errors and pid in seen:
+        err(id_field, f"duplicate id {pid!r} (first at line {seen[pid]})")
+
+    prompt = row.get(prompt_field)
+    if prompt_field not in row or prompt is None:
+        err(prompt_field, "missing prompt")
+    elif (why := _check_prompt(prompt)) is not None:
+        err(prompt_field, why)
+
+    answer = None
+    if answer_field is not None:
+        answer, why = _answer_text(row.get(answer_field))
+        if why:
+            err(answer_field, why)
+
+    meta = row.get("meta") if isinstance(row.get("meta"), dict) else {}
+    meta = {**{k: v for k, v in row.items() if k not in (id_field, prompt_field, answer_field, "meta")}, **meta}
+    if errors:
+        return errors
+    seen[pid] = line
+    return Problem(id=pid, prompt=prompt, answer=answer, meta=meta)
+
+
+def _collect(rows: Iterable[tuple[int, dict | ProblemError]], file: str,
+             **fields: Any) -> tuple[list[Problem], list[ProblemError]]:
+    problems: list[Problem] = []
+    errors: list[ProblemError] = []
+    seen: dict[str, int] = {}
+    for line, row in rows:
+        if isinstance(row, ProblemError):
+            errors.append(row)
+            continue
+        out = row_to_problem(row, file=file, line=line, seen=seen, **fields)
+        if isinstance(out, Problem):
+            problems.append(out)
+        else:
+            errors.extend(out)
+    return problems, errors
+
+
+def load_problems(path: str | Path, *, id_field: str = "id", prompt_field: str = "prompt",
+                  answer_field: str | None = "answer") -> tuple[list[Problem], list[ProblemError]]:
+    """Load problems from a JSONL, JSON or parquet file.
+
+    Returns ``(problems, errors)``: every malformed row (bad JSON, missing/empty/mistyped prompt, mistyped
+    answer or id, duplicate id) becomes a :class:`ProblemError` naming file, line and field, and the good
+    rows are still returned. A row without an id gets ``"{file stem}-{line}"``. ``answer_field=None``
+    loads problems without reference answers. A missing file raises ``FileNotFoundError``.
+    """
+    path = Path(path)
+    if not path.is_file():
+        raise FileNotFoundError(f"problems file not found: {path}")
+    return _collect(read_rows(path), str(path), id_field=id_field, prompt_field=prompt_field,
+                    answer_field=answer_field)
+
+
+def from_dataset(ds: Any, *, id_field: str = "id", prompt_field: str = "prompt",
+                 answer_field: str | None = "answer", name: str | None = None
+                 ) -> tuple[list[Problem], list[ProblemError]]:
+    """Problems from a ``datasets.Dataset`` (or any iterable of dict rows), validated like a file.
+
+    Errors name the dataset (``name``, else the dataset's own name) and the 1-based row number; a row
+    without an id gets ``"{name}-{row}"``.
+    """
+    if name is None:
+        info = getattr(ds, "info", None)
+        name = getattr(info, "dataset_name", None) or "dataset"
+    rows = ((i, row if isinstance(row, dict) else ProblemError(name, i, None, "row is not a mapping"))
+            for i, row in enumerate(ds, start=1))
+    return _collect(rows, name, id_field=id_field, prompt_field=prompt_field, answer_field=answer_field)
+
+
+# -- sources by name (the CLI's `problems:` section) --------------------------------------------------
+
+SOURCES = ("arithmetic", "gsm8k", "math", "reasoning_gym", "file")
+
+
+def _split_path(path: str | Path | None, split: str | None, source: str) -> Path:
+    """Resolve ``path`` (+ optional ``split``): a folder with ``{split}.jsonl``/``{split}/``, or a file."""
+    if path is None:
+        raise ValueError(f"problems source {source!r} needs `path` (a local file or folder)")
+    p = Path(path)
+    if split:
+        for cand in (p / f"{split}.jsonl", p / f"{split}.parquet", p / split):
+            if cand.exists():
+                return cand
+        raise FileNotFoundError(f"no split {split!r} under {p} (looked for {split}.jsonl, {split}.parquet, {split}/)")
+    if not p.exists():
+        raise FileNotFoundError(f"problems path not found: {p}")
+    return p
+
+
+def build_problems(source: str, *, count: int | None = None, seed: int = 0, difficulty: int = 3,
+                   path: str | Path | None = None, split: str | None = None, task: str | None = None,
+                   id_field: str = "id", prompt_field: str = "prompt", answer_field: str | None = "answer",
+                   options: dict | None = None) -> tuple[list[Problem], list[ProblemError]]:
+    """Problems from a named source; the CLI passes its YAML ``problems:`` section as keywords.
+
+    - ``arithmetic``: built-in multi-step arithmetic; ``count`` (default 100), ``seed``, ``difficulty``
+      (number of operations).
+    - ``gsm8k``: local GSM8K JSONL (``question``/``answer`` with ``#### N``); ``path``, optional ``split``.
+    - ``math``: local MATH (folder of per-problem JSON files, or JSONL); ``path``, optional ``split``.
+    - ``reasoning_gym``: ``task`` from the reasoning-gym package, ``count`` (default 100), ``seed``;
+      ``options`` are passed to the task's config (e.g. ``{"min_terms": 2}``).
+    - ``file``: any JSONL/JSON/parquet file via :func:`load_problems` with the ``*_field`` names.
+
+    ``count`` on file sources keeps the first ``count`` good problems (file order, so runs are
+    reproducible). ``split`` picks ``{path}/{split}.jsonl``, ``{path}/{split}.parquet`` or ``{path}/{split}/``.
+    Returns ``(problems, errors)``; unknown source names raise ``ValueError``.
+    """
+    name = source.strip().lower().replace("-", "_")
+    if count is not None and count < 0:
+        raise ValueError(f"count must be >= 0, got {count}")
+    errors: list[ProblemError] = []
+    if name == "arithmetic":
+        from treepref.domains.arithmetic import generate
+
+        return generate(100 if count is None else count, seed=seed, difficulty=difficulty), errors
+    if name == "reasoning_gym":
+        from treepref.domains.reasoning_gym import load_reasoning_gym
+
+        if not task:
+            raise ValueError("problems source 'reasoning_gym' needs `task` (e.g. 'gsm_symbolic')")
+        return load_reasoning_gym(task, count=100 if count is None else count, seed=seed, **(options or {})), errors
+    if name == "gsm8k":
+        from treepref.domains.gsm8k import load_gsm8k
+
+        problems, errors = load_gsm8k(_split_path(path, split, name))
+    elif name == "math":
+        from treepref.domains.math_dataset import load_math
+
+        problems, errors = load_math(_split_path(path, split, name))
+    elif name == "file":
+        problems, errors = load_problems(_split_path(path, split, name), id_field=id_field,
+                                         prompt_field=prompt_field, answer_field=answer_field)
+    else:
+        raise ValueError(f"unknown problems source {source!r}; choose one of {', '.join(SOURCES)}")
+    return (problems if count is None else problems[:count]), errors

@@ -1,11 +1,17 @@
 """Pieces every search shares: expanding a node into sampled child steps, and Monte Carlo rollouts.
 
-A search is an ``async`` function ``(problem, ctx) -> Tree``. Everything a search needs from the outside
-world travels in ``SearchContext``, so the algorithms never import a backend or a domain.
+A search is an ``async`` function ``(problem, ctx, cfg) -> Tree``. Everything a search needs from the outside
+world travels in ``SearchContext``, so the algorithms never import a backend or a domain; ``cfg`` is the
+search's own config dataclass.
+
+Every generation made through these helpers is counted in ``tree.meta["generated_tokens"]`` and
+``tree.meta["policy_requests"]``, so throughput and yield can be measured per tree whatever the search.
 """
 
 from __future__ import annotations
 
+import asyncio
+import dataclasses
 import math
 from dataclasses import dataclass, field
 
@@ -28,22 +34,43 @@ class SearchContext:
 def new_tree(problem: Problem, ctx: SearchContext, search: str, settings: dict) -> tuple[Tree, dict[int, State]]:
     """An empty tree for ``problem`` and the node -> state map the search keeps beside it."""
     tree = Tree(problem_id=problem.id, prompt=problem.prompt, answer=problem.answer,
-                meta={"search": search, "settings": settings})
+                meta={"search": search, "settings": settings, "generated_tokens": 0, "policy_requests": 0})
     return tree, {ROOT: ctx.env.initial(problem)}
+
+
+def settings_of(cfg) -> dict:
+    """A search config as JSON-ready settings for ``tree.meta`` (callables become their qualified name)."""
+    out = {}
+    for f in dataclasses.fields(cfg):
+        v = getattr(cfg, f.name)
+        if callable(v):
+            v = f"{getattr(v, '__module__', '?')}:{getattr(v, '__qualname__', type(v).__name__)}"
+        out[f.name] = v
+    return out
+
+
+def record_generation(tree: Tree, results: list[list[Completion]]) -> None:
+    """Count one policy request's generated tokens in the tree's meta."""
+    tree.meta["generated_tokens"] = tree.meta.get("generated_tokens", 0) + sum(
+        c.n_tokens for r in results for c in r)
+    tree.meta["policy_requests"] = tree.meta.get("policy_requests", 0) + 1
 
 
 def step_params(ctx: SearchContext, n: int) -> Sampling:
     return ctx.sampling.with_(n=n, stop=tuple(ctx.env.stop))
 
 
-async def expand(tree: Tree, states: dict[int, State], node: int, ctx: SearchContext, k: int) -> list[int]:
+async def expand(tree: Tree, states: dict[int, State], node: int, ctx: SearchContext, k: int,
+                 prior_temperature: float = 1.0) -> list[int]:
     """Sample ``k`` next steps from ``node`` as one request and add them as children.
 
     Identical step texts are merged into one child whose ``samples`` counts them, so sibling pairs never
     compare a step with itself. Returns the ids of the new children (empty steps are dropped).
     """
     state = states[node]
-    [completions] = await ctx.policy.generate([ctx.env.render(state)], step_params(ctx, k))
+    results = await ctx.policy.generate([ctx.env.render(state)], step_params(ctx, k))
+    record_generation(tree, results)
+    [completions] = results
     children: list[int] = []
     by_text: dict[str, int] = {}
     for c in completions:
@@ -63,7 +90,7 @@ async def expand(tree: Tree, states: dict[int, State], node: int, ctx: SearchCon
         states[child] = tr.state
         by_text[text] = child
         children.append(child)
-    set_priors(tree, tree.children(node))
+    set_priors(tree, tree.children(node), prior_temperature)
     return children
 
 
@@ -95,8 +122,12 @@ async def rollouts(tree: Tree, states: dict[int, State], node: int, ctx: SearchC
     if tree.terminated[node] or tree.truncated[node]:
         r = tree.reward[node]
         return [truncated_reward if r is None else r] * n
+    if n <= 0:
+        return []
     params = ctx.sampling.with_(n=n, stop=(), max_tokens=ctx.rollout_max_tokens)
-    [completions] = await ctx.policy.generate([ctx.env.render(state)], params)
+    results = await ctx.policy.generate([ctx.env.render(state)], params)
+    record_generation(tree, results)
+    [completions] = results
     rewards = []
     for c in completions:
         reward = await _play_out(tree, states, node, ctx, c, truncated_reward)
@@ -137,3 +168,24 @@ def leaf_value(tree: Tree, node: int, truncated_reward: float = 0.0) -> float | 
 
 def step_children(tree: Tree, node: int) -> list[int]:
     return tree.children(node, kind=STEP)
+
+
+async def value_by_rollouts(tree: Tree, states: dict[int, State], nodes: list[int], ctx: SearchContext,
+                            n: int, truncated_reward: float = 0.0) -> list[float]:
+    """Value each of ``nodes`` by ``n`` rollouts at once; back every outcome up to the root.
+
+    A final node is worth its own reward (backed up once: re-sampling it would add nothing). A node's
+    value is the mean outcome; ``Tree.value`` of an ancestor is then the mean over every completion that
+    passed through it. All rollout requests are issued together so the backend can batch them.
+    """
+    async def one(node: int) -> float:
+        final = leaf_value(tree, node, truncated_reward)
+        if final is not None:
+            tree.backup(node, final)
+            return final
+        outcomes = await rollouts(tree, states, node, ctx, n, truncated_reward)
+        for r in outcomes:
+            tree.backup(node, r)
+        return sum(outcomes) / len(outcomes) if outcomes else truncated_reward
+
+    return list(await asyncio.gather(*(one(c) for c in nodes)))

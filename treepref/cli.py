@@ -1,0 +1,241 @@
+"""Command line: ``treepref generate`` searches and writes trees; ``treepref extract`` turns trees into data.
+
+A run folder holds ``config.yaml`` (the resolved config), ``trees/`` (one JSON file per problem),
+``problem_errors.jsonl`` (rows of the problems file that could not be read), ``errors.jsonl`` (problems whose
+search failed), ``exports/<format>/`` (datasets with their ``stats.json``) and ``summary.json``.
+"""
+
+from __future__ import annotations
+
+import argparse
+import asyncio
+import json
+import os
+import sys
+import time
+from pathlib import Path
+
+from treepref.config import Config, ConfigError, load_config
+
+
+def main(argv: list[str] | None = None) -> int:
+    parser = argparse.ArgumentParser(prog="treepref", description=__doc__.splitlines()[0])
+    sub = parser.add_subparsers(dest="command", required=True)
+
+    gen = sub.add_parser("generate", help="search problems with a model and write trees (and exports)")
+    gen.add_argument("--config", "-c", required=True, help="YAML recipe, e.g. configs/demo.yaml")
+    gen.add_argument("--output", "-o", help="run folder (default: run.output of the config)")
+    gen.add_argument("--set", dest="overrides", action="append", default=[], metavar="KEY=VALUE",
+                     help="override a config value, e.g. --set search.options.simulations=8")
+    gen.add_argument("--no-extract", action="store_true", help="write trees only")
+    gen.add_argument("--quiet", action="store_true", help="no progress bar")
+
+    ext = sub.add_parser("extract", help="export preference data from a run's trees")
+    ext.add_argument("run", help="run folder written by treepref generate")
+    ext.add_argument("--format", "-f", action="append", dest="formats", help="format name (repeatable)")
+    ext.add_argument("--rule", help="pair selection rule")
+    ext.add_argument("--value", help="which node value orders pairs: value | mc | reward | a scores key")
+    ext.add_argument("--layout", choices=["standard", "conversational"])
+    ext.add_argument("--set", dest="overrides", action="append", default=[], metavar="KEY=VALUE",
+                     help="extract option, e.g. --set min_margin=0.3")
+
+    show = sub.add_parser("show", help="print a run's summary and one tree as an outline")
+    show.add_argument("run")
+    show.add_argument("--problem", help="problem id (default: the first tree)")
+
+    args = parser.parse_args(argv)
+    try:
+        if args.command == "generate":
+            return _generate(args)
+        if args.command == "extract":
+            return _extract(args)
+        return _show(args)
+    except ConfigError as exc:
+        print(f"treepref: config error: {exc}", file=sys.stderr)
+        return 2
+
+
+# -- generate -------------------------------------------------------------------------------------------
+def _generate(args) -> int:
+    cfg = load_config(args.config, args.overrides)
+    out = Path(args.output or cfg.run.output)
+    out.mkdir(parents=True, exist_ok=True)
+    import yaml
+
+    (out / "config.yaml").write_text(yaml.safe_dump(cfg.to_dict(), sort_keys=False), encoding="utf-8")
+
+    problems = _problems(cfg, out)
+    if not problems:
+        print("treepref: no problems to search", file=sys.stderr)
+        return 1
+    started = time.time()
+    summary = asyncio.run(_search_all(cfg, problems, out, progress=not args.quiet))
+    result = {"config": str(args.config), "output": str(out), **summary.to_dict()}
+    if not args.no_extract:
+        result["exports"] = _export(out, cfg, cfg.extract.formats, cfg.extract.rule, cfg.extract.value,
+                                    cfg.extract.layout, cfg.extract.options)
+    result["total_wall_time_s"] = round(time.time() - started, 3)
+    from treepref.runner import write_json
+
+    write_json(out / "summary.json", result)
+    _print_summary(result)
+    return 0
+
+
+def _problems(cfg: Config, out: Path):
+    from treepref.problems import build_problems
+
+    problems, errors = build_problems(cfg.problems.source, **cfg.problems.options)
+    if errors:
+        from treepref.runner import write_json  # noqa: F401  (same atomic writer family)
+        from treepref.tree import atomic_write_text
+
+        lines = [json.dumps(_error_dict(e), ensure_ascii=False) for e in errors]
+        atomic_write_text(out / "problem_errors.jsonl", "\n".join(lines) + "\n")
+        for e in errors[:20]:
+            print(f"treepref: skipped bad problem: {e}", file=sys.stderr)
+        if len(errors) > 20:
+            print(f"treepref: ... {len(errors) - 20} more in {out / 'problem_errors.jsonl'}", file=sys.stderr)
+    return problems
+
+
+def _error_dict(err) -> dict:
+    import dataclasses
+
+    if dataclasses.is_dataclass(err):
+        return dataclasses.asdict(err)
+    return {"error": str(err)}
+
+
+def build_context(cfg: Config, policy):
+    """The environment and sampling settings of a config, around an existing policy."""
+    from treepref.backends.base import Sampling
+    from treepref.envs.reasoning import DEFAULT_SYSTEM, ReasoningEnv
+    from treepref.search.base import SearchContext
+
+    env_kwargs = dict(template=policy.chat_prompt, delimiter=cfg.env.delimiter, max_depth=cfg.env.max_depth,
+                      max_tokens=cfg.env.max_tokens,
+                      system=DEFAULT_SYSTEM if cfg.env.system == "default" else cfg.env.system)
+    if cfg.env.answer_pattern:
+        env_kwargs["answer_pattern"] = cfg.env.answer_pattern
+    env = ReasoningEnv(**env_kwargs)
+    s = cfg.sampling
+    sampling = Sampling(temperature=s.temperature, top_p=s.top_p, max_tokens=s.max_tokens, seed=s.seed)
+    return SearchContext(env=env, policy=policy, sampling=sampling, rollout_max_tokens=s.rollout_max_tokens)
+
+
+async def _search_all(cfg: Config, problems, out: Path, progress: bool):
+    from treepref.backends import make_policy
+    from treepref.runner import run_problems
+    from treepref.search import build_config, get_search
+
+    search_fn = get_search(cfg.search.name)
+    search_cfg = build_config(cfg.search.name, cfg.search.options, cfg.source)
+    policy = make_policy(cfg.model.backend, cfg.model.name, **cfg.model.options)
+    try:
+        ctx = build_context(cfg, policy)
+        return await run_problems(problems, search_fn, search_cfg, ctx, out, concurrency=cfg.run.concurrency,
+                                  resume=cfg.run.resume, progress=progress)
+    finally:
+        close = getattr(policy, "close", None)
+        if close is not None:
+            result = close()
+            if asyncio.iscoroutine(result):
+                await result
+
+
+# -- extract --------------------------------------------------------------------------------------------
+def _extract(args) -> int:
+    run = Path(args.run)
+    cfg_path = run / "config.yaml"
+    if not cfg_path.exists():
+        raise ConfigError(f"{run}: not a run folder (no config.yaml); run treepref generate first")
+    cfg = load_config(cfg_path)
+    options = dict(cfg.extract.options)
+    import yaml
+
+    for item in args.overrides:
+        key, sep, raw = item.partition("=")
+        if not sep:
+            raise ConfigError(f"--set {item!r}: expected key=value")
+        options[key] = yaml.safe_load(raw)
+    formats = args.formats or cfg.extract.formats
+    from treepref.extract import FORMATS, RULES
+
+    for fmt in formats:
+        if fmt not in FORMATS:
+            raise ConfigError(f"--format: unknown format {fmt!r} (known: {', '.join(sorted(FORMATS))})")
+    rule = args.rule or cfg.extract.rule
+    if rule not in RULES:
+        raise ConfigError(f"--rule: unknown rule {rule!r} (known: {', '.join(sorted(RULES))})")
+    result = _export(run, cfg, formats, rule, args.value or cfg.extract.value, args.layout or cfg.extract.layout,
+                     options)
+    print(json.dumps(result, indent=2))
+    return 0
+
+
+def _export(run: Path, cfg: Config, formats, rule, value, layout, options) -> dict:
+    from treepref.extract import template_from_tokenizer, write_export
+    from treepref.models import resolve_model
+    from treepref.runner import load_trees
+
+    trees = load_trees(run)
+    model = resolve_model(cfg.model.name)
+    template = template_from_tokenizer(model) if os.path.isdir(model) else None
+    results = {}
+    for fmt in formats:
+        stats = write_export(trees, run / "exports" / fmt, fmt, template=template, layout=layout, rule=rule,
+                             value=value, recipe=Path(cfg.source).stem, system=_system(cfg),
+                             delimiter=cfg.env.delimiter, **options)
+        results[fmt] = {k: stats[k] for k in ("rows", "pairs_per_problem", "problems_with_pairs",
+                                              "generated_tokens_per_pair") if k in stats}
+    return results
+
+
+def _system(cfg: Config):
+    from treepref.envs.reasoning import DEFAULT_SYSTEM
+
+    return DEFAULT_SYSTEM if cfg.env.system == "default" else cfg.env.system
+
+
+# -- show -----------------------------------------------------------------------------------------------
+def _show(args) -> int:
+    from treepref.runner import load_trees
+
+    run = Path(args.run)
+    if (run / "summary.json").exists():
+        print((run / "summary.json").read_text())
+    trees = load_trees(run)
+    if args.problem:
+        trees = [t for t in trees if t.problem_id == args.problem]
+    if not trees:
+        print("no trees", file=sys.stderr)
+        return 1
+    tree = trees[0]
+    print(f"# {tree.problem_id}  (answer: {tree.answer})")
+    kids = tree.children_map()
+
+    def walk(node: int, indent: int) -> None:
+        for c in kids[node]:
+            if tree.kind[c] != "step":
+                continue
+            v = tree.value(c)
+            tag = "T" if tree.terminated[c] else ("X" if tree.truncated[c] else " ")
+            text = tree.text[c].replace("\n", " ")[:90]
+            print(f"{'  ' * indent}[{tag}] v={'-' if v is None else f'{v:.2f}'} n={tree.visits[c]} {text}")
+            walk(c, indent + 1)
+
+    walk(0, 0)
+    return 0
+
+
+def _print_summary(result: dict) -> None:
+    keys = ("problems", "searched", "resumed", "failed", "nodes", "generated_tokens", "wall_time_s")
+    print("treepref: " + ", ".join(f"{k}={result[k]}" for k in keys if k in result))
+    for fmt, stats in result.get("exports", {}).items():
+        print(f"treepref: export {fmt}: {stats}")
+    print(f"treepref: wrote {result['output']}")
+
+
+if __name__ == "__main__":
+    sys.exit(main())

@@ -1,0 +1,229 @@
+"""Run configuration: one YAML file per recipe, validated before anything heavy starts.
+
+Every section is a dataclass. An unknown key or a value of the wrong type is an error that names the key
+and the file, raised before a model is loaded, so a typo never costs a run.
+"""
+
+from __future__ import annotations
+
+import dataclasses
+import inspect
+import types
+import typing
+from dataclasses import dataclass, field
+from pathlib import Path
+from typing import Any
+
+
+class ConfigError(ValueError):
+    """A config file is wrong; the message names the file and the key."""
+
+
+@dataclass
+class ModelSection:
+    name: str | None = None  # a local folder, a hub id, or None for the embedded SmolLM2-135M-Instruct
+    backend: str = "hf"  # hf | vllm | openai
+    options: dict = field(default_factory=dict)  # passed to the backend's constructor
+
+
+@dataclass
+class ProblemsSection:
+    source: str = "arithmetic"  # arithmetic | gsm8k | math | reasoning_gym | file
+    options: dict = field(default_factory=dict)  # keyword arguments of treepref.problems.build_problems
+
+
+@dataclass
+class EnvSection:
+    delimiter: str = "\n\n"  # a step ends at this string
+    max_depth: int = 8  # truncate a path after this many steps
+    max_tokens: int = 1024  # truncate a path after this many generated tokens
+    answer_pattern: str | None = None  # regex whose first group is the final answer; None: the default
+    system: str | None = "default"  # system message; "default": the built-in step-by-step instruction
+
+
+@dataclass
+class SamplingSection:
+    temperature: float = 0.8
+    top_p: float = 0.95
+    max_tokens: int = 96  # per step
+    rollout_max_tokens: int = 384  # per Monte Carlo completion (all remaining steps)
+    seed: int | None = None
+
+
+@dataclass
+class SearchSection:
+    name: str = "mcts"  # mcts | best_first | beam | sample
+    options: dict = field(default_factory=dict)  # fields of that search's config dataclass
+
+
+@dataclass
+class ExtractSection:
+    formats: list = field(default_factory=lambda: ["step_pairs"])
+    rule: str = "max_min"
+    value: str = "value"  # which node value orders pairs: value | mc | reward | a scores key
+    layout: str = "standard"  # standard (chat template applied) | conversational (messages)
+    options: dict = field(default_factory=dict)  # filters: min_margin, max_pairs_per_node, ...
+
+
+@dataclass
+class RunSection:
+    output: str = "runs/demo"
+    concurrency: int = 8  # problems searched at once
+    resume: bool = True  # skip problems whose tree is already written
+
+
+@dataclass
+class Config:
+    model: ModelSection = field(default_factory=ModelSection)
+    problems: ProblemsSection = field(default_factory=ProblemsSection)
+    env: EnvSection = field(default_factory=EnvSection)
+    sampling: SamplingSection = field(default_factory=SamplingSection)
+    search: SearchSection = field(default_factory=SearchSection)
+    extract: ExtractSection = field(default_factory=ExtractSection)
+    run: RunSection = field(default_factory=RunSection)
+    source: str = "<defaults>"  # the file this came from, for error messages
+
+    def to_dict(self) -> dict:
+        data = dataclasses.asdict(self)
+        data.pop("source")
+        return data
+
+
+def load_config(path: str | Path, overrides: list[str] | None = None) -> Config:
+    """Read, override (``section.key=value``, value parsed as YAML) and validate a config file."""
+    import yaml
+
+    path = Path(path)
+    try:
+        data = yaml.safe_load(path.read_text(encoding="utf-8")) or {}
+    except FileNotFoundError:
+        raise ConfigError(f"{path}: no such config file") from None
+    except yaml.YAMLError as exc:
+        raise ConfigError(f"{path}: not valid YAML: {exc}") from None
+    if not isinstance(data, dict):
+        raise ConfigError(f"{path}: the top level must be a mapping of sections")
+    for item in overrides or []:
+        key, sep, raw = item.partition("=")
+        if not sep:
+            raise ConfigError(f"override {item!r}: expected section.key=value")
+        _set_path(data, key.split("."), yaml.safe_load(raw), f"override {item!r}")
+    return config_from_dict(data, str(path))
+
+
+def config_from_dict(data: dict, source: str = "<dict>") -> Config:
+    cfg = _build(Config, {k: v for k, v in data.items()}, source, "")
+    cfg.source = source
+    _validate(cfg)
+    return cfg
+
+
+def _set_path(data: dict, keys: list[str], value: Any, where: str) -> None:
+    for k in keys[:-1]:
+        nxt = data.setdefault(k, {})
+        if not isinstance(nxt, dict):
+            raise ConfigError(f"{where}: {k!r} is not a section")
+        data = nxt
+    data[keys[-1]] = value
+
+
+def _build(cls, data: Any, source: str, prefix: str):
+    if not isinstance(data, dict):
+        raise ConfigError(f"{source}: {prefix.rstrip('.') or 'config'} must be a mapping, got {type(data).__name__}")
+    fields = {f.name: f for f in dataclasses.fields(cls) if f.name != "source"}
+    hints = typing.get_type_hints(cls)
+    unknown = sorted(set(data) - set(fields))
+    if unknown:
+        raise ConfigError(f"{source}: unknown key {prefix + unknown[0]!r} (known: {', '.join(sorted(fields))})")
+    values = {}
+    for name, value in data.items():
+        kind = hints[name]
+        key = prefix + name
+        if dataclasses.is_dataclass(kind):
+            values[name] = _build(kind, value or {}, source, key + ".")
+        else:
+            values[name] = _check_type(value, kind, source, key)
+    return cls(**values)
+
+
+def _check_type(value: Any, kind: Any, source: str, key: str) -> Any:
+    allowed = typing.get_args(kind) if isinstance(kind, types.UnionType) else (kind,)
+    allowed = tuple(typing.get_origin(a) or a for a in allowed)
+    if value is None and type(None) in allowed:
+        return None
+    if float in allowed and isinstance(value, int) and not isinstance(value, bool):
+        return float(value)
+    if bool not in allowed and isinstance(value, bool):
+        raise ConfigError(f"{source}: {key} must be {_names(allowed)}, got {value!r}")
+    if not isinstance(value, tuple(a for a in allowed if a is not type(None))):
+        raise ConfigError(f"{source}: {key} must be {_names(allowed)}, got {value!r}")
+    return value
+
+
+def _names(allowed: tuple) -> str:
+    return " or ".join("null" if a is type(None) else a.__name__ for a in allowed)
+
+
+def _validate(cfg: Config) -> None:
+    """Checks that need more than a type: names that must exist, numbers that must be positive."""
+    src = cfg.source
+    from treepref.backends import BACKENDS
+
+    if cfg.model.backend not in BACKENDS:
+        raise ConfigError(f"{src}: model.backend {cfg.model.backend!r} is not one of {sorted(BACKENDS)}")
+    for key in ("max_depth", "max_tokens"):
+        if getattr(cfg.env, key) < 1:
+            raise ConfigError(f"{src}: env.{key} must be >= 1")
+    if not cfg.env.delimiter:
+        raise ConfigError(f"{src}: env.delimiter must not be empty")
+    if cfg.sampling.temperature < 0:
+        raise ConfigError(f"{src}: sampling.temperature must be >= 0")
+    if not 0 < cfg.sampling.top_p <= 1:
+        raise ConfigError(f"{src}: sampling.top_p must be in (0, 1]")
+    for key in ("max_tokens", "rollout_max_tokens"):
+        if getattr(cfg.sampling, key) < 1:
+            raise ConfigError(f"{src}: sampling.{key} must be >= 1")
+    if cfg.run.concurrency < 1:
+        raise ConfigError(f"{src}: run.concurrency must be >= 1")
+    if cfg.extract.layout not in ("standard", "conversational"):
+        raise ConfigError(f"{src}: extract.layout must be standard or conversational")
+    if cfg.env.answer_pattern is not None:
+        import re
+
+        try:
+            if re.compile(cfg.env.answer_pattern).groups < 1:
+                raise ConfigError(f"{src}: env.answer_pattern needs a group that captures the answer")
+        except re.error as exc:
+            raise ConfigError(f"{src}: env.answer_pattern is not a valid regex: {exc}") from None
+    # The search and problem options are checked against the code that will receive them.
+    from treepref.search import build_config
+
+    try:
+        build_config(cfg.search.name, cfg.search.options, src)
+    except ConfigError:
+        raise
+    except (ValueError, TypeError) as exc:
+        raise ConfigError(str(exc) if src in str(exc) else f"{src}: search: {exc}") from None
+    _check_kwargs("treepref.problems", "build_problems", cfg.problems.options, src, "problems.options")
+    _check_formats(cfg, src)
+
+
+def _check_kwargs(module: str, func: str, options: dict, src: str, key: str) -> None:
+    import importlib
+
+    fn = getattr(importlib.import_module(module), func)
+    params = inspect.signature(fn).parameters
+    if any(p.kind is p.VAR_KEYWORD for p in params.values()):
+        return
+    for name in options:
+        if name not in params:
+            raise ConfigError(f"{src}: unknown key '{key}.{name}' (known: {', '.join(p for p in params if p != 'source')})")
+
+
+def _check_formats(cfg: Config, src: str) -> None:
+    from treepref.extract import FORMATS, RULES
+
+    for fmt in cfg.extract.formats:
+        if fmt not in FORMATS:
+            raise ConfigError(f"{src}: extract.formats: unknown format {fmt!r} (known: {', '.join(sorted(FORMATS))})")
+    if cfg.extract.rule not in RULES:
+        raise ConfigError(f"{src}: extract.rule: unknown rule {cfg.extract.rule!r} (known: {', '.join(sorted(RULES))})")

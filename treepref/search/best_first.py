@@ -1,0 +1,82 @@
+"""Best-first search as in Tree-PLV: always grow the step most likely to lead to the right answer.
+
+A step's priority is the mean reward of ``n_rollouts`` sampled completions from it: with 0/1 rewards, the
+fraction that reach the right answer (``Tree.mc_value``). A final step is worth its own reward and is never
+expanded. The priority is kept in ``tree.scores[node]["mc"]``. The frontier is a priority queue on it (ties
+go to the earlier node). Each round pops the best ``parallel_expansions`` frontier nodes, expands each into
+``k`` steps and values every new step by rollouts, all at once, then pushes the non-final new steps.
+
+Values for exporters: every rollout outcome (and a final step's reward, once) is backed up from the step it
+was sampled from to the root, so ``Tree.value`` of a step is the mean outcome over every completion that
+passed through it: its own rollouts plus its descendants'. For a step that was never expanded that is
+exactly its rollout fraction; ``mc_correct``/``mc_total`` keep the step's own counts.
+"""
+
+from __future__ import annotations
+
+import asyncio
+import heapq
+from dataclasses import dataclass
+
+from treepref.problems import Problem
+from treepref.search.base import SearchContext, expand, new_tree, settings_of, value_by_rollouts
+from treepref.tree import ROOT, Tree
+
+
+@dataclass
+class BestFirstConfig:
+    """Settings of :func:`best_first`."""
+
+    k: int = 4
+    """Steps sampled (one request, ``n=k``) when a frontier node is expanded."""
+    n_rollouts: int = 8
+    """Completions sampled from each new step to value it (the fraction that reaches the answer)."""
+    max_expansions: int = 16
+    """Budget: frontier nodes to expand in all."""
+    stop_at_correct: bool = True
+    """Stop once a step ends the solution with the right answer (reward >= 1)."""
+    parallel_expansions: int = 1
+    """Frontier nodes (the best ones) expanded at once in one round."""
+    truncated_reward: float = 0.0
+    """Outcome of a completion or step that ran out of budget without an answer."""
+
+    def __post_init__(self) -> None:
+        if self.k < 1:
+            raise ValueError(f"BestFirstConfig.k must be >= 1, got {self.k}")
+        if self.n_rollouts < 1:
+            raise ValueError(f"BestFirstConfig.n_rollouts must be >= 1, got {self.n_rollouts}")
+        if self.max_expansions < 1:
+            raise ValueError(f"BestFirstConfig.max_expansions must be >= 1, got {self.max_expansions}")
+        if self.parallel_expansions < 1:
+            raise ValueError(f"BestFirstConfig.parallel_expansions must be >= 1, got {self.parallel_expansions}")
+
+
+async def best_first(problem: Problem, ctx: SearchContext, cfg: BestFirstConfig | None = None) -> Tree:
+    """Run best-first search on ``problem``; ``tree.meta["expansion_order"]`` lists the nodes expanded."""
+    cfg = cfg or BestFirstConfig()
+    tree, states = new_tree(problem, ctx, "best_first", settings_of(cfg))
+    frontier: list[tuple[float, int]] = [(-1.0, ROOT)]  # (-priority, node): heapq pops the smallest
+    order: list[int] = []
+    found = False
+
+    async def grow(node: int) -> list[int]:
+        children = await expand(tree, states, node, ctx, cfg.k)
+        values = await value_by_rollouts(tree, states, children, ctx, cfg.n_rollouts, cfg.truncated_reward)
+        for c, v in zip(children, values):
+            tree.scores[c]["mc"] = v
+        return children
+
+    while frontier and len(order) < cfg.max_expansions and not (found and cfg.stop_at_correct):
+        width = min(cfg.parallel_expansions, cfg.max_expansions - len(order), len(frontier))
+        batch = [heapq.heappop(frontier)[1] for _ in range(width)]
+        order.extend(batch)
+        for children in await asyncio.gather(*(grow(n) for n in batch)):
+            for c in children:
+                if tree.is_final(c):
+                    found = found or (tree.terminated[c] and (tree.reward[c] or 0.0) >= 1.0)
+                else:
+                    heapq.heappush(frontier, (-tree.scores[c]["mc"], c))
+
+    tree.meta["expansion_order"] = order
+    tree.meta["stats"] = {"expansions": len(order), "found_correct": found, "frontier_left": len(frontier)}
+    return tree

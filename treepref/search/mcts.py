@@ -1,0 +1,199 @@
+"""Monte Carlo tree search with PUCT selection over reasoning steps, several simulations in flight per tree.
+
+One simulation walks from the root by PUCT to a node that has not been expanded, then expands it into
+``k`` sampled steps and values it (its reward when it is final, else the mean of ``n_rollouts`` Monte Carlo
+completions) at the same time, and backs that value up the path (AlphaZero's order: the node reached is
+the one that is valued; its new children wait, unvisited, for later simulations).
+
+Several simulations run at once (``parallel_simulations``) so one tree keeps the backend busy. They spread
+out through virtual loss: every node on an in-flight path counts ``virtual_loss`` extra visits valued
+``virtual_value`` during selection. Virtual loss lives in a counter beside the tree, never in its columns,
+so it is undone exactly and a tree never holds a half-finished simulation. A simulation that reaches a
+node another one is expanding awaits that expansion and walks on into its children.
+
+A final node (terminated or truncated) is valued once and never expanded; afterwards it, and any node all
+of whose children are spent this way, is skipped by selection, so the budget always buys new text. The
+search stops when ``simulations`` values have been backed up or the whole tree is spent.
+"""
+
+from __future__ import annotations
+
+import asyncio
+import math
+from collections import Counter
+from dataclasses import dataclass
+
+from treepref.envs.base import State
+from treepref.problems import Problem
+from treepref.search.base import SearchContext, expand, leaf_value, new_tree, rollouts, settings_of
+from treepref.tree import NO_PARENT, ROOT, Tree
+
+
+@dataclass
+class MCTSConfig:
+    """Settings of :func:`mcts`."""
+
+    simulations: int = 32
+    """Simulations to run: each backs up exactly one value (the budget)."""
+    k: int = 4
+    """Expansion width: steps sampled (one request, ``n=k``) when a node is expanded."""
+    c_puct: float = 1.0
+    """Weight of the prior-driven exploration term in PUCT."""
+    fpu: float = 0.0
+    """First-play urgency: the Q assumed for a child never visited."""
+    n_rollouts: int = 1
+    """Monte Carlo completions that value a non-final node (their mean reward); 0 uses ``default_value``."""
+    default_value: float = 0.0
+    """Value of a non-final node when ``n_rollouts`` is 0."""
+    truncated_reward: float = 0.0
+    """Value of a node or rollout that ran out of budget without an answer."""
+    parallel_simulations: int = 1
+    """Simulations in flight at once in one tree."""
+    virtual_loss: int = 1
+    """Temporary visits each in-flight simulation adds to every node on its path."""
+    virtual_value: float = 0.0
+    """Value of a virtual visit: pessimistic, i.e. the lowest reward the task gives."""
+    prior_temperature: float = 1.0
+    """Temperature of the softmax over length-normalised step log-probs that makes the priors."""
+
+    def __post_init__(self) -> None:
+        if self.simulations < 1:
+            raise ValueError(f"MCTSConfig.simulations must be >= 1, got {self.simulations}")
+        if self.k < 1:
+            raise ValueError(f"MCTSConfig.k must be >= 1, got {self.k}")
+        if self.c_puct < 0:
+            raise ValueError(f"MCTSConfig.c_puct must be >= 0, got {self.c_puct}")
+        if self.n_rollouts < 0:
+            raise ValueError(f"MCTSConfig.n_rollouts must be >= 0, got {self.n_rollouts}")
+        if self.parallel_simulations < 1:
+            raise ValueError(f"MCTSConfig.parallel_simulations must be >= 1, got {self.parallel_simulations}")
+        if self.virtual_loss < 0:
+            raise ValueError(f"MCTSConfig.virtual_loss must be >= 0, got {self.virtual_loss}")
+        if self.prior_temperature <= 0:
+            raise ValueError(f"MCTSConfig.prior_temperature must be > 0, got {self.prior_temperature}")
+
+
+def puct_scores(tree: Tree, node: int, children: list[int], c_puct: float, fpu: float,
+                virtual: Counter | None = None, virtual_loss: int = 1, virtual_value: float = 0.0) -> list[float]:
+    """``Q(s,a) + c_puct * P(s,a) * sqrt(N(s)) / (1 + N(s,a))`` for each child, counting virtual visits.
+
+    ``N(s)`` is the parent's visit count (its own valuation plus everything backed up through it).
+    """
+    virtual = virtual or Counter()
+
+    def stats(i: int) -> tuple[int, float]:
+        extra = virtual[i] * virtual_loss
+        return tree.visits[i] + extra, tree.value_sum[i] + extra * virtual_value
+
+    sqrt_n = math.sqrt(stats(node)[0])
+    out = []
+    for c in children:
+        n, w = stats(c)
+        q = w / n if n else fpu
+        out.append(q + c_puct * tree.prior[c] * sqrt_n / (1 + n))
+    return out
+
+
+def select_child(tree: Tree, node: int, children: list[int], c_puct: float, fpu: float,
+                 virtual: Counter | None = None, virtual_loss: int = 1, virtual_value: float = 0.0) -> int:
+    """The child with the highest PUCT score; ties go to the earliest created."""
+    scores = puct_scores(tree, node, children, c_puct, fpu, virtual, virtual_loss, virtual_value)
+    return children[max(range(len(children)), key=lambda i: (scores[i], -i))]
+
+
+class _Search:
+    """The state of one running MCTS beside its tree: expansions, in-flight work, spent subtrees."""
+
+    def __init__(self, tree: Tree, states: dict[int, State], ctx: SearchContext, cfg: MCTSConfig):
+        self.tree, self.states, self.ctx, self.cfg = tree, states, ctx, cfg
+        self.kids: dict[int, list[int]] = {}  # expanded node -> its step children
+        self.pending: dict[int, asyncio.Task] = {}  # node -> its expansion in flight
+        self.spent: set[int] = set()
+        self.virtual: Counter = Counter()
+        self.started = 0
+        self.done = 0
+
+    async def run(self) -> None:
+        await asyncio.gather(*(self._worker() for _ in range(self.cfg.parallel_simulations)))
+
+    async def _worker(self) -> None:
+        while self.started < self.cfg.simulations and ROOT not in self.spent:
+            self.started += 1
+            if not await self._simulate():
+                self.started -= 1  # the path ran into a subtree spent meanwhile: try again
+                await asyncio.sleep(0)
+
+    async def _simulate(self) -> bool:
+        tree, cfg = self.tree, self.cfg
+        node, path = ROOT, [ROOT]
+        self.virtual[ROOT] += 1
+        while True:
+            if tree.is_final(node):
+                value = leaf_value(tree, node, cfg.truncated_reward)
+                self._finish(path, value)
+                self._mark_spent(node)
+                return True
+            if node in self.kids:
+                choices = [c for c in self.kids[node] if c not in self.spent]
+                if not choices:
+                    self._release(path)
+                    return False
+                node = select_child(tree, node, choices, cfg.c_puct, cfg.fpu, self.virtual, cfg.virtual_loss,
+                                    cfg.virtual_value)
+                self.virtual[node] += 1
+                path.append(node)
+                continue
+            if node in self.pending:
+                await self.pending[node]
+                continue
+            self.pending[node] = asyncio.ensure_future(self._expand(node))
+            value, _ = await asyncio.gather(self._evaluate(node), self.pending[node])
+            self._finish(path, value)
+            return True
+
+    async def _expand(self, node: int) -> None:
+        children = await expand(self.tree, self.states, node, self.ctx, self.cfg.k, self.cfg.prior_temperature)
+        self.kids[node] = children
+        del self.pending[node]
+        if not children:  # nothing to walk into (every sampled step was empty): value it and move on
+            self._mark_spent(node)
+
+    async def _evaluate(self, node: int) -> float:
+        if self.cfg.n_rollouts == 0:
+            return self.cfg.default_value
+        outcomes = await rollouts(self.tree, self.states, node, self.ctx, self.cfg.n_rollouts,
+                                  self.cfg.truncated_reward)
+        return sum(outcomes) / len(outcomes)
+
+    def _finish(self, path: list[int], value: float) -> None:
+        self._release(path)
+        self.tree.backup(path[-1], value)
+        self.done += 1
+
+    def _release(self, path: list[int]) -> None:
+        for n in path:
+            self.virtual[n] -= 1
+            if not self.virtual[n]:
+                del self.virtual[n]
+
+    def _mark_spent(self, node: int) -> None:
+        self.spent.add(node)
+        self._check_parent(node)
+
+    def _check_parent(self, node: int) -> None:
+        parent = self.tree.parent[node]
+        while parent != NO_PARENT and parent in self.kids and parent not in self.spent \
+                and all(c in self.spent for c in self.kids[parent]):
+            self.spent.add(parent)
+            parent = self.tree.parent[parent]
+
+
+async def mcts(problem: Problem, ctx: SearchContext, cfg: MCTSConfig | None = None) -> Tree:
+    """Run MCTS/PUCT on ``problem`` and return the tree (visits and value sums hold the backed-up values)."""
+    cfg = cfg or MCTSConfig()
+    tree, states = new_tree(problem, ctx, "mcts", settings_of(cfg))
+    search = _Search(tree, states, ctx, cfg)
+    await search.run()
+    tree.meta["stats"] = {"simulations": search.done, "expansions": len(search.kids),
+                          "exhausted": ROOT in search.spent}
+    return tree
