@@ -1,0 +1,78 @@
+"""Config validation: a typo or a bad value stops the run before anything loads, naming key and file."""
+
+from __future__ import annotations
+
+from pathlib import Path
+
+import pytest
+
+from treepref.config import ConfigError, load_config
+
+ROOT = Path(__file__).resolve().parents[1]
+
+
+def write(tmp_path: Path, text: str) -> Path:
+    path = tmp_path / "recipe.yaml"
+    path.write_text(text)
+    return path
+
+
+@pytest.mark.parametrize("name", sorted(p.name for p in (ROOT / "configs").glob("*.yaml")))
+def test_every_shipped_recipe_is_valid(name):
+    cfg = load_config(ROOT / "configs" / name)
+    assert cfg.source.endswith(name)
+
+
+def test_defaults_fill_missing_sections(tmp_path):
+    cfg = load_config(write(tmp_path, "search:\n  name: best_first\n"))
+    assert cfg.search.name == "best_first"
+    assert cfg.model.backend == "hf" and cfg.env.delimiter == "\n\n"
+
+
+@pytest.mark.parametrize("text, needle", [
+    ("serch:\n  name: mcts\n", "unknown key 'serch'"),
+    ("search:\n  nme: mcts\n", "unknown key 'search.nme'"),
+    ("env:\n  max_depth: deep\n", "env.max_depth must be int"),
+    ("env:\n  max_depth: 0\n", "env.max_depth must be >= 1"),
+    ("sampling:\n  top_p: 1.5\n", "sampling.top_p"),
+    ("sampling:\n  temperature: true\n", "sampling.temperature must be float"),
+    ("model:\n  backend: llama\n", "model.backend 'llama'"),
+    ("search:\n  name: alphago\n", "alphago"),
+    ("extract:\n  formats: [step_pears]\n", "step_pears"),
+    ("extract:\n  layout: chat\n", "extract.layout"),
+    ("env:\n  answer_pattern: 'answer is .*'\n", "env.answer_pattern"),
+    ("problems:\n  options:\n    cnt: 3\n", "problems.options.cnt"),
+    ("- a\n- b\n", "top level must be a mapping"),
+    ("search: [1, 2]\n", "search must be a mapping"),
+])
+def test_bad_config_names_key_and_file(tmp_path, text, needle):
+    path = write(tmp_path, text)
+    with pytest.raises(ConfigError) as err:
+        load_config(path)
+    message = str(err.value)
+    assert needle in message
+    assert str(path) in message
+
+
+def test_unknown_search_option_names_the_file(tmp_path):
+    path = write(tmp_path, "search:\n  name: mcts\n  options:\n    simulatons: 4\n")
+    with pytest.raises(ConfigError) as err:
+        load_config(path)
+    assert "simulatons" in str(err.value) and str(path) in str(err.value)
+
+
+def test_overrides_are_parsed_as_yaml_and_validated(tmp_path):
+    path = write(tmp_path, "search:\n  name: mcts\n")
+    cfg = load_config(path, ["run.concurrency=3", "env.delimiter=\"\\n\""])
+    assert cfg.run.concurrency == 3 and cfg.env.delimiter == "\n"
+    with pytest.raises(ConfigError, match="run.concurrency must be int"):
+        load_config(path, ["run.concurrency=many"])
+    with pytest.raises(ConfigError, match="expected section.key=value"):
+        load_config(path, ["run.concurrency"])
+
+
+def test_missing_file_and_broken_yaml(tmp_path):
+    with pytest.raises(ConfigError, match="no such config file"):
+        load_config(tmp_path / "nope.yaml")
+    with pytest.raises(ConfigError, match="not valid YAML"):
+        load_config(write(tmp_path, "search: [unclosed\n"))
