@@ -129,7 +129,7 @@ def _set_path(data: dict, keys: list[str], value: Any, where: str) -> None:
 def _build(cls, data: Any, source: str, prefix: str):
     if not isinstance(data, dict):
         raise ConfigError(f"{source}: {prefix.rstrip('.') or 'config'} must be a mapping, got {type(data).__name__}")
-    fields = {f.name: f for f in dataclasses.fields(cls) if f.name != "source"}
+    fields = {f.name: f for f in dataclasses.fields(cls) if not (cls is Config and f.name == "source")}
     hints = typing.get_type_hints(cls)
     unknown = sorted(set(data) - set(fields))
     if unknown:

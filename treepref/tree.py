@@ -58,6 +58,11 @@ class Tree:
     info: list[dict] = field(default_factory=list)  # free-form per-node data (finish reason, answer)
 
     def __post_init__(self) -> None:
+        # Child lists are an index over the parent column (not serialised): children() stays O(degree).
+        self._kids: list[list[int]] = [[] for _ in self.parent]
+        for i, p in enumerate(self.parent):
+            if p != NO_PARENT:
+                self._kids[p].append(i)
         if not self.parent:
             self._append(NO_PARENT, 0, "", 0, 0.0, 1.0, STEP)
 
@@ -81,6 +86,9 @@ class Tree:
         self.mc_correct.append(0)
         self.mc_total.append(0)
         self.info.append({})
+        self._kids.append([])
+        if parent != NO_PARENT:
+            self._kids[parent].append(len(self.parent) - 1)
         return len(self.parent) - 1
 
     def add(self, parent: int, text: str, *, n_tokens: int = 0, logprob: float = 0.0, prior: float = 1.0,
@@ -110,8 +118,7 @@ class Tree:
 
     def children(self, node: int, kind: str | None = STEP) -> list[int]:
         """Child ids of ``node`` in creation order, only those of ``kind`` unless it is None."""
-        return [i for i in range(node + 1, len(self)) if self.parent[i] == node
-                and (kind is None or self.kind[i] == kind)]
+        return [i for i in self._kids[node] if kind is None or self.kind[i] == kind]
 
     def path(self, node: int) -> list[int]:
         """Node ids from the root's first child down to ``node`` (empty for the root)."""
@@ -144,10 +151,7 @@ class Tree:
 
     def children_map(self) -> dict[int, list[int]]:
         """Parent id -> child ids for every node, in one pass (for exporters walking large trees)."""
-        out: dict[int, list[int]] = {i: [] for i in range(len(self))}
-        for i in range(1, len(self)):
-            out[self.parent[i]].append(i)
-        return out
+        return {i: list(kids) for i, kids in enumerate(self._kids)}
 
     # -- serialisation --------------------------------------------------------------------------
     def to_dict(self) -> dict:
