@@ -166,7 +166,7 @@ def _extract(args) -> int:
         if fmt not in FORMATS:
             raise ConfigError(f"--format: unknown format {fmt!r} (known: {', '.join(sorted(FORMATS))})")
     rule = args.rule or cfg.extract.rule
-    if rule not in RULES:
+    if rule is not None and rule not in RULES:
         raise ConfigError(f"--rule: unknown rule {rule!r} (known: {', '.join(sorted(RULES))})")
     result = _export(run, cfg, formats, rule, args.value or cfg.extract.value, args.layout or cfg.extract.layout,
                      options)
@@ -175,20 +175,24 @@ def _extract(args) -> int:
 
 
 def _export(run: Path, cfg: Config, formats, rule, value, layout, options) -> dict:
-    from treepref.extract import template_from_tokenizer, write_export
+    from treepref.extract import FORMATS, template_from_tokenizer, write_export
     from treepref.models import resolve_model
     from treepref.runner import load_trees
 
+    import datasets
+
+    datasets.disable_progress_bars()  # one bar per shard per format drowns the run's own output
     trees = load_trees(run)
     model = resolve_model(cfg.model.name)
     template = template_from_tokenizer(model) if os.path.isdir(model) else None
     results = {}
     for fmt in formats:
-        stats = write_export(trees, run / "exports" / fmt, fmt, template=template, layout=layout, rule=rule,
-                             value=value, recipe=Path(cfg.source).stem, system=_system(cfg),
-                             delimiter=cfg.env.delimiter, **options)
-        results[fmt] = {k: stats[k] for k in ("rows", "pairs_per_problem", "problems_with_pairs",
-                                              "generated_tokens_per_pair") if k in stats}
+        takes_rule = FORMATS[fmt].default_rule is not None  # trees, stepwise, ... have no pair rule
+        stats = write_export(trees, run / "exports" / fmt, fmt, template=template, layout=layout,
+                             rule=rule if takes_rule else None, value=value, recipe=Path(cfg.source).stem,
+                             system=_system(cfg), delimiter=cfg.env.delimiter, **options)
+        results[fmt] = {k: stats[k] for k in ("rows", "mean_rows_per_problem", "share_with_rows",
+                                              "generated_tokens_per_row") if k in stats}
     return results
 
 

@@ -59,8 +59,8 @@ class SearchSection:
 @dataclass
 class ExtractSection:
     formats: list = field(default_factory=lambda: ["step_pairs"])
-    rule: str = "max_min"
-    value: str = "value"  # which node value orders pairs: value | mc | reward | a scores key
+    rule: str | None = None  # pair selection rule for the pair formats; None: each format's default
+    value: str | None = None  # which node value orders pairs: value | mc | reward | a scores key; None: default
     layout: str = "standard"  # standard (chat template applied) | conversational (messages)
     options: dict = field(default_factory=dict)  # filters: min_margin, max_pairs_per_node, ...
 
@@ -225,5 +225,5 @@ def _check_formats(cfg: Config, src: str) -> None:
     for fmt in cfg.extract.formats:
         if fmt not in FORMATS:
             raise ConfigError(f"{src}: extract.formats: unknown format {fmt!r} (known: {', '.join(sorted(FORMATS))})")
-    if cfg.extract.rule not in RULES:
+    if cfg.extract.rule is not None and cfg.extract.rule not in RULES:
         raise ConfigError(f"{src}: extract.rule: unknown rule {cfg.extract.rule!r} (known: {', '.join(sorted(RULES))})")
