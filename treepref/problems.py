@@ -100,8 +100,8 @@ def read_rows(path: str | Path) -> Iterator[tuple[int, dict | ProblemError]]:
                 continue
             try:
                 row = _json.loads(line)
-            except ValueError as e:
-                yield i, ProblemError(name, i, None, f"bad JSON: {e}")
+            except _json.JSONDecodeError as e:
+                yield i, ProblemError(name, i, None, f"bad JSON: {e.msg} at column {e.colno}")
                 continue
             yield i, row if isinstance(row, dict) else ProblemError(name, i, None, "row is not a JSON object")
 

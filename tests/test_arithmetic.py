@@ -1,0 +1,93 @@
+"""The arithmetic domain: deterministic problems and exact step checks (the label-quality yardstick)."""
+
+from __future__ import annotations
+
+import asyncio
+import re
+from fractions import Fraction
+
+import pytest
+
+from treepref.domains.arithmetic import arithmetic_step_scorer, check_step, generate, is_correct_path
+
+
+def _ops(expression: str) -> int:
+    return len(re.findall(r" [-+*] ", expression))
+
+
+def test_same_seed_same_problems_other_seed_different():
+    assert generate(5, seed=3) == generate(5, seed=3)
+    assert generate(5, seed=3) != generate(5, seed=4)
+    assert generate(8, seed=3)[:5] == generate(5, seed=3)  # problem i does not depend on count
+    assert len({p.prompt for p in generate(50, seed=0)}) > 45
+
+
+@pytest.mark.parametrize("difficulty", [1, 2, 4, 7])
+def test_difficulty_is_the_number_of_operations(difficulty):
+    for p in generate(20, seed=1, difficulty=difficulty):
+        assert _ops(p.meta["expression"]) == difficulty == len(p.meta["intermediates"])
+        assert p.meta["difficulty"] == difficulty
+
+
+def test_numbers_grow_with_difficulty():
+    def biggest(d):
+        return max(int(n) for p in generate(30, seed=2, difficulty=d) for n in re.findall(r"\d+", p.meta["expression"]))
+    assert biggest(6) > biggest(1)
+
+
+def test_answers_and_intermediates_are_exact():
+    for p in generate(40, seed=9, difficulty=5):
+        expression = p.meta["expression"]
+        assert p.prompt == f"Compute {expression}. Work one operation per step."
+        assert p.id.startswith("arith-9-")
+        # the intermediates are the chain's running values and end at the answer
+        assert p.meta["intermediates"][-1] == int(p.answer)
+        assert check_step(p, f"{expression} = {p.answer}") is True
+        assert check_step(p, f"{expression} = {int(p.answer) + 1}") is False
+        assert all(v >= 0 for v in p.meta["intermediates"])
+
+
+@pytest.mark.parametrize("step", [
+    "7 + 5 = 12",
+    "First, (7 + 5) × 3 = 12 × 3 = 36.",
+    "36 − 4 = 32.",
+    "3 x 4 = 12 and 3x4=12",
+    "$1,200 + 34 = 1,234$",
+    "\\(12 \\times 3 = 36\\)",
+    "- 12 * 3 = 36",
+    "2. 12 \\cdot 3 = 36",
+    "**12 * 3 = 36**",
+    "10 / 4 = 2.5",
+    "5 - 8 = -3",
+])
+def test_right_steps(step):
+    assert check_step(None, step) is True
+
+
+@pytest.mark.parametrize("step", [
+    "7 + 5 = 13",
+    "7 + 5 = 12, so 12 × 3 = 37.",
+    "(7 + 5) * 3 = 12 * 3 = 35",
+    "2 + 3 * 4 = 20",  # precedence matters
+    "1,000 + 1 = 1,002",
+])
+def test_wrong_steps(step):
+    assert check_step(None, step) is False
+
+
+@pytest.mark.parametrize("step", ["We add the first two numbers.", "so x = 12", "Step 2 = 36", "The answer is 32."])
+def test_steps_without_equations_cannot_be_judged(step):
+    assert check_step(None, step) is None
+
+
+def test_step_scorer_and_path_correctness():
+    problem = generate(1, seed=0, difficulty=3)[0]
+    values = problem.meta["intermediates"]
+    right = [f"The value is {problem.meta['expression']} = {values[-1]}.", f"The answer is {problem.answer}."]
+    wrong = ["7 + 5 = 13", "Let me think.", f"The answer is {problem.answer}."]
+    scores = asyncio.run(arithmetic_step_scorer([problem, problem], [right, wrong]))
+    assert scores == [[1.0, None], [0.0, None, None]]
+    assert is_correct_path(problem, right)
+    assert not is_correct_path(problem, wrong)
+    assert not is_correct_path(problem, ["Let me think.", f"The answer is {problem.answer}."])  # nothing checked
+    assert not is_correct_path(problem, ["2 + 2 = 4", f"The answer is {Fraction(problem.answer) + 1}."])

@@ -1,0 +1,130 @@
+"""Shared pieces of the search tests (a scripted world with known answers), and the search registry tests."""
+
+from __future__ import annotations
+
+import asyncio
+
+import pytest
+
+from treepref.backends.scripted import ScriptedPolicy
+from treepref.envs.reasoning import ReasoningEnv, plain_template
+from treepref.problems import Problem
+from treepref.search import SEARCHES, build_config, get_config_class, get_search
+from treepref.search.base import SearchContext
+from treepref.tree import STEP, Tree
+
+PROBLEM = Problem("p1", "What is 1 + 1?", answer="2")
+
+
+class Env(ReasoningEnv):
+    """The reasoning env with a regex-only answer reader, so these tests need no math verifier."""
+
+    def final_answer(self, text: str) -> str | None:
+        match = self._answer_re.search(text)
+        return match.group(1).strip() if match and match.group(1).strip() else None
+
+
+async def exact(problem: Problem, answer: str) -> float:
+    return 1.0 if answer.strip() == problem.answer else 0.0
+
+
+class SlowPolicy:
+    """Wraps a policy so every request yields to the event loop, letting concurrent searches interleave.
+
+    ``snapshots`` records, at each request, the (steps, is_step_request) of every request then in flight.
+    """
+
+    def __init__(self, inner: ScriptedPolicy, ticks: int = 3):
+        self.inner, self.ticks = inner, ticks
+        self.in_flight: list[tuple] = []
+        self.snapshots: list[list[tuple]] = []
+
+    def chat_prompt(self, messages):
+        return self.inner.chat_prompt(messages)
+
+    def count_tokens(self, text):
+        return self.inner.count_tokens(text)
+
+    async def generate(self, prompts, params):
+        keys = [(self.inner._steps(p), bool(params.stop)) for p in prompts]
+        self.in_flight.extend(keys)
+        self.snapshots.append(list(self.in_flight))
+        for _ in range(self.ticks):
+            await asyncio.sleep(0)
+        for k in keys:
+            self.in_flight.remove(k)
+        return await self.inner.generate(prompts, params)
+
+
+def make_ctx(script, *, max_depth: int = 6, slow: bool = False) -> SearchContext:
+    policy = ScriptedPolicy(script)
+    env = Env(template=plain_template, verifier=exact, system=None, max_depth=max_depth)
+    return SearchContext(env=env, policy=SlowPolicy(policy) if slow else policy)
+
+
+def step_requests(policy: ScriptedPolicy) -> list[tuple[str, ...]]:
+    """The states that were expanded (one-step requests), in request order."""
+    return [policy._steps(p) for prompts, params in policy.calls if params.stop for p in prompts]
+
+
+def node_by_steps(tree: Tree, steps: list[str]) -> int:
+    [node] = [i for i in tree.nodes(STEP) if tree.steps(i) == steps]
+    return node
+
+
+def check_visits(tree: Tree) -> None:
+    """Every backup passes once through each node: a visited node's visits are its own valuation plus its
+    step children's visits, and a final node is valued once."""
+    for i in tree.nodes(STEP):
+        kids = tree.children(i)
+        if tree.visits[i] == 0:
+            assert all(tree.visits[c] == 0 for c in kids)
+        elif tree.is_final(i):
+            assert tree.visits[i] == 1 and not kids
+        else:
+            assert tree.visits[i] == 1 + sum(tree.visits[c] for c in kids), i
+
+
+def run(coro):
+    return asyncio.run(coro)
+
+
+# -- the registry ---------------------------------------------------------------------------------
+
+@pytest.mark.parametrize("name", sorted(SEARCHES))
+def test_every_registered_search_loads_and_runs(name):
+    fn, cls = get_search(name), get_config_class(name)
+    ctx = make_ctx({(): ["The answer is 2."]})
+    tree = run(fn(PROBLEM, ctx, cls()))
+    assert tree.meta["search"] == name
+    assert any(tree.terminated[i] and tree.reward[i] == 1.0 for i in tree.nodes(STEP))
+    assert tree.meta["generated_tokens"] > 0
+
+
+def test_get_search_unknown_name_lists_choices():
+    with pytest.raises(ValueError, match="unknown search 'mtcs'.*mcts"):
+        get_search("mtcs")
+    with pytest.raises(ValueError, match="unknown search 'mtcs'"):
+        get_config_class("mtcs")
+
+
+def test_build_config_builds_and_names_the_source():
+    cfg = build_config("mcts", {"simulations": 8, "c_puct": 2}, "configs/x.yaml")
+    assert cfg.simulations == 8 and cfg.c_puct == 2.0 and isinstance(cfg.c_puct, float)
+    with pytest.raises(ValueError, match=r"configs/x.yaml.*unknown option 'simulation'"):
+        build_config("mcts", {"simulation": 8}, "configs/x.yaml")
+    with pytest.raises(ValueError, match=r"configs/x.yaml.*'k' must be an integer, got 'four'"):
+        build_config("beam", {"k": "four"}, "configs/x.yaml")
+    with pytest.raises(ValueError, match=r"configs/x.yaml.*stop_at_correct.*true or false"):
+        build_config("best_first", {"stop_at_correct": "yes"}, "configs/x.yaml")
+    with pytest.raises(ValueError, match=r"configs/x.yaml.*MCTSConfig.simulations must be >= 1"):
+        build_config("mcts", {"simulations": 0}, "configs/x.yaml")
+    with pytest.raises(ValueError, match=r"configs/x.yaml.*unknown search"):
+        build_config("dijkstra", {}, "configs/x.yaml")
+
+
+def test_build_config_imports_a_named_scorer():
+    cfg = build_config("beam", {"scorer": "test_search_common:exact"}, "r.yaml")
+    assert cfg.scorer is exact
+    with pytest.raises(ValueError, match="r.yaml.*cannot import"):
+        build_config("beam", {"scorer": "no_such_module_xyz:f"}, "r.yaml")

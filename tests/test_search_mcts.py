@@ -1,0 +1,205 @@
+"""MCTS/PUCT: the selection rule and backups against hand-computed numbers, virtual loss, budgets, golden."""
+
+from __future__ import annotations
+
+import asyncio
+import json
+import math
+import os
+from collections import Counter
+from pathlib import Path
+
+import pytest
+
+from test_search_common import PROBLEM, check_visits, make_ctx, node_by_steps, run, step_requests
+from treepref.problems import Problem
+from treepref.search.mcts import MCTSConfig, mcts, puct_scores, select_child
+from treepref.tree import STEP, Tree
+
+GOLDEN = Path(__file__).parent / "golden"
+
+
+def bandit() -> tuple[Tree, list[int]]:
+    """A root with three children: priors .5/.3/.2, visits 4/2/0, value sums 2.0/1.6/0, root visits 10."""
+    tree = Tree("t", "q")
+    kids = [tree.add(0, t, prior=p) for t, p in (("a", .5), ("b", .3), ("c", .2))]
+    tree.visits[0] = 10
+    for c, n, w in zip(kids, (4, 2, 0), (2.0, 1.6, 0.0)):
+        tree.visits[c], tree.value_sum[c] = n, w
+    return tree, kids
+
+
+def test_puct_scores_match_the_formula_by_hand():
+    tree, (a, b, c) = bandit()
+    s10 = math.sqrt(10)
+    # Q + c_puct * P * sqrt(N(s)) / (1 + N(s,a)), c_puct = 1.5, unvisited Q = fpu = 0.1
+    expected = [2.0 / 4 + 1.5 * .5 * s10 / 5, 1.6 / 2 + 1.5 * .3 * s10 / 3, 0.1 + 1.5 * .2 * s10 / 1]
+    assert puct_scores(tree, 0, [a, b, c], 1.5, 0.1) == pytest.approx(expected)
+    assert [round(x, 4) for x in expected] == [0.9743, 1.2743, 1.0487]
+    assert select_child(tree, 0, [a, b, c], 1.5, 0.1) == b
+    # a more optimistic first-play urgency makes the unvisited child win: 0.5 + 0.9487 > 1.2743
+    assert select_child(tree, 0, [a, b, c], 1.5, 0.5) == c
+    # no exploration: plain Q, unvisited at fpu 0
+    assert select_child(tree, 0, [a, b, c], 0.0, 0.0) == b
+
+
+def test_virtual_loss_counts_as_pessimistic_visits():
+    tree, (a, b, c) = bandit()
+    # one simulation in flight through b: N(b) = 3, W(b) = 1.6 + 1 * 0.0 -> Q = 0.533, U = 0.45*sqrt(10)/4
+    scores = puct_scores(tree, 0, [a, b, c], 1.5, 0.1, Counter({b: 1}), 1, 0.0)
+    assert scores[1] == pytest.approx(1.6 / 3 + 1.5 * .3 * math.sqrt(10) / 4)
+    assert select_child(tree, 0, [a, b, c], 1.5, 0.1, Counter({b: 1}), 1, 0.0) == c
+    # the tree's own columns are untouched by a virtual visit
+    assert tree.visits[b] == 2 and tree.value_sum[b] == 1.6
+
+
+def test_ties_go_to_the_earliest_child():
+    tree = Tree("t", "q")
+    kids = [tree.add(0, t, prior=1 / 3) for t in "xyz"]
+    assert select_child(tree, 0, kids, 1.0, 0.0) == kids[0]
+
+
+# A: prior e^-1 / (e^-1 + e^-2) = 0.731 (one token, log-prob -1), B: 0.269.
+TINY = {
+    (): [("A", -1.0), ("B", -2.0)],
+    ("A",): ["The answer is 2."],
+    ("B",): ["The answer is 3."],
+}
+
+
+def test_backups_match_a_hand_run():
+    """Simulation by simulation (c_puct 1, fpu 0, one rollout per valuation):
+    1. root: expanded into A, B; valued by a rollout A -> "answer 2" = 1.   root 1/1
+    2. root N=1: A scores 0 + .731*1/1, B .269 -> A; expanded, rollout = 1.  A 1/1, root 2/2
+    3. A: Q 1 + .731*sqrt2/2 > B .269*sqrt2 -> A -> its final child "answer 2" (reward 1).
+       child 1/1, A 2/2, root 3/3; A's only child is spent, so A is spent.
+    4. only B is left: expanded, rollout "answer 3" = 0.  B 1/0, root 4/3
+    5. B's final child, reward 0. child 1/0, B 2/0, root 5/3; everything is spent: the search stops early.
+    """
+    ctx = make_ctx(TINY)
+    tree = run(mcts(PROBLEM, ctx, MCTSConfig(simulations=50, k=2, c_puct=1.0, fpu=0.0, n_rollouts=1)))
+    a, b = node_by_steps(tree, ["A"]), node_by_steps(tree, ["B"])
+    a2, b3 = node_by_steps(tree, ["A", "The answer is 2."]), node_by_steps(tree, ["B", "The answer is 3."])
+    assert tree.prior[a] == pytest.approx(1 / (1 + math.exp(-1)))
+    got = {n: (tree.visits[n], tree.value_sum[n]) for n in (0, a, b, a2, b3)}
+    assert got == {0: (5, 3.0), a: (2, 2.0), b: (2, 0.0), a2: (1, 1.0), b3: (1, 0.0)}
+    assert tree.meta["stats"] == {"simulations": 5, "expansions": 3, "exhausted": True}
+    assert step_requests(ctx.policy) == [(), ("A",), ("B",)]  # the final steps were never expanded
+    check_visits(tree)
+
+
+def test_budget_counts_simulations():
+    tree = run(mcts(PROBLEM, make_ctx(TINY), MCTSConfig(simulations=2, k=2)))
+    assert tree.visits[0] == 2 and tree.meta["stats"]["simulations"] == 2
+    assert tree.meta["stats"]["exhausted"] is False
+
+
+def test_zero_rollouts_use_the_default_value():
+    ctx = make_ctx(TINY)
+    tree = run(mcts(PROBLEM, ctx, MCTSConfig(simulations=2, k=2, n_rollouts=0, default_value=0.25)))
+    assert tree.value_sum[0] == 0.5 and tree.visits[0] == 2
+    assert all(params.stop for _, params in ctx.policy.calls)  # no rollout request was made
+
+
+def chain(steps):
+    """A policy that never answers: every state continues with one of three fresh steps."""
+    return [f"s{len(steps)}a", f"s{len(steps)}b", f"s{len(steps)}c"]
+
+
+def test_truncation_at_max_depth_and_no_expansion_of_final_nodes():
+    ctx = make_ctx(chain, max_depth=2)
+    tree = run(mcts(PROBLEM, ctx, MCTSConfig(simulations=100, k=3, n_rollouts=0)))
+    steps = tree.nodes(STEP)
+    assert max(tree.depth[i] for i in steps) == 2
+    assert all(tree.truncated[i] for i in steps if tree.depth[i] == 2)
+    assert all(len(s) < 2 for s in step_requests(ctx.policy))
+    # 1 root + 3 depth-1 expansions; 1 + 3 + 9 simulations spend the whole tree
+    assert tree.meta["stats"] == {"simulations": 13, "expansions": 4, "exhausted": True}
+    check_visits(tree)
+
+
+def test_identical_sibling_steps_are_merged():
+    ctx = make_ctx({(): [("X", -1.0), ("X", -1.0), ("Y", -1.0)], ("X",): ["The answer is 2."]})
+    tree = run(mcts(PROBLEM, ctx, MCTSConfig(simulations=1, k=3)))
+    kids = tree.children(0)
+    assert [tree.text[c] for c in kids] == ["X", "Y"]
+    assert [tree.samples[c] for c in kids] == [2, 1]
+    assert [tree.prior[c] for c in kids] == pytest.approx([2 / 3, 1 / 3])
+
+
+WIDE = {
+    (): [("A", -1.0), ("B", -1.5), ("C", -3.0)],
+    ("A",): ["A1", "The answer is 2."],
+    ("B",): ["The answer is 4.", "B1"],
+    ("C",): ["The answer is 2."],
+    ("A", "A1"): ["The answer is 2."],
+    ("B", "B1"): ["The answer is 2.", "The answer is 5."],
+}
+
+
+def test_parallel_simulations_spread_by_virtual_loss():
+    ctx = make_ctx(WIDE, slow=True)
+    cfg = MCTSConfig(simulations=10, k=3, c_puct=1.0, n_rollouts=1, parallel_simulations=2)
+    tree = run(mcts(PROBLEM, ctx, cfg))
+    expansions = [{s for s, is_step in snap if is_step} for snap in ctx.policy.snapshots]
+    # A (best prior) and B were being expanded at the same time by the two simulations
+    assert any({("A",), ("B",)} <= e for e in expansions)
+    # a node is expanded once, even when a second simulation reaches it mid-expansion
+    requested = step_requests(ctx.policy.inner)
+    assert len(requested) == len(set(requested))
+    # virtual loss is gone: visits are exactly the backups
+    assert tree.visits[0] == tree.meta["stats"]["simulations"] == 10
+    check_visits(tree)
+
+
+def test_without_virtual_loss_the_second_simulation_waits_for_the_same_expansion():
+    ctx = make_ctx(WIDE, slow=True)
+    cfg = MCTSConfig(simulations=8, k=3, n_rollouts=1, parallel_simulations=2, virtual_loss=0)
+    tree = run(mcts(PROBLEM, ctx, cfg))
+    requested = step_requests(ctx.policy.inner)
+    assert len(requested) == len(set(requested))
+    assert tree.visits[0] == 8
+    check_visits(tree)
+
+
+def test_many_problems_share_one_policy_without_interference():
+    problems = [Problem(f"p{i}", "What is 1 + 1?", answer=str(2 + i % 3)) for i in range(8)]
+    cfg = MCTSConfig(simulations=6, k=2, n_rollouts=2)
+
+    async def together():
+        ctx = make_ctx(WIDE, slow=True)
+        return await asyncio.gather(*(mcts(p, ctx, cfg) for p in problems))
+
+    alone = [run(mcts(p, make_ctx(WIDE), cfg)).to_dict() for p in problems]
+    assert [t.to_dict() for t in run(together())] == alone
+    assert alone[0] != alone[1]  # different answers give different rewards
+
+
+def test_parallel_many_problems_keep_their_invariants():
+    problems = [Problem(f"p{i}", "What is 1 + 1?", answer="2") for i in range(6)]
+
+    async def together():
+        ctx = make_ctx(WIDE, slow=True)
+        cfg = MCTSConfig(simulations=9, k=2, parallel_simulations=3)
+        return await asyncio.gather(*(mcts(p, ctx, cfg) for p in problems))
+
+    for tree in run(together()):
+        assert tree.visits[0] == tree.meta["stats"]["simulations"]
+        check_visits(tree)
+
+
+@pytest.mark.parametrize("bad", [dict(simulations=0), dict(k=0), dict(c_puct=-1), dict(n_rollouts=-1),
+                                 dict(parallel_simulations=0), dict(virtual_loss=-1), dict(prior_temperature=0)])
+def test_config_validation_names_the_field(bad):
+    with pytest.raises(ValueError, match=next(iter(bad))):
+        MCTSConfig(**bad)
+
+
+def test_golden_tree():
+    ctx = make_ctx(WIDE)
+    cfg = MCTSConfig(simulations=10, k=2, c_puct=1.25, fpu=0.0, n_rollouts=2)
+    got = json.loads(json.dumps(run(mcts(PROBLEM, ctx, cfg)).to_dict()))
+    path = GOLDEN / "mcts_scripted.json"
+    if os.environ.get("UPDATE_GOLDEN"):
+        path.write_text(json.dumps(got, indent=1) + "\n")
+    assert got == json.loads(path.read_text())

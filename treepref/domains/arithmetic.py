@@ -1,0 +1,203 @@
+"""Built-in multi-step arithmetic: problems whose every step can be checked exactly.
+
+This is the label-quality yardstick: a preference pair is right when its chosen step's arithmetic is
+right and its rejected step's is wrong, and here that is a fact rather than a model's opinion. Problems
+are a left-to-right chain of ``+ - *`` on integers (parenthesised where precedence would reorder it), so
+the intended order of operations is the reading order and every intermediate is an exact integer.
+
+Generation is deterministic from ``(seed, difficulty, index)`` through a string-seeded ``random.Random``
+(SHA-512 based, independent of ``PYTHONHASHSEED``), so problem ``i`` is the same whatever ``count`` is.
+"""
+
+from __future__ import annotations
+
+import random
+import re
+from fractions import Fraction
+
+from treepref.problems import Problem
+
+INSTRUCTION = "Work one operation per step."
+
+
+def make_problem(seed: int, index: int, difficulty: int = 3) -> Problem:
+    """Problem ``index`` of the ``seed`` stream: ``difficulty`` operations, numbers growing with it."""
+    n_ops = int(difficulty)
+    if n_ops < 1:
+        raise ValueError(f"difficulty is the number of operations and must be >= 1, got {difficulty}")
+    rng = random.Random(f"treepref-arithmetic:{seed}:{n_ops}:{index}")
+    high = 9 + 6 * n_ops  # operand range for + and -
+    value = rng.randint(2, high)
+    expr, top = str(value), ""  # top: the operator applied last (decides where parentheses go)
+    intermediates: list[int] = []
+    for _ in range(n_ops):
+        op = rng.choice("+-*")
+        if op == "*" and value > 200:
+            op = rng.choice("+-")  # keep numbers a small model can still multiply
+        if op == "-" and value < 3:
+            op = "+"  # stay non-negative: negatives add notation, not reasoning
+        if op == "*":
+            operand = rng.randint(2, min(9, 2 + n_ops))
+            value *= operand
+        elif op == "-":
+            operand = rng.randint(1, min(high, value - 1))
+            value -= operand
+        else:
+            operand = rng.randint(2, high)
+            value += operand
+        left = f"({expr})" if op == "*" and top in ("+", "-") else expr
+        expr, top = f"{left} {op} {operand}", op
+        intermediates.append(value)
+    return Problem(
+        id=f"arith-{seed}-{index}",
+        prompt=f"Compute {expr}. {INSTRUCTION}",
+        answer=str(value),
+        meta={"difficulty": n_ops, "expression": expr, "intermediates": intermediates},
+    )
+
+
+def generate(count: int, *, seed: int = 0, difficulty: int = 3) -> list[Problem]:
+    """``count`` arithmetic problems; the same ``(seed, difficulty)`` always gives the same list."""
+    return [make_problem(seed, i, difficulty) for i in range(count)]
+
+
+# -- exact step checking ------------------------------------------------------------------------------
+_TOKEN_RE = re.compile(r"\s*(?:(\d+(?:\.\d+)?)|([-+*/()])|(\S))")
+_SIDE = r"[0-9.+\-*/() \t]*"
+_LEFT_RE = re.compile(_SIDE + r"$")
+_RIGHT_RE = re.compile(r"^" + _SIDE)
+
+
+def _normalize(text: str) -> str:
+    """Rewrite the notations models use for arithmetic into ``0-9 + - * / ( )``."""
+    s = re.sub(r"\\left|\\right", "", text)
+    s = re.sub(r"\\(?:times|cdot)|[×·∗⋅]", "*", s)
+    s = re.sub(r"\\div|÷", "/", s)
+    s = s.replace("−", "-").replace("–", "-")
+    s = re.sub(r"\\[dt]?frac\{([^{}]*)\}\{([^{}]*)\}", r"((\1)/(\2))", s)
+    s = re.sub(r"(?<=\d)(?:,|\{,\}|\\,)(?=\d{3}(?!\d))", "", s)  # thousands separators
+    s = re.sub(r"\\(?:boxed|text|mathrm|mathbf)|\\\$|\$|\\[()\[\]]|[{}]", " ", s)
+    s = re.sub(r"(?<![\d)])\*\*|\*\*(?![\d(])", " ", s)  # markdown bold, not a power
+    s = re.sub(r"(?<=[\d)])\s*[xX]\s*(?=[\d(])", "*", s)
+    s = re.sub(r"^[ \t]*(?:[-*•]|\d+[.)])[ \t]+", "", s, flags=re.MULTILINE)  # list markers
+    return s
+
+
+def _tokens(text: str) -> list[str]:
+    return [m.group(1) or m.group(2) or m.group(3) for m in _TOKEN_RE.finditer(text) if m.group(0).strip()]
+
+
+def _evaluate(tokens: list[str]) -> Fraction | None:
+    """Exact value of a complete ``+ - * / ( )`` expression over decimals, or None (no ``eval``)."""
+    pos = 0
+
+    def peek() -> str | None:
+        return tokens[pos] if pos < len(tokens) else None
+
+    def take() -> str:
+        nonlocal pos
+        pos += 1
+        return tokens[pos - 1]
+
+    def expr() -> Fraction:
+        value = term()
+        while peek() in ("+", "-"):
+            value = value + term() if take() == "+" else value - term()
+        return value
+
+    def term() -> Fraction:
+        value = factor()
+        while peek() in ("*", "/"):
+            if take() == "*":
+                value *= factor()
+            else:
+                value /= factor()  # ZeroDivisionError: caught below
+        return value
+
+    def factor() -> Fraction:
+        tok = peek()
+        if tok in ("-", "+"):
+            take()
+            return -factor() if tok == "-" else factor()
+        if tok == "(":
+            take()
+            value = expr()
+            if take() != ")":
+                raise ValueError("unbalanced")
+            return value
+        if tok is not None and tok[0].isdigit():
+            return Fraction(take())
+        raise ValueError("expected a number")
+
+    try:
+        value = expr()
+    except (ValueError, IndexError, ZeroDivisionError):
+        return None
+    return value if pos == len(tokens) else None
+
+
+def _n_numbers(tokens: list[str]) -> int:
+    return sum(t[0].isdigit() for t in tokens)
+
+
+def equations(step_text: str) -> list[tuple[str, str, bool]]:
+    """Every ``<expression> = <expression>`` in the step as ``(left, right, holds)``.
+
+    The left side is the longest arithmetic run before ``=`` that parses, the right side the longest that
+    parses after it (so ``(7 + 5) * 3 = 12 * 3 = 36`` is two equations, both true). An equation counts
+    only when one side has an operation in it (``Step 2 = 36`` is a label, not arithmetic).
+    """
+    s = _normalize(step_text)
+    found = []
+    for m in re.finditer(r"(?<![<>!=])=(?!=)", s):
+        left_tokens = _tokens(_LEFT_RE.search(s[:m.start()]).group(0))
+        right_tokens = _tokens(_RIGHT_RE.search(s[m.end():]).group(0))
+        left = next(((left_tokens[i:], v) for i in range(len(left_tokens))
+                     if (v := _evaluate(left_tokens[i:])) is not None), None)
+        right = next(((right_tokens[:j], v) for j in range(len(right_tokens), 0, -1)
+                      if (v := _evaluate(right_tokens[:j])) is not None), None)
+        if left is None or right is None or max(_n_numbers(left[0]), _n_numbers(right[0])) < 2:
+            continue
+        found.append((" ".join(left[0]), " ".join(right[0]), left[1] == right[1]))
+    return found
+
+
+def check_step(problem: Problem | None, step_text: str) -> bool | None:
+    """Whether the arithmetic stated in a step is right: False if any equation is wrong, True if all are
+    right (at least one), None when the step states no equation and so cannot be judged.
+
+    Tolerates ``×``, ``x``, ``\\times``, ``\\cdot``, ``−``, thousands separators, ``$...$`` and trailing
+    periods. ``problem`` is not needed for the check itself; it is in the signature so every domain's
+    step checker has the same shape.
+    """
+    found = equations(step_text)
+    if not found:
+        return None
+    return all(holds for _, _, holds in found)
+
+
+async def arithmetic_step_scorer(problems: list[Problem], steps: list[list[str]]) -> list[list[float | None]]:
+    """StepScorer: 1.0 / 0.0 per step by :func:`check_step`, None for steps without an equation."""
+    out = []
+    for problem, path in zip(problems, steps):
+        row = []
+        for step in path:
+            ok = check_step(problem, step)
+            row.append(None if ok is None else float(ok))
+        out.append(row)
+    return out
+
+
+def is_correct_path(problem: Problem, steps: list[str]) -> bool:
+    """A path is correct when no step's arithmetic is wrong, at least one step could be checked, and a
+    stated final answer (if any) equals the reference exactly."""
+    from treepref.verifiers.math import extract_answer
+
+    checks = [check_step(problem, s) for s in steps]
+    if False in checks or True not in checks:
+        return False
+    stated = extract_answer("\n\n".join(steps))
+    if stated is None or problem.answer is None:
+        return True
+    value = _evaluate(_tokens(_normalize(stated).strip().rstrip(".")))
+    return value is not None and value == Fraction(problem.answer)

@@ -1,0 +1,149 @@
+"""The export entry points the CLI calls: trees in, a ``datasets.Dataset`` and its statistics out."""
+
+from __future__ import annotations
+
+import functools
+import inspect
+import json
+import os
+import shutil
+import tempfile
+from pathlib import Path
+
+from treepref.envs.reasoning import DEFAULT_SYSTEM
+from treepref.extract.common import LAYOUTS, Prompter, Template, check_value_name, value_reader
+from treepref.extract.formats import FORMATS, Context
+from treepref.extract.rules import RULES
+from treepref.extract.stats import apply_filters, dedup, export_stats
+from treepref.tree import STEP, Tree
+
+WEIGHTS = (None, "visits")
+RESPONSES = ("paths", "siblings")
+
+
+def template_from_tokenizer(path: str | os.PathLike) -> Template:
+    """``messages -> str`` with the tokenizer's chat template and the generation prompt appended."""
+    tok = _tokenizer(str(path))
+    return functools.partial(tok.apply_chat_template, tokenize=False, add_generation_prompt=True)
+
+
+@functools.lru_cache(maxsize=8)
+def _tokenizer(path: str):
+    from transformers import AutoTokenizer
+
+    return AutoTokenizer.from_pretrained(path)
+
+
+def _choose(name: str, options, what: str):
+    if name not in options:
+        raise ValueError(f"unknown {what} {name!r}; choose one of {sorted(options)}")
+    return options[name] if isinstance(options, dict) else name
+
+
+def _rule_options(rule: str) -> set[str]:
+    params = inspect.signature(RULES[rule]).parameters
+    return {n for n, p in params.items() if p.kind is p.KEYWORD_ONLY and n != "value"}
+
+
+def export(trees: list[Tree], fmt: str, *, template: Template | str | None = None, layout: str = "standard",
+           rule: str | None = None, value: str | None = None, recipe: str = "",
+           system: str | None = DEFAULT_SYSTEM, delimiter: str = "\n\n", kind: str | None = STEP,
+           weight: str | None = None, weight_k: float = 1.0, responses: str = "paths", success: float = 1.0,
+           deduplicate: bool = True, **options):
+    """Turn search trees into one export format; returns ``(dataset, stats)``.
+
+    * ``fmt``: a name in ``FORMATS``.
+    * ``template``: ``messages -> str`` (``policy.chat_prompt``, ``template_from_tokenizer(path)``, or a
+      tokenizer folder). ``system`` and ``delimiter`` must match the environment the search ran with.
+    * ``layout``: ``standard`` or ``conversational`` (see ``common.Prompter``).
+    * ``rule``: a name in ``RULES`` for the sibling-pair formats (None: the format's default).
+    * ``value``: ``value`` | ``mc`` | ``reward`` | a ``scores`` key (None: ``mc`` for stepwise, else ``value``).
+    * ``kind``: the kind of children compared (None: rollouts too).
+    * ``weight``: None (1.0) or ``visits`` (``rules.visit_weight`` with pseudo-count ``weight_k``).
+    * ``responses``: ranked_lists responses, ``paths`` (step + best continuation) or ``siblings``.
+    * ``success``: the reward counted as solved (on_off_path, trajectory_pairs, trees stats).
+    * other keywords: the rule's options (``margin``, ``edit``, ``threshold``), stepwise's ``threshold`` and
+      ``paths``, and filters (``min_margin``, ``min_edit``, ``max_per_node``, ``max_per_problem``).
+
+    ``stats`` is ``stats.export_stats`` plus the settings used and what deduplication and filters dropped.
+    """
+    import datasets
+
+    form = _choose(fmt, FORMATS, "format")
+    _choose(layout, LAYOUTS, "layout")
+    if layout not in form.layouts:
+        raise ValueError(f"format {fmt!r} has only the layouts {form.layouts}, not {layout!r}")
+    if weight not in WEIGHTS:
+        raise ValueError(f"unknown weight {weight!r}; choose one of {WEIGHTS}")
+    if responses not in RESPONSES:
+        raise ValueError(f"unknown responses {responses!r}; choose one of {RESPONSES}")
+    if rule is not None and form.default_rule is None:
+        raise ValueError(f"format {fmt!r} takes no pair rule (got rule={rule!r})")
+    rule = rule or form.default_rule
+    rule_opts, filters = {}, {}
+    accepted = set()
+    if rule:
+        _choose(rule, RULES, "rule")
+        accepted = _rule_options(rule) - {"success"}  # the export's own ``success`` is passed on
+        if "success" in _rule_options(rule):
+            rule_opts["success"] = success
+    for name, val in options.items():
+        if name in accepted:
+            rule_opts[name] = val
+        elif fmt == "stepwise" and name in ("threshold", "paths"):
+            rule_opts[name] = val  # passed on to stepwise_rows
+        elif name in form.filters:
+            filters[name] = val
+        else:
+            raise ValueError(f"unknown option {name!r} for format {fmt!r}"
+                             + (f" and rule {rule!r}" if rule else "")
+                             + f"; rule options: {sorted(accepted)}, filters: {list(form.filters)}")
+    value = value or form.default_value
+    check_value_name(value, trees)
+    if isinstance(template, (str, os.PathLike)):
+        template = template_from_tokenizer(template)
+    read = value_reader(value)
+    ctx = Context(prompter=Prompter(template, layout, system, delimiter), read=read, value=value,
+                  recipe=recipe, rule=rule or "", kind=kind, weight=weight, weight_k=weight_k,
+                  responses=responses, success=success, options=rule_opts,
+                  rule_fn=functools.partial(RULES[rule], value=read, **rule_opts) if rule else None)
+    items = [it for tree in trees for it in form.build(tree, ctx)]
+    dropped = {}
+    if deduplicate:
+        items, dropped["duplicates"] = dedup(items)
+    items, more = apply_filters(items, **filters)
+    dropped.update(more)
+    stats = export_stats(trees, items)
+    stats.update({"format": fmt, "layout": layout, "rule": rule, "rule_options": rule_opts, "value": value,
+                  "recipe": recipe, "filters": filters, "weight": weight, "dropped": dropped})
+    if not items:  # keep the format's columns, so an empty export still loads with the right names
+        return datasets.Dataset.from_dict({c: [] for c in form.columns}), stats
+    return datasets.Dataset.from_list([it.row for it in items]), stats
+
+
+def write_export(trees: list[Tree], out_dir: str | os.PathLike, fmt: str, **kwargs) -> dict:
+    """Export and write ``out_dir/dataset`` (``save_to_disk``), ``out_dir/rows.jsonl`` and
+    ``out_dir/stats.json``. All three appear at once: they are written to a sibling folder that then
+    replaces ``out_dir``. Returns the statistics."""
+    ds, stats = export(trees, fmt, **kwargs)
+    out = Path(out_dir)
+    out.parent.mkdir(parents=True, exist_ok=True)
+    tmp = Path(tempfile.mkdtemp(dir=out.parent, prefix=f".{out.name}.", suffix=".tmp"))
+    try:
+        ds.save_to_disk(str(tmp / "dataset"), num_shards=1 if len(ds) == 0 else None)
+        with open(tmp / "rows.jsonl", "w", encoding="utf-8") as f:
+            for row in ds:
+                f.write(json.dumps(row, ensure_ascii=False) + "\n")
+        with open(tmp / "stats.json", "w", encoding="utf-8") as f:
+            json.dump(stats, f, indent=2, ensure_ascii=False)
+        old = None
+        if out.exists():
+            old = out.with_name(f".{out.name}.old-{os.getpid()}")
+            os.replace(out, old)
+        os.replace(tmp, out)
+        if old is not None:
+            shutil.rmtree(old, ignore_errors=True)
+    except BaseException:
+        shutil.rmtree(tmp, ignore_errors=True)
+        raise
+    return stats

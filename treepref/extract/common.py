@@ -1,0 +1,162 @@
+"""Pieces every exporter shares: the pair record, value readers, prompt rendering and tree walks.
+
+Prompts are rendered the way ``ReasoningEnv.render`` renders a state: the chat template applied to the
+problem's messages (with the system message), then every prefix step followed by the delimiter. So a
+pair's prompt is exactly the text the policy continued when it sampled the two steps.
+"""
+
+from __future__ import annotations
+
+from dataclasses import dataclass
+from typing import Callable
+
+from treepref.envs.reasoning import DEFAULT_SYSTEM
+from treepref.problems import Problem
+from treepref.tree import ROOT, Tree
+
+Template = Callable[[list[dict]], str]
+ValueReader = Callable[[Tree, int], "float | None"]
+
+LAYOUTS = ("standard", "conversational")
+BUILTIN_VALUES = ("value", "mc", "reward")
+
+
+@dataclass(frozen=True)
+class Pair:
+    """One preference between two children of ``parent``; ``strategy`` names the rule that chose it."""
+
+    parent: int
+    chosen: int
+    rejected: int
+    chosen_value: float | None
+    rejected_value: float | None
+    strategy: str
+
+    @property
+    def margin(self) -> float | None:
+        if self.chosen_value is None or self.rejected_value is None:
+            return None
+        return self.chosen_value - self.rejected_value
+
+
+def value_reader(name: str) -> ValueReader:
+    """The node value a rule reads: ``value`` (backed-up mean), ``mc``, ``reward`` or a ``scores`` key.
+
+    A score key may be written plainly (``prm``) or as ``scores.prm`` (needed if it clashes with a
+    built-in name). Nodes without that value read as None.
+    """
+    if name == "value":
+        return lambda tree, node: tree.value(node)
+    if name == "mc":
+        return lambda tree, node: tree.mc_value(node)
+    if name == "reward":
+        return lambda tree, node: tree.reward[node]
+    key = name[len("scores."):] if name.startswith("scores.") else name
+    if not key:
+        raise ValueError("empty score name in value='scores.'")
+    return lambda tree, node: tree.scores[node].get(key)
+
+
+def check_value_name(name: str, trees: list[Tree]) -> None:
+    """Raise if ``name`` is neither built in nor a score key any node of ``trees`` carries."""
+    if name in BUILTIN_VALUES:
+        return
+    key = name[len("scores."):] if name.startswith("scores.") else name
+    if trees and not any(key in s for t in trees for s in t.scores):
+        raise ValueError(f"unknown value {name!r}: not one of {BUILTIN_VALUES} and no node has a score "
+                         f"named {key!r}")
+
+
+@dataclass(frozen=True)
+class Prompter:
+    """How rows render prompts and completions.
+
+    ``standard``: ``prompt`` is text (template + prefix steps, each followed by ``delimiter``) and
+    completions are text (the step followed by ``delimiter``), so ``prompt + chosen`` is exactly the child
+    state as the environment renders it. ``conversational``: ``prompt`` is a list of messages whose last
+    one is a partial assistant message holding the prefix steps (absent at depth 1), completions are
+    one-message lists ``[{"role": "assistant", ...}]``.
+    """
+
+    template: Template | None
+    layout: str = "standard"
+    system: str | None = DEFAULT_SYSTEM
+    delimiter: str = "\n\n"
+
+    def __post_init__(self) -> None:
+        if self.layout not in LAYOUTS:
+            raise ValueError(f"unknown layout {self.layout!r}; choose one of {LAYOUTS}")
+
+    def messages(self, tree: Tree) -> list[dict]:
+        return problem_of(tree).messages(self.system)
+
+    def joined(self, steps: list[str]) -> str:
+        return "".join(s + self.delimiter for s in steps)
+
+    def prompt(self, tree: Tree, node: int):
+        """The state at ``node`` (the prefix a pair of its children continues)."""
+        steps = tree.steps(node)
+        if self.layout == "standard":
+            if not callable(self.template):
+                raise ValueError("the standard layout needs a template: a callable messages -> str "
+                                 "(policy.chat_prompt, or template_from_tokenizer(path))")
+            return self.template(self.messages(tree)) + self.joined(steps)
+        msgs = self.messages(tree)
+        return msgs + [{"role": "assistant", "content": self.joined(steps)}] if steps else msgs
+
+    def question_prompt(self, tree: Tree):
+        """The prompt without any steps (for whole-response formats)."""
+        return self.prompt(tree, ROOT)
+
+    def completion(self, text: str):
+        return text if self.layout == "standard" else [{"role": "assistant", "content": text}]
+
+
+def problem_of(tree: Tree) -> Problem:
+    return Problem(id=tree.problem_id, prompt=tree.prompt, answer=tree.answer)
+
+
+def edit_distance(a: str, b: str) -> int:
+    """Levenshtein distance between two strings, in characters."""
+    if len(a) < len(b):
+        a, b = b, a
+    prev = list(range(len(b) + 1))
+    for i, ca in enumerate(a, 1):
+        cur = [i]
+        for j, cb in enumerate(b, 1):
+            cur.append(min(prev[j] + 1, cur[j - 1] + 1, prev[j - 1] + (ca != cb)))
+        prev = cur
+    return prev[-1]
+
+
+def best_leaf(tree: Tree, node: int, kids: dict[int, list[int]] | None = None) -> int:
+    """The descendant leaf (any kind, rollouts included) that ends best; ``node`` itself if a leaf.
+
+    Best = highest reward among terminated leaves; a leaf without a reward ranks below every rewarded
+    one; ties go to the leaf created first.
+    """
+    kids = kids if kids is not None else tree.children_map()
+    best, best_key, stack = node, None, [node]
+    while stack:
+        n = stack.pop()
+        if kids[n]:
+            stack.extend(kids[n])
+            continue
+        r = tree.reward[n]
+        key = (tree.terminated[n] and r is not None, r if r is not None else 0.0, -n)
+        if best_key is None or key > best_key:
+            best, best_key = n, key
+    return best
+
+
+def success_nodes(tree: Tree, success: float = 1.0, kind: str | None = "step") -> set[int]:
+    """Nodes on a successful path: ancestors (and self) of a terminated node of ``kind`` with reward ≥
+    ``success``. The root is included when any path succeeds."""
+    out: set[int] = set()
+    for n in range(len(tree)):
+        r = tree.reward[n]
+        if tree.terminated[n] and r is not None and r >= success and (kind is None or tree.kind[n] == kind):
+            while n != -1 and n not in out:
+                out.add(n)
+                n = tree.parent[n]
+    return out

@@ -1,0 +1,315 @@
+"""Row builders: one function per export format, ``build(tree, ctx) -> list[Item]``.
+
+An ``Item`` is a row plus what deduplication and filters need (a key, the node it came from, its margin,
+the two texts whose edit distance counts). Column meanings are in docs/formats.md; the conventions:
+
+* a step is rendered ``step + delimiter`` (the stop string is kept, as the policy generated it), so in
+  the standard layout ``prompt + chosen`` is exactly the child state ``ReasoningEnv.render`` produces;
+* a whole response (``refine_pairs``, ``trajectory_pairs``) is the steps joined by the delimiter, with
+  no trailing delimiter (the trainer appends EOS);
+* ``depth`` is the depth of the compared steps (1 = first step).
+"""
+
+from __future__ import annotations
+
+import json
+from dataclasses import dataclass, field
+from typing import Any, Callable, Hashable
+
+from treepref.extract.common import Pair, Prompter, ValueReader, best_leaf, problem_of
+from treepref.extract.rules import visit_weight
+from treepref.tree import ROOT, STEP, Tree
+
+
+@dataclass
+class Context:
+    """Settings one export runs with (built by ``treepref.extract.export``)."""
+
+    prompter: Prompter
+    read: ValueReader
+    value: str = "value"
+    recipe: str = ""
+    rule: str = ""
+    rule_fn: Callable[[Tree, int, list[int]], list[Pair]] | None = None
+    kind: str | None = STEP  # candidate children's kind; None = every kind
+    weight: str | None = None  # None: weight 1.0; "visits": rules.visit_weight
+    weight_k: float = 1.0
+    responses: str = "paths"  # ranked_lists: "paths" (step + best continuation) or "siblings" (the step)
+    success: float = 1.0  # trajectory_pairs: reward at or above which a solution is correct
+    options: dict = field(default_factory=dict)
+
+
+@dataclass
+class Item:
+    row: dict
+    key: Hashable
+    group: Hashable = None  # the node the row came from (max_per_node)
+    margin: float | None = None
+    texts: tuple[str, str] | None = None  # the two compared texts (min_edit)
+
+
+def _base(tree: Tree, ctx: Context) -> dict:
+    return {"problem_id": tree.problem_id, "recipe": ctx.recipe}
+
+
+def _continuation(tree: Tree, node: int, kids: dict[int, list[int]]) -> list[str]:
+    """Steps from ``node`` down to the best-ending leaf under it (see ``common.best_leaf``)."""
+    leaf = best_leaf(tree, node, kids)
+    return [tree.text[n] for n in tree.path(leaf)[tree.depth[node] - 1:]]
+
+
+def _pairs(tree: Tree, ctx: Context, kids: dict[int, list[int]]) -> list[Pair]:
+    out = []
+    for parent in range(len(tree)):
+        children = [c for c in kids[parent] if ctx.kind is None or tree.kind[c] == ctx.kind]
+        if len(children) >= 2:
+            # Two siblings with the same text (not merged by the search) make a pair with no signal.
+            out.extend(p for p in ctx.rule_fn(tree, parent, children)
+                       if tree.text[p.chosen] != tree.text[p.rejected])
+    return out
+
+
+def _pair_row(tree: Tree, ctx: Context, p: Pair) -> dict:
+    pr, delim = ctx.prompter, ctx.prompter.delimiter
+    vc, vr = tree.visits[p.chosen], tree.visits[p.rejected]
+    return {**_base(tree, ctx),
+            "prompt": pr.prompt(tree, p.parent),
+            "chosen": pr.completion(tree.text[p.chosen] + delim),
+            "rejected": pr.completion(tree.text[p.rejected] + delim),
+            "question": problem_of(tree).question,
+            "prefix_steps": tree.steps(p.parent),
+            "chosen_value": p.chosen_value,
+            "rejected_value": p.rejected_value,
+            "margin": p.margin,
+            "depth": tree.depth[p.parent] + 1,
+            "chosen_visits": vc,
+            "rejected_visits": vr,
+            "strategy": p.strategy,
+            "weight": visit_weight(vc, vr, ctx.weight_k) if ctx.weight == "visits" else 1.0}
+
+
+def _pair_item(tree: Tree, p: Pair, row: dict) -> Item:
+    a, b = tree.text[p.chosen], tree.text[p.rejected]
+    key = (tree.problem_id, tuple(tree.steps(p.parent)), frozenset((a, b)))
+    return Item(row, key, (tree.problem_id, p.parent), p.margin, (a, b))
+
+
+def step_pairs(tree: Tree, ctx: Context) -> list[Item]:
+    """TRL preference rows, one per sibling pair."""
+    kids = tree.children_map()
+    return [_pair_item(tree, p, _pair_row(tree, ctx, p)) for p in _pairs(tree, ctx, kids)]
+
+
+def step_apo(tree: Tree, ctx: Context) -> list[Item]:
+    """step_pairs plus the MCTS Q (``Tree.value``, the backed-up mean) of both steps."""
+    out = []
+    for p in _pairs(tree, ctx, tree.children_map()):
+        row = _pair_row(tree, ctx, p)
+        row["q_chosen"], row["q_rejected"] = tree.value(p.chosen), tree.value(p.rejected)
+        out.append(_pair_item(tree, p, row))
+    return out
+
+
+def step_dpo(tree: Tree, ctx: Context) -> list[Item]:
+    """Step-DPO rows: the question, the prefix as text, the two steps and each one's best continuation."""
+    kids, delim = tree.children_map(), ctx.prompter.delimiter
+    out = []
+    for p in _pairs(tree, ctx, kids):
+        row = {**_base(tree, ctx),
+               "prompt": problem_of(tree).question,
+               "initial_reason_steps": ctx.prompter.joined(tree.steps(p.parent)),
+               "chosen": tree.text[p.chosen] + delim,
+               "rejected": tree.text[p.rejected] + delim,
+               "full_chosen": ctx.prompter.joined(_continuation(tree, p.chosen, kids)),
+               "full_rejected": ctx.prompter.joined(_continuation(tree, p.rejected, kids)),
+               "answer": tree.answer or "",
+               "chosen_value": p.chosen_value,
+               "rejected_value": p.rejected_value,
+               "margin": p.margin,
+               "depth": tree.depth[p.parent] + 1,
+               "strategy": p.strategy}
+        out.append(_pair_item(tree, p, row))
+    return out
+
+
+def ranked_lists(tree: Tree, ctx: Context) -> list[Item]:
+    """TPO rows: every valued child of a prefix (≥ 2), best first, with a value for each step."""
+    kids = tree.children_map()
+    out = []
+    for parent in range(len(tree)):
+        valued = [(c, ctx.read(tree, c)) for c in kids[parent] if ctx.kind is None or tree.kind[c] == ctx.kind]
+        valued = sorted([(c, float(v)) for c, v in valued if v is not None], key=lambda cv: -cv[1])
+        if len(valued) < 2:
+            continue
+        responses, step_rewards = [], []
+        for c, _ in valued:
+            path = [c] if ctx.responses == "siblings" else tree.path(best_leaf(tree, c, kids))[tree.depth[c] - 1:]
+            responses.append([tree.text[n] for n in path])
+            step_rewards.append([_float(ctx.read(tree, n)) for n in path])
+        scores = [v for _, v in valued]
+        row = {**_base(tree, ctx),
+               "prompt": ctx.prompter.prompt(tree, parent),
+               "responses": responses,
+               "scores": scores,
+               "step_rewards": step_rewards,
+               "question": problem_of(tree).question,
+               "prefix_steps": tree.steps(parent),
+               "depth": tree.depth[parent] + 1,
+               "strategy": f"ranked_{ctx.responses}"}
+        key = (tree.problem_id, tuple(tree.steps(parent)))
+        out.append(Item(row, key, (tree.problem_id, parent), scores[0] - scores[-1]))
+    return out
+
+
+def refine_pairs(tree: Tree, ctx: Context) -> list[Item]:
+    """SPaR rows: a refined response (chosen) against the response it refines (rejected).
+
+    Contract with refinement searches: a response is one node whose ``text`` is the whole response; a
+    refinement is a node whose ``info`` holds ``{"refines": <id of the original node>, "critique":
+    <the critique that led to it>}``. The prompt is the state at the original's parent (the question,
+    for responses that are children of the root).
+    """
+    out = []
+    for n in range(len(tree)):
+        info = tree.info[n]
+        if "refines" not in info:
+            continue
+        orig = int(info["refines"])
+        if not 0 <= orig < len(tree) or orig == n:
+            raise ValueError(f"tree {tree.problem_id!r}: node {n} refines missing node {orig}")
+        if tree.text[n] == tree.text[orig]:
+            continue  # a refinement that changed nothing
+        vc, vr = _float(ctx.read(tree, n)), _float(ctx.read(tree, orig))
+        margin = vc - vr if vc is not None and vr is not None else None
+        row = {**_base(tree, ctx),
+               "prompt": ctx.prompter.prompt(tree, tree.parent[orig]),
+               "chosen": ctx.prompter.completion(tree.text[n]),
+               "rejected": ctx.prompter.completion(tree.text[orig]),
+               "critique": str(info.get("critique", "")),
+               "question": problem_of(tree).question,
+               "chosen_value": vc,
+               "rejected_value": vr,
+               "margin": margin,
+               "strategy": "refines"}
+        key = (tree.problem_id, tree.parent[orig], tree.text[n], tree.text[orig])
+        out.append(Item(row, key, (tree.problem_id, orig), margin, (tree.text[n], tree.text[orig])))
+    return out
+
+
+def trajectory_pairs(tree: Tree, ctx: Context) -> list[Item]:
+    """Outcome-level rows: every correct complete solution against every incorrect one of the problem.
+
+    A complete solution is a terminated node of any kind (rollouts included) with a reward; correct
+    means reward ≥ ``success``. Solutions with the same text count once (the first found).
+    """
+    seen: dict[str, int] = {}
+    for n in range(1, len(tree)):
+        if tree.terminated[n] and tree.reward[n] is not None:
+            seen.setdefault(ctx.prompter.delimiter.join(tree.steps(n)), n)
+    good = [(t, n) for t, n in seen.items() if tree.reward[n] >= ctx.success]
+    bad = [(t, n) for t, n in seen.items() if tree.reward[n] < ctx.success]
+    out = []
+    for (ta, a), (tb, b) in ((g, x) for g in good for x in bad):
+        ra, rb = float(tree.reward[a]), float(tree.reward[b])
+        row = {**_base(tree, ctx),
+               "prompt": ctx.prompter.question_prompt(tree),
+               "chosen": ctx.prompter.completion(ta),
+               "rejected": ctx.prompter.completion(tb),
+               "question": problem_of(tree).question,
+               "chosen_reward": ra,
+               "rejected_reward": rb,
+               "margin": ra - rb,
+               "chosen_steps": tree.steps(a),
+               "rejected_steps": tree.steps(b),
+               "strategy": "outcome"}
+        out.append(Item(row, (tree.problem_id, ta, tb), (tree.problem_id, ROOT), ra - rb, (ta, tb)))
+    return out
+
+
+def trees(tree: Tree, ctx: Context) -> list[Item]:
+    """One nested record per problem: every node inline (with its children's ids), and tree statistics.
+
+    Nodes are a flat list rather than nested ``children`` records because Arrow needs one fixed schema,
+    which recursion of arbitrary depth does not have. ``scores`` and ``info`` are JSON strings, since
+    their keys differ between nodes and searches.
+    """
+    kids = tree.children_map()
+    nodes = [{"id": i, "parent": tree.parent[i], "depth": tree.depth[i], "kind": tree.kind[i],
+              "text": tree.text[i], "n_tokens": tree.n_tokens[i], "logprob": float(tree.logprob[i]),
+              "prior": float(tree.prior[i]), "visits": tree.visits[i], "value": tree.value(i),
+              "reward": _float(tree.reward[i]), "terminated": bool(tree.terminated[i]),
+              "truncated": bool(tree.truncated[i]), "samples": tree.samples[i],
+              "scores": json.dumps(tree.scores[i], sort_keys=True),
+              "mc": {"correct": tree.mc_correct[i], "total": tree.mc_total[i]},
+              "info": json.dumps(tree.info[i], sort_keys=True, default=str),
+              "children": kids[i]} for i in range(len(tree))]
+    solved = any(tree.terminated[i] and (tree.reward[i] or 0) >= ctx.success for i in range(len(tree)))
+    stats = {"nodes": len(tree), "step_nodes": len(tree.nodes(STEP)),
+             "rollout_nodes": len(tree) - len(tree.nodes(STEP)), "max_depth": max(tree.depth),
+             "generated_tokens": sum(tree.n_tokens), "terminated": sum(map(bool, tree.terminated)),
+             "solved": solved}
+    row = {**_base(tree, ctx), "prompt": problem_of(tree).messages(None), "answer": tree.answer or "",
+           "meta": json.dumps(tree.meta, sort_keys=True, default=str), "nodes": nodes, "stats": stats}
+    # Only an exact copy of a tree is a duplicate (two searches of one problem are two records).
+    return [Item(row, (tree.problem_id, json.dumps(tree.to_dict(), sort_keys=True, default=str)), None)]
+
+
+def stepwise(tree: Tree, ctx: Context) -> list[Item]:
+    """TRL stepwise-supervision rows, built by ``treepref.extract.stepwise.stepwise_rows``."""
+    from treepref.extract.stepwise import stepwise_rows
+
+    if ctx.value in ("value", "reward"):
+        raise ValueError("stepwise labels come from 'mc' or a scores key, not value=" + repr(ctx.value))
+    source = ctx.value[len("scores."):] if ctx.value.startswith("scores.") else ctx.value
+    out = []
+    for r in stepwise_rows(tree, source=source, **ctx.options):
+        row = {**r, **_base(tree, ctx)}
+        key = (row["problem_id"], json.dumps(row.get("prompt"), default=str),
+               tuple(map(str, row.get("completions", ()))))
+        out.append(Item(row, key))
+    return out
+
+
+def _float(v: Any) -> float | None:
+    return None if v is None else float(v)
+
+
+@dataclass(frozen=True)
+class Format:
+    """An export format: its builder, columns, default rule (None: takes no rule), filters, layouts."""
+
+    build: Callable[[Tree, Context], list[Item]]
+    columns: tuple[str, ...]
+    default_rule: str | None = None
+    filters: tuple[str, ...] = ()
+    layouts: tuple[str, ...] = ("standard", "conversational")
+    default_value: str = "value"
+
+
+_PAIR_FILTERS = ("min_margin", "min_edit", "max_per_node", "max_per_problem")
+_ID = ("problem_id", "recipe")
+_PAIR_COLUMNS = _ID + ("prompt", "chosen", "rejected", "question", "prefix_steps", "chosen_value",
+                       "rejected_value", "margin", "depth", "chosen_visits", "rejected_visits", "strategy",
+                       "weight")
+
+FORMATS: dict[str, Format] = {
+    "step_pairs": Format(step_pairs, _PAIR_COLUMNS, "max_min", _PAIR_FILTERS),
+    "step_dpo": Format(step_dpo, _ID + ("prompt", "initial_reason_steps", "chosen", "rejected", "full_chosen",
+                                        "full_rejected", "answer", "chosen_value", "rejected_value", "margin",
+                                        "depth", "strategy"),
+                       "max_min", _PAIR_FILTERS, ("standard",)),
+    "step_apo": Format(step_apo, _PAIR_COLUMNS + ("q_chosen", "q_rejected"), "q_sign", _PAIR_FILTERS),
+    "ranked_lists": Format(ranked_lists, _ID + ("prompt", "responses", "scores", "step_rewards", "question",
+                                                "prefix_steps", "depth", "strategy"),
+                           None, ("min_margin", "max_per_problem")),
+    "stepwise": Format(stepwise, ("prompt", "completions", "labels", "soft_labels") + _ID,
+                       None, ("max_per_problem",), ("standard",), default_value="mc"),
+    "refine_pairs": Format(refine_pairs, _ID + ("prompt", "chosen", "rejected", "critique", "question",
+                                                "chosen_value", "rejected_value", "margin", "strategy"),
+                           None, _PAIR_FILTERS),
+    "trees": Format(trees, _ID + ("prompt", "answer", "meta", "nodes", "stats"), None, (), ("standard",)),
+    "trajectory_pairs": Format(trajectory_pairs, _ID + ("prompt", "chosen", "rejected", "question",
+                                                        "chosen_reward", "rejected_reward", "margin",
+                                                        "chosen_steps", "rejected_steps", "strategy"),
+                               None, ("min_margin", "min_edit", "max_per_problem")),
+}

@@ -1,0 +1,88 @@
+"""TRL's stepwise-supervision export: one row per solution path, one label per step.
+
+Columns follow TRL's ``stepwise_supervision`` dataset type (``prompt``, ``completions``: the steps,
+``labels``: one bool per step), plus ``soft_labels`` (a float per step, for soft BCE targets),
+``label_source``, ``problem_id`` and metadata (node ids, MC counts, final reward).
+
+Label sources:
+  * ``"mc"``: Monte Carlo counts on each node (Math-Shepherd): hard = any completion correct, soft = share
+    correct. A final node without counts is labelled by its own reward.
+  * any other name (``"omegaprm"``, ``"prm"``, ``"judge"``, ...): ``scores[name]`` on each node; the hard label
+    is ``score >= threshold``.
+A path is cut at its first unlabelled step (TRL needs a label for every step), and dropped when nothing
+is labelled. Only ``step`` nodes form paths; rollout chains are the evidence behind the labels.
+"""
+
+from __future__ import annotations
+
+from typing import Iterable
+
+from treepref.tree import STEP, Tree
+
+
+def _label(tree: Tree, node: int, source: str, threshold: float) -> tuple[bool, float] | None:
+    if source == "mc":
+        if tree.mc_total[node]:
+            soft = tree.mc_correct[node] / tree.mc_total[node]
+            return tree.mc_correct[node] > 0, soft
+        if tree.terminated[node] and tree.reward[node] is not None:
+            return tree.reward[node] >= 1.0, float(tree.reward[node])
+        return None
+    score = tree.scores[node].get(source)
+    if score is None:
+        return None
+    return float(score) >= threshold, float(score)
+
+
+def path_ends(tree: Tree, *, paths: str = "leaves") -> list[int]:
+    """End nodes of the exported paths: ``"leaves"`` (step nodes with no step child) or ``"all"`` (every
+    step node, i.e. every prefix)."""
+    kids = tree.children_map()
+    steps = [i for i in tree.nodes(STEP) if i != 0]
+    if paths == "all":
+        return steps
+    if paths != "leaves":
+        raise ValueError(f"paths must be 'leaves' or 'all', got {paths!r}")
+    return [i for i in steps if not any(tree.kind[c] == STEP for c in kids[i])]
+
+
+def stepwise_rows(tree: Tree, *, source: str = "mc", threshold: float = 0.5, paths: str = "leaves",
+                  recipe: str | None = None) -> list[dict]:
+    """One TRL stepwise-supervision row per path of ``tree``, labelled from ``source``."""
+    rows = []
+    for end in path_ends(tree, paths=paths):
+        nodes, labels, soft = [], [], []
+        for node in tree.path(end):
+            lab = _label(tree, node, source, threshold)
+            if lab is None:
+                break
+            nodes.append(node)
+            labels.append(lab[0])
+            soft.append(lab[1])
+        if not nodes:
+            continue
+        last = nodes[-1]
+        rows.append({
+            "prompt": tree.prompt,
+            "completions": [tree.text[i] for i in nodes],
+            "labels": labels,
+            "soft_labels": soft,
+            "label_source": source,
+            "problem_id": tree.problem_id,
+            "recipe": recipe or tree.meta.get("recipe") or tree.meta.get("search"),
+            "answer": tree.answer,
+            "node_ids": nodes,
+            "mc_correct": [tree.mc_correct[i] for i in nodes],
+            "mc_total": [tree.mc_total[i] for i in nodes],
+            "complete": last == end,
+            "terminated": bool(tree.terminated[last]),
+            "final_reward": tree.reward[last] if tree.terminated[last] else None,
+        })
+    return rows
+
+
+def to_dataset(rows: Iterable[dict]):
+    """A ``datasets.Dataset`` of stepwise rows (TRL's PRMTrainer reads prompt/completions/labels)."""
+    from datasets import Dataset
+
+    return Dataset.from_list(list(rows))
