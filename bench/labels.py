@@ -145,6 +145,8 @@ async def main(args) -> dict:
         "tokens": {"sampling_solutions": sample_tokens, "mc": mc_tokens, "omegaprm": om_tokens,
                    "mc_per_label": ratio(mc_tokens, n_mc_labels), "omegaprm_per_label": ratio(om_tokens, n_om_labels)},
         "seconds": {"sampling": round(t1 - t0, 1), "mc": round(t2 - t1, 1), "omegaprm": round(t3 - t2, 1)},
+        # A labeller that says "wrong" for every step: the base rate the agreements should be read against.
+        "always_wrong_baseline": ratio(sum(1 for r in checked if not r["exact"]), len(checked)),
         "goal_hard_agreement_0.9_met": hard_step is not None and hard_step >= 0.9,
         "examples": steps[:12],
     }
@@ -173,6 +175,8 @@ def markdown(r: dict) -> str:
         f"{r['mc_soft_mean_when_step_right']} on right steps, {r['mc_soft_mean_when_step_wrong']} on wrong ones.",
         f"OmegaPRM: {r['omegaprm_rollouts']} rollouts, {r['omegaprm_incomplete_paths']} paths left undecided by the budget.",
         f"Seconds: {r['seconds']}. Goal (hard agreement >= 0.9) met: {r['goal_hard_agreement_0.9_met']}.",
+        f"Base rate: a labeller answering 'wrong' for every step agrees on {r.get('always_wrong_baseline')} of the "
+        "checkable steps; agreement above that is what the labels add.",
         "",
         "The exact checker judges a step's own arithmetic; an MC label judges whether *this policy* can still",
         "reach the answer from the prefix. With a 135M model that often fails even from a right prefix, many",
@@ -196,8 +200,15 @@ if __name__ == "__main__":
     ap.add_argument("--model", default=None)
     ap.add_argument("--threads", type=int, default=1)
     ap.add_argument("--out", default=str(Path(__file__).resolve().parent / "results" / "labels"))
+    ap.add_argument("--from-json", default=None, help="only re-render the results of an earlier run")
     args = ap.parse_args()
-    res = asyncio.run(main(args))
+    if args.from_json:  # re-render the markdown of an earlier run
+        res = json.loads(Path(args.from_json).read_text())
+        res.setdefault("always_wrong_baseline", ratio(
+            sum(v for k, v in res["mc_confusion_vs_step_check"].items() if k.startswith("exact_False")),
+            sum(res["mc_confusion_vs_step_check"].values())))
+    else:
+        res = asyncio.run(main(args))
     atomic_write_text(args.out + ".json", json.dumps(res, indent=2, ensure_ascii=False))
     atomic_write_text(args.out + ".md", markdown(res))
     print(markdown(res))

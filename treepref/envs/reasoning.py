@@ -12,6 +12,8 @@ from treepref.problems import Problem
 DEFAULT_SYSTEM = ("Solve the problem step by step. Write each step as a short paragraph and separate steps "
                   "with a blank line. End with a final line of the form 'The answer is N.'")
 
+_NUMBER = re.compile(r"-?\d+(?:\.\d+)?")
+
 OutcomeVerifier = Callable[[Problem, str], Awaitable[float | None]]
 
 
@@ -29,7 +31,10 @@ class ReasoningEnv:
     own chat template is applied). A state is terminated when a step states a final answer (``answer_pattern``,
     first group is the answer; ``\\boxed{}`` is always recognised) or the model ends the sequence, and
     truncated at ``max_depth`` steps or ``max_tokens`` generated tokens. A terminated state is rewarded by
-    ``verifier`` (1.0 right, 0.0 wrong, None when there is no reference answer).
+    ``verifier`` (1.0 right, 0.0 wrong, None when there is no reference answer). When the model ends the
+    sequence without the answer phrase, the last number of its last step is taken as its answer (the usual
+    GSM8K-style reading; small models often finish with "so 13 + 3 = 16."), unless
+    ``last_number_fallback`` is off.
     """
 
     template: Callable[[list[dict]], str] = plain_template
@@ -39,6 +44,7 @@ class ReasoningEnv:
     system: str | None = DEFAULT_SYSTEM
     max_depth: int = 8
     max_tokens: int = 1024
+    last_number_fallback: bool = True  # when the model ends without stating an answer, take the last number
 
     def __post_init__(self) -> None:
         self._answer_re = re.compile(self.answer_pattern, re.IGNORECASE | re.MULTILINE)
@@ -81,6 +87,9 @@ class ReasoningEnv:
         text = self.clean(action)
         new = State(state.problem, state.steps + (text,), state.n_tokens + n_tokens, state.data)
         answer = self.final_answer(text)
+        if answer is None and ended and self.last_number_fallback:
+            numbers = _NUMBER.findall(text.replace(",", ""))
+            answer = numbers[-1].rstrip(".") if numbers else None
         terminated = answer is not None or ended
         reward = None
         if terminated:
