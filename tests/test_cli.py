@@ -1,0 +1,85 @@
+"""The CLI end to end with the real model: bad problem rows reported, trees and pairs written, resume."""
+
+from __future__ import annotations
+
+import json
+import shutil
+from pathlib import Path
+
+import pytest
+
+from treepref.cli import main
+
+DATA = Path(__file__).parent / "data"
+
+
+@pytest.fixture(scope="module")
+def run_dir(tmp_path_factory, model_dir):
+    """One real (tiny) run over a problems file with malformed rows, shared by the tests below."""
+    tmp = tmp_path_factory.mktemp("cli")
+    problems = tmp / "problems.jsonl"
+    shutil.copy(DATA / "problems_mixed.jsonl", problems)
+    recipe = tmp / "recipe.yaml"
+    recipe.write_text(f"""
+model: {{name: {model_dir}, backend: hf, options: {{num_threads: 1}}}}
+problems: {{source: file, options: {{path: {problems}, count: 2}}}}
+env: {{max_depth: 2, max_tokens: 64}}
+sampling: {{temperature: 1.0, max_tokens: 12, rollout_max_tokens: 24}}
+search: {{name: mcts, options: {{simulations: 3, k: 2, n_rollouts: 1}}}}
+extract: {{formats: [step_pairs, trees]}}
+run: {{output: {tmp / 'run'}, concurrency: 2}}
+""")
+    assert main(["generate", "-c", str(recipe), "--quiet"]) == 0
+    return tmp / "run", problems
+
+
+def test_bad_rows_are_reported_and_the_run_goes_on(run_dir):
+    out, problems = run_dir
+    errors = [json.loads(line) for line in (out / "problem_errors.jsonl").read_text().splitlines()]
+    # Every bad row of the file is named with its file, line and a reason.
+    assert {e["line"] for e in errors} >= {3, 4, 5, 7, 8, 10}
+    assert all(e["file"] == str(problems) and e["reason"] for e in errors)
+    assert any(e["field"] == "prompt" for e in errors)
+    trees = sorted(p.name for p in (out / "trees").glob("*.json"))
+    assert trees == ["p1.json", "p2.json"]  # the first two good rows (count: 2)
+
+
+def test_summary_trees_and_exports_load(run_dir):
+    import datasets
+
+    from treepref.tree import Tree
+
+    out, _ = run_dir
+    summary = json.loads((out / "summary.json").read_text())
+    assert summary["searched"] == 2 and summary["failed"] == 0
+    assert summary["generated_tokens"] > 0 and summary["nodes"] > 2 and summary["wall_time_s"] > 0
+    tree = Tree.load(out / "trees" / "p1.json")
+    assert len(tree.children(0)) >= 1 and tree.meta["search"] == "mcts"
+    assert all(n <= 12 for n, k in zip(tree.n_tokens, tree.kind) if k == "step")
+    pairs = datasets.load_from_disk(str(out / "exports" / "step_pairs" / "dataset"))
+    assert {"prompt", "chosen", "rejected", "chosen_value", "rejected_value"} <= set(pairs.column_names)
+    trees = datasets.load_from_disk(str(out / "exports" / "trees" / "dataset"))
+    assert sorted(trees["problem_id"]) == ["p1", "p2"]
+    stats = json.loads((out / "exports" / "step_pairs" / "stats.json").read_text())
+    assert stats["rows"] == len(pairs)
+
+
+def test_rerun_resumes_and_extract_writes_another_format(run_dir, capsys):
+    out, _ = run_dir
+    before = {p.name: p.stat().st_mtime_ns for p in (out / "trees").glob("*.json")}
+    assert main(["generate", "-c", str(out / "config.yaml"), "--quiet", "--no-extract"]) == 0
+    summary = json.loads((out / "summary.json").read_text())
+    assert summary["resumed"] == 2 and summary["searched"] == 0
+    assert {p.name: p.stat().st_mtime_ns for p in (out / "trees").glob("*.json")} == before
+    capsys.readouterr()
+    assert main(["extract", str(out), "--format", "trajectory_pairs"]) == 0
+    assert "trajectory_pairs" in json.loads(capsys.readouterr().out)
+    assert (out / "exports" / "trajectory_pairs" / "stats.json").exists()
+
+
+def test_config_errors_exit_cleanly(tmp_path, capsys):
+    bad = tmp_path / "bad.yaml"
+    bad.write_text("search:\n  name: mcts\n  options: {simulations: many}\n")
+    assert main(["generate", "-c", str(bad)]) == 2
+    err = capsys.readouterr().err
+    assert "simulations" in err and str(bad) in err

@@ -1,0 +1,58 @@
+"""The reasoning environment: rendering, when a path ends, and how it is rewarded."""
+
+from __future__ import annotations
+
+import asyncio
+
+from treepref.envs.reasoning import ReasoningEnv, plain_template
+from treepref.problems import Problem
+
+
+async def exact(problem, answer):
+    return float(answer == problem.answer)
+
+
+def step(env, state, text, ended=False):
+    return asyncio.run(env.step(state, text, n_tokens=len(text.split()), ended=ended))
+
+
+def test_render_appends_steps_with_the_delimiter():
+    env = ReasoningEnv(template=plain_template, verifier=exact, system=None)
+    s = env.initial(Problem("x", "Compute 2 + 3.", "5"))
+    s = step(env, s, "2 + 3 = 5\n\n").state
+    assert env.render(s) == "<user>\nCompute 2 + 3.\n<assistant>\n2 + 3 = 5\n\n"
+    assert s.steps == ("2 + 3 = 5",) and s.n_tokens == 5
+
+
+def test_answers_end_the_path_and_are_verified():
+    env = ReasoningEnv(template=plain_template, verifier=exact)
+    s = env.initial(Problem("x", "Compute 13 + 3.", "16"))
+    right = step(env, s, "The answer is 16.")
+    wrong = step(env, s, "So the answer is 4.")
+    boxed = step(env, s, "Thus \\boxed{16}")
+    assert (right.terminated, right.reward) == (True, 1.0)
+    assert (wrong.terminated, wrong.reward) == (True, 0.0)
+    assert (boxed.terminated, boxed.reward) == (True, 1.0)
+    going = step(env, s, "13 + 3 = 16")
+    assert not going.terminated and going.reward is None and not going.truncated
+
+
+def test_end_of_sequence_reads_the_last_number_unless_disabled():
+    env = ReasoningEnv(template=plain_template, verifier=exact)
+    s = env.initial(Problem("x", "Compute 13 + 3.", "16"))
+    assert step(env, s, "Therefore, 13 + 3 = 16.", ended=True).reward == 1.0
+    assert step(env, s, "I am not sure.", ended=True).reward == 0.0
+    strict = ReasoningEnv(template=plain_template, verifier=exact, last_number_fallback=False)
+    t = step(strict, s, "Therefore, 13 + 3 = 16.", ended=True)
+    assert t.terminated and t.reward == 0.0
+
+
+def test_budgets_truncate_without_reward():
+    env = ReasoningEnv(template=plain_template, verifier=exact, max_depth=2, max_tokens=100)
+    s = env.initial(Problem("x", "q", "1"))
+    first = step(env, s, "a b c")
+    assert not first.truncated
+    second = step(env, first.state, "d e")
+    assert second.truncated and not second.terminated and second.reward is None
+    long = ReasoningEnv(template=plain_template, verifier=exact, max_tokens=4)
+    assert step(long, s, "one two three four five").truncated
