@@ -193,7 +193,25 @@ def _export(run: Path, cfg: Config, formats, rule, value, layout, options) -> di
                              system=_system(cfg), delimiter=cfg.env.delimiter, **options)
         results[fmt] = {k: stats[k] for k in ("rows", "mean_rows_per_problem", "share_with_rows",
                                               "generated_tokens_per_row") if k in stats}
+        if cfg.problems.source == "arithmetic" and fmt in _STEP_PAIR_FORMATS:
+            results[fmt]["label_quality"] = _label_quality(run / "exports" / fmt)
     return results
+
+
+_STEP_PAIR_FORMATS = ("step_pairs", "step_apo")
+
+
+def _label_quality(folder: Path) -> dict:
+    """On built-in arithmetic every step can be checked: how many pairs prefer the right step."""
+    from treepref.extract.quality import pair_label_quality
+    from treepref.runner import write_json
+
+    with open(folder / "rows.jsonl", encoding="utf-8") as f:
+        quality = pair_label_quality(json.loads(line) for line in f)
+    stats = json.loads((folder / "stats.json").read_text(encoding="utf-8"))
+    stats["label_quality"] = quality
+    write_json(folder / "stats.json", stats)
+    return quality
 
 
 def _system(cfg: Config):
