@@ -11,6 +11,10 @@ False). So we also report agreement with the *prefix* check (every checkable ste
 what an MC label estimates when the policy is strong.
 
     python bench/labels.py --problems 6 --paths 2 --n 8      # writes bench/results/labels.{json,md}
+    python bench/labels.py --backend vllm --difficulty 1,2 --problems 24 --paths 4 --n 8 --cpu-kv-gib 2
+
+With ``--backend vllm`` the engine runs in a spawned process on CPU machines (hence the ``__main__`` guard)
+and one policy serves one event loop, so every difficulty runs inside a single ``asyncio.run``.
 """
 
 from __future__ import annotations
@@ -18,6 +22,7 @@ from __future__ import annotations
 import argparse
 import asyncio
 import json
+import os
 import platform
 import sys
 import time
@@ -50,15 +55,43 @@ def ratio(num, den):
     return round(num / den, 4) if den else None
 
 
+def build_policy(args):
+    if args.backend == "vllm":
+        return make_policy("vllm", args.model, seed=args.seed, cpu_kv_cache_gib=args.cpu_kv_gib)
+    if args.backend == "hf":
+        return make_policy("hf", args.model, num_threads=args.threads, seed=args.seed)
+    return make_policy(args.backend, args.model)
+
+
 async def main(args) -> dict:
-    problems = generate(args.problems, seed=args.seed, difficulty=args.difficulty)
-    policy = make_policy(args.backend, args.model, num_threads=args.threads, seed=args.seed)
+    """Every difficulty in one event loop, on one policy (a VLLMPolicy serves one loop)."""
+    policy = build_policy(args)
+    t0 = time.perf_counter()
+    try:
+        by_difficulty = {}
+        for d in args.difficulties:
+            print(f"-- difficulty {d}", file=sys.stderr, flush=True)
+            by_difficulty[str(d)] = await run_difficulty(policy, d, args)
+    finally:
+        if hasattr(policy, "close"):
+            policy.close()
+    settings = {k: v for k, v in vars(args).items() if k != "difficulties"}
+    return {"settings": settings,
+            "machine": {"python": platform.python_version(), "processor": platform.processor() or platform.machine(),
+                        "cpus": os.cpu_count()},
+            "total_seconds": round(time.perf_counter() - t0, 1),
+            "by_difficulty": by_difficulty}
+
+
+async def run_difficulty(policy, difficulty: int, args) -> dict:
+    problems = generate(args.problems, seed=args.seed, difficulty=difficulty)
+    tokens_start = policy.stats.generated_tokens
     env = ReasoningEnv(template=policy.chat_prompt, max_depth=args.max_depth, max_tokens=args.rollout_tokens)
     ctx = SearchContext(env=env, policy=policy, sampling=Sampling(temperature=args.temperature, max_tokens=64),
                         rollout_max_tokens=args.rollout_tokens)
     t0 = time.perf_counter()
     solutions = await sample_solutions(problems, ctx, args.paths)
-    sample_tokens = policy.stats.generated_tokens
+    sample_tokens = policy.stats.generated_tokens - tokens_start
     print(f"sampled {sum(map(len, solutions))} solutions, {sample_tokens} tokens, {time.perf_counter() - t0:.0f}s",
           file=sys.stderr, flush=True)
 
@@ -72,7 +105,7 @@ async def main(args) -> dict:
     # Each node once, even where two solutions share a prefix.
     await asyncio.gather(*(label_path(t, st, sorted({i for path in paths for i in path}), ctx, args.n)
                            for t, st, paths in zip(mc_trees, mc_states, mc_paths)))
-    mc_tokens = policy.stats.generated_tokens - sample_tokens
+    mc_tokens = policy.stats.generated_tokens - tokens_start - sample_tokens
     t2 = time.perf_counter()
     print(f"MC labels: {mc_tokens} tokens, {t2 - t1:.0f}s", file=sys.stderr, flush=True)
 
@@ -89,6 +122,7 @@ async def main(args) -> dict:
                                         for t, st, path in jobs))
     om_tokens = policy.stats.generated_tokens - before
     t3 = time.perf_counter()
+    print(f"OmegaPRM: {om_tokens} tokens, {t3 - t2:.0f}s", file=sys.stderr, flush=True)
 
     # -- agreement with the exact checker ------------------------------------------------------------
     steps = []  # one record per labelled step
@@ -117,6 +151,9 @@ async def main(args) -> dict:
 
     hard_step, n_checked = agree(steps, "hard", "exact")
     hard_prefix, _ = agree(steps, "hard", "prefix_exact")
+    for r in steps:
+        r["soft_ge_half"] = None if r["soft"] is None else r["soft"] >= 0.5
+    soft_step, _ = agree(steps, "soft_ge_half", "exact")
     om_agree, om_checked = agree(om_steps, "label", "exact")
     checked = [r for r in steps if r["exact"] is not None and r["hard"] is not None]
     confusion = {f"exact_{e}_mc_{h}": sum(1 for r in checked if r["exact"] == e and r["hard"] == h)
@@ -127,14 +164,14 @@ async def main(args) -> dict:
     n_om_labels = sum(1 for r in om_steps if r["label"] is not None)
     n_paths = sum(len(x) for x in mc_paths)
     result = {
-        "settings": vars(args),
-        "machine": {"python": platform.python_version(), "processor": platform.processor() or platform.machine()},
+        "difficulty": difficulty,
         "problems": len(problems), "paths": n_paths,
         "steps_labelled_mc": n_mc_labels, "steps_checkable": n_checked,
         "final_answer_accuracy": ratio(sum(1 for r in steps if r["final"] and r["hard"]),
                                        sum(1 for r in steps if r["final"])),
         "mc_hard_vs_step_check": hard_step,
         "mc_hard_vs_prefix_check": hard_prefix,
+        "mc_soft_ge_0.5_vs_step_check": soft_step,
         "mc_confusion_vs_step_check": confusion,
         "mc_soft_mean_when_step_right": ratio(sum(soft_right), len(soft_right)),
         "mc_soft_mean_when_step_wrong": ratio(sum(soft_wrong), len(soft_wrong)),
@@ -148,18 +185,41 @@ async def main(args) -> dict:
         # A labeller that says "wrong" for every step: the base rate the agreements should be read against.
         "always_wrong_baseline": ratio(sum(1 for r in checked if not r["exact"]), len(checked)),
         "goal_hard_agreement_0.9_met": hard_step is not None and hard_step >= 0.9,
-        "examples": steps[:12],
+        "examples": [{k: v for k, v in r.items() if k != "soft_ge_half"} for r in steps[:12]],
     }
     return result
 
 
-def markdown(r: dict) -> str:
-    s, t = r["settings"], r["tokens"]
-    return "\n".join([
+def markdown(res: dict) -> str:
+    s = res["settings"]
+    diffs = ",".join(res["by_difficulty"])
+    lines = [
         "# Step-label quality on built-in arithmetic",
         "",
-        f"`python bench/labels.py --problems {s['problems']} --paths {s['paths']} --n {s['n']} "
-        f"--difficulty {s['difficulty']} --backend {s['backend']}` (model: SmolLM2-135M-Instruct, CPU)",
+        f"`python bench/labels.py --backend {s['backend']} --difficulty {diffs} --problems {s['problems']} "
+        f"--paths {s['paths']} --n {s['n']} --rollout-tokens {s['rollout_tokens']}"
+        + (f" --cpu-kv-gib {s['cpu_kv_gib']}" if s.get("cpu_kv_gib") else "")
+        + f"` (model: SmolLM2-135M-Instruct, CPU, {res['machine'].get('cpus', '?')} cores; "
+        f"total {res.get('total_seconds', '?')} s)",
+        "",
+    ]
+    for d, r in res["by_difficulty"].items():
+        lines += difficulty_section(d, r, s)
+    lines += [
+        "The exact checker judges a step's own arithmetic; an MC label judges whether *this policy* can still",
+        "reach the answer from the prefix. With a 135M model that often fails even from a right prefix, many",
+        "right steps get MC label False (exact True, MC False), so agreement measures the policy as much as",
+        "the labeller. A step with an arithmetic slip can also be \"rescued\" by a completion that recomputes",
+        "the answer (exact False, MC True).",
+    ]
+    return "\n".join(lines) + "\n"
+
+
+def difficulty_section(d, r: dict, s: dict) -> list[str]:
+    t = r["tokens"]
+    goal = r["goal_hard_agreement_0.9_met"]
+    return [
+        f"## Difficulty {d} ({'one operation' if str(d) == '1' else f'{d} operations'})",
         "",
         f"{r['problems']} problems, {r['paths']} sampled solutions, {r['steps_labelled_mc']} steps labelled, "
         f"{r['steps_checkable']} of them checkable (they state an equation). Final answers right: "
@@ -169,20 +229,16 @@ def markdown(r: dict) -> str:
         "|---|---|---|---|---|",
         f"| MC hard (N={s['n']}) | {r['mc_hard_vs_step_check']} | {r['steps_checkable']} | {t['mc']} | {t['mc_per_label']} |",
         f"| MC hard vs prefix check | {r['mc_hard_vs_prefix_check']} | | | |",
+        f"| MC soft >= 0.5 (N={s['n']}) | {r.get('mc_soft_ge_0.5_vs_step_check')} | {r['steps_checkable']} | (same) | |",
         f"| OmegaPRM (N={s['n']}) | {r['omegaprm_vs_step_check']} | {r['omegaprm_steps_checkable']} | {t['omegaprm']} | {t['omegaprm_per_label']} |",
+        f"| always 'wrong' (base rate) | {r.get('always_wrong_baseline')} | {r['steps_checkable']} | 0 | 0 |",
         "",
         f"Confusion (exact check vs MC hard): `{r['mc_confusion_vs_step_check']}`. Mean soft label: "
         f"{r['mc_soft_mean_when_step_right']} on right steps, {r['mc_soft_mean_when_step_wrong']} on wrong ones.",
         f"OmegaPRM: {r['omegaprm_rollouts']} rollouts, {r['omegaprm_incomplete_paths']} paths left undecided by the budget.",
-        f"Seconds: {r['seconds']}. Goal (hard agreement >= 0.9) met: {r['goal_hard_agreement_0.9_met']}.",
-        f"Base rate: a labeller answering 'wrong' for every step agrees on {r.get('always_wrong_baseline')} of the "
-        "checkable steps; agreement above that is what the labels add.",
+        f"Seconds: {r['seconds']}. **Goal (hard agreement >= 0.9) met: {goal}.**",
         "",
-        "The exact checker judges a step's own arithmetic; an MC label judges whether *this policy* can still",
-        "reach the answer from the prefix. With a 135M model that often fails even from a right prefix, many",
-        "right steps get MC label False (exact True, MC False), so agreement measures the policy as much as",
-        "the labeller.",
-    ]) + "\n"
+    ]
 
 
 if __name__ == "__main__":
@@ -190,7 +246,7 @@ if __name__ == "__main__":
     ap.add_argument("--problems", type=int, default=6)
     ap.add_argument("--paths", type=int, default=2, help="sampled solutions per problem")
     ap.add_argument("--n", type=int, default=8, help="completions per MC estimate")
-    ap.add_argument("--difficulty", type=int, default=2)
+    ap.add_argument("--difficulty", default="2", help="comma-separated list, one table each, e.g. 1,2")
     ap.add_argument("--seed", type=int, default=0)
     ap.add_argument("--temperature", type=float, default=0.8)
     ap.add_argument("--max-depth", type=int, default=6)
@@ -198,15 +254,23 @@ if __name__ == "__main__":
     ap.add_argument("--budget", type=int, default=None, help="OmegaPRM rollouts per path")
     ap.add_argument("--backend", default="hf")
     ap.add_argument("--model", default=None)
-    ap.add_argument("--threads", type=int, default=1)
+    ap.add_argument("--threads", type=int, default=1, help="hf backend: torch threads")
+    ap.add_argument("--cpu-kv-gib", type=int, default=2, help="vllm backend on CPU: KV cache in GiB")
     ap.add_argument("--out", default=str(Path(__file__).resolve().parent / "results" / "labels"))
     ap.add_argument("--from-json", default=None, help="only re-render the results of an earlier run")
     args = ap.parse_args()
+    args.difficulties = [int(x) for x in str(args.difficulty).split(",") if x.strip()]
     if args.from_json:  # re-render the markdown of an earlier run
         res = json.loads(Path(args.from_json).read_text())
-        res.setdefault("always_wrong_baseline", ratio(
-            sum(v for k, v in res["mc_confusion_vs_step_check"].items() if k.startswith("exact_False")),
-            sum(res["mc_confusion_vs_step_check"].values())))
+        if "by_difficulty" not in res:  # an older single-difficulty file
+            old = res
+            settings = old.pop("settings")
+            res = {"settings": settings, "machine": old.pop("machine"),
+                   "by_difficulty": {str(settings["difficulty"]): old}}
+        for r in res["by_difficulty"].values():
+            r.setdefault("always_wrong_baseline", ratio(
+                sum(v for k, v in r["mc_confusion_vs_step_check"].items() if k.startswith("exact_False")),
+                sum(r["mc_confusion_vs_step_check"].values())))
     else:
         res = asyncio.run(main(args))
     atomic_write_text(args.out + ".json", json.dumps(res, indent=2, ensure_ascii=False))

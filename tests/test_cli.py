@@ -71,10 +71,16 @@ def test_rerun_resumes_and_extract_writes_another_format(run_dir, capsys):
     summary = json.loads((out / "summary.json").read_text())
     assert summary["resumed"] == 2 and summary["searched"] == 0
     assert {p.name: p.stat().st_mtime_ns for p in (out / "trees").glob("*.json")} == before
+    from treepref.extract import FORMATS
+
     capsys.readouterr()
-    assert main(["extract", str(out), "--format", "trajectory_pairs"]) == 0
-    assert "trajectory_pairs" in json.loads(capsys.readouterr().out)
-    assert (out / "exports" / "trajectory_pairs" / "stats.json").exists()
+    args = ["extract", str(out)] + [x for fmt in FORMATS for x in ("--format", fmt)]
+    assert main(args) == 0
+    assert set(json.loads(capsys.readouterr().out)) == set(FORMATS)
+    for fmt in FORMATS:  # every format writes its dataset, a readable copy and its statistics
+        folder = out / "exports" / fmt
+        assert (folder / "dataset").is_dir() and (folder / "rows.jsonl").exists()
+        assert json.loads((folder / "stats.json").read_text())["format"] == fmt
 
 
 def test_config_errors_exit_cleanly(tmp_path, capsys):
