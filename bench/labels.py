@@ -11,7 +11,8 @@ False). So we also report agreement with the *prefix* check (every checkable ste
 what an MC label estimates when the policy is strong.
 
     python bench/labels.py --problems 6 --paths 2 --n 8      # writes bench/results/labels.{json,md}
-    python bench/labels.py --backend vllm --difficulty 1,2 --problems 24 --paths 4 --n 8 --cpu-kv-gib 2
+    python bench/labels.py --backend vllm --difficulty 1,2 --problems 20 --paths 4 --n 8 \\
+        --rollout-tokens 128 --cpu-kv-gib 2
 
 With ``--backend vllm`` the engine runs in a spawned process on CPU machines (hence the ``__main__`` guard)
 and one policy serves one event loop, so every difficulty runs inside a single ``asyncio.run``.
@@ -63,24 +64,34 @@ def build_policy(args):
     return make_policy(args.backend, args.model)
 
 
-async def main(args) -> dict:
-    """Every difficulty in one event loop, on one policy (a VLLMPolicy serves one loop)."""
-    policy = build_policy(args)
+async def main(args, on_progress=None) -> dict:
+    """Every difficulty in one event loop, on one policy (a VLLMPolicy serves one loop).
+
+    ``on_progress(result)`` is called after each difficulty with the results so far (to save them early).
+    """
+    settings = {k: v for k, v in vars(args).items() if k != "difficulties"}
+    res = {"settings": settings,
+           "machine": {"python": platform.python_version(), "processor": platform.processor() or platform.machine(),
+                       "cpus": os.cpu_count()},
+           "total_seconds": None, "by_difficulty": {}}
     t0 = time.perf_counter()
+    policy = build_policy(args)
     try:
-        by_difficulty = {}
         for d in args.difficulties:
             print(f"-- difficulty {d}", file=sys.stderr, flush=True)
-            by_difficulty[str(d)] = await run_difficulty(policy, d, args)
+            res["by_difficulty"][str(d)] = await run_difficulty(policy, d, args)
+            res["total_seconds"] = round(time.perf_counter() - t0, 1)
+            if on_progress is not None:
+                on_progress(res)
     finally:
         if hasattr(policy, "close"):
             policy.close()
-    settings = {k: v for k, v in vars(args).items() if k != "difficulties"}
-    return {"settings": settings,
-            "machine": {"python": platform.python_version(), "processor": platform.processor() or platform.machine(),
-                        "cpus": os.cpu_count()},
-            "total_seconds": round(time.perf_counter() - t0, 1),
-            "by_difficulty": by_difficulty}
+    return res
+
+
+def save(res: dict, out: str) -> None:
+    atomic_write_text(out + ".json", json.dumps(res, indent=2, ensure_ascii=False))
+    atomic_write_text(out + ".md", markdown(res))
 
 
 async def run_difficulty(policy, difficulty: int, args) -> dict:
@@ -232,13 +243,29 @@ def difficulty_section(d, r: dict, s: dict) -> list[str]:
         f"| MC soft >= 0.5 (N={s['n']}) | {r.get('mc_soft_ge_0.5_vs_step_check')} | {r['steps_checkable']} | (same) | |",
         f"| OmegaPRM (N={s['n']}) | {r['omegaprm_vs_step_check']} | {r['omegaprm_steps_checkable']} | {t['omegaprm']} | {t['omegaprm_per_label']} |",
         f"| always 'wrong' (base rate) | {r.get('always_wrong_baseline')} | {r['steps_checkable']} | 0 | 0 |",
+        f"| always 'right' | {None if r.get('always_wrong_baseline') is None else round(1 - r['always_wrong_baseline'], 4)}"
+        f" | {r['steps_checkable']} | 0 | 0 |",
         "",
         f"Confusion (exact check vs MC hard): `{r['mc_confusion_vs_step_check']}`. Mean soft label: "
         f"{r['mc_soft_mean_when_step_right']} on right steps, {r['mc_soft_mean_when_step_wrong']} on wrong ones.",
         f"OmegaPRM: {r['omegaprm_rollouts']} rollouts, {r['omegaprm_incomplete_paths']} paths left undecided by the budget.",
         f"Seconds: {r['seconds']}. **Goal (hard agreement >= 0.9) met: {goal}.**",
+        *([] if goal else [why_not(r)]),
         "",
     ]
+
+
+def why_not(r: dict) -> str:
+    """A plain reading of the numbers when the goal is missed."""
+    c = r["mc_confusion_vs_step_check"]
+    missed, rescued = c["exact_True_mc_False"], c["exact_False_mc_True"]
+    wrong = r.get("always_wrong_baseline")
+    majority = None if wrong is None else max(wrong, 1 - wrong)
+    beats = r["mc_hard_vs_step_check"] is not None and majority is not None and r["mc_hard_vs_step_check"] > majority
+    return (f"Why not: {missed + rescued} disagreements, {missed} right steps labelled False (nothing sampled from "
+            f"them reached the reference answer; the policy solves only {r['final_answer_accuracy']} of its final answers) and {rescued} wrong "
+            f"steps that a completion recovered from. Against the majority-class labeller ({majority}) the hard "
+            f"labels {'add something' if beats else 'add nothing'}.")
 
 
 if __name__ == "__main__":
@@ -272,7 +299,6 @@ if __name__ == "__main__":
                 sum(v for k, v in r["mc_confusion_vs_step_check"].items() if k.startswith("exact_False")),
                 sum(r["mc_confusion_vs_step_check"].values())))
     else:
-        res = asyncio.run(main(args))
-    atomic_write_text(args.out + ".json", json.dumps(res, indent=2, ensure_ascii=False))
-    atomic_write_text(args.out + ".md", markdown(res))
+        res = asyncio.run(main(args, on_progress=lambda r: save(r, args.out)))
+    save(res, args.out)
     print(markdown(res))
