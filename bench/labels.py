@@ -10,6 +10,11 @@ True), and when a wrong step is "rescued" by a completion that recomputes the an
 False). So we also report agreement with the *prefix* check (every checkable step so far right), which is
 what an MC label estimates when the policy is strong.
 
+Two yardsticks, each with its base rate, confusion matrix and the AUC of the soft label: "arithmetic"
+(``check_step``: the step's own equations hold) and "on track" (``on_track``: they hold *and* are steps of
+this problem's solution, so ``13 * 3 = 39`` for "Compute 13 + 3" is right arithmetic but off track). The
+second is the ground truth an MC label is estimating; the first over-counts right steps.
+
     python bench/labels.py --problems 6 --paths 2 --n 8      # writes bench/results/labels.{json,md}
     python bench/labels.py --backend vllm --difficulty 1,2 --problems 20 --paths 4 --n 8 \\
         --rollout-tokens 128 --cpu-kv-gib 2
@@ -33,7 +38,7 @@ sys.path.insert(0, str(Path(__file__).resolve().parents[1]))
 
 from treepref.backends import make_policy  # noqa: E402
 from treepref.backends.base import Sampling  # noqa: E402
-from treepref.domains.arithmetic import check_step, generate  # noqa: E402
+from treepref.domains.arithmetic import check_step, generate, on_track  # noqa: E402
 from treepref.envs.reasoning import ReasoningEnv  # noqa: E402
 from treepref.search.base import SearchContext  # noqa: E402
 from treepref.tree import ROOT, Tree, atomic_write_text  # noqa: E402
@@ -54,6 +59,20 @@ async def sample_solutions(problems, ctx, paths):
 
 def ratio(num, den):
     return round(num / den, 4) if den else None
+
+
+def auc(records, score, ref):
+    """Probability that a random ref-True step gets a higher ``score`` than a random ref-False one (ties
+    count half): threshold-free separation, 0.5 is chance. None without both classes."""
+    pos = [r[score] for r in records if r[score] is not None and r[ref] is True]
+    neg = [r[score] for r in records if r[score] is not None and r[ref] is False]
+    if not pos or not neg:
+        return None
+    wins = sum((a > b) + 0.5 * (a == b) for a in pos for b in neg)
+    return round(wins / (len(pos) * len(neg)), 4)
+
+
+YARDSTICKS = {"arithmetic": ("exact", "prefix_exact"), "on_track": ("on_track", "prefix_on_track")}
 
 
 def build_policy(args):
@@ -139,14 +158,18 @@ async def run_difficulty(policy, difficulty: int, args) -> dict:
     steps = []  # one record per labelled step
     for p, tree, paths in zip(problems, mc_trees, mc_paths):
         for path in paths:
-            prefix_ok = True
+            prefix_ok = prefix_track = True
             for k, node in enumerate(path):
                 exact = check_step(p, tree.text[node])
+                track = on_track(p, tree.text[node])
                 if exact is False:
                     prefix_ok = False
+                if track is False:
+                    prefix_track = False
                 total = tree.mc_total[node]
                 steps.append({"problem": p.id, "step": k, "text": tree.text[node], "exact": exact,
                               "prefix_exact": prefix_ok if exact is not None else None,
+                              "on_track": track, "prefix_on_track": prefix_track if track is not None else None,
                               "hard": tree.mc_correct[node] > 0 if total else None,
                               "soft": tree.mc_correct[node] / total if total else None,
                               "final": tree.is_final(node)})
@@ -154,7 +177,8 @@ async def run_difficulty(policy, difficulty: int, args) -> dict:
     for (tree, _, path), res in zip(jobs, om_results):
         p = next(q for q in problems if q.id == tree.problem_id)
         for node, lab in zip(path, res.labels):
-            om_steps.append({"exact": check_step(p, tree.text[node]), "label": lab})
+            om_steps.append({"exact": check_step(p, tree.text[node]), "on_track": on_track(p, tree.text[node]),
+                             "label": lab})
 
     def agree(records, key, ref):
         pairs = [(r[key], r[ref]) for r in records if r[key] is not None and r[ref] is not None]
@@ -171,6 +195,28 @@ async def run_difficulty(policy, difficulty: int, args) -> dict:
                  for e in (True, False) for h in (True, False)}
     soft_right = [r["soft"] for r in checked if r["exact"]]
     soft_wrong = [r["soft"] for r in checked if not r["exact"]]
+    yardsticks = {}
+    for name, (ref, prefix_ref) in YARDSTICKS.items():
+        judged = [r for r in steps if r[ref] is not None and r["hard"] is not None]
+        hard, n = agree(steps, "hard", ref)
+        right = [r["soft"] for r in judged if r[ref]]
+        wrong = [r["soft"] for r in judged if not r[ref]]
+        yardsticks[name] = {
+            "steps_compared": n,
+            "base_rate_right": ratio(len(right), len(judged)),
+            "mc_hard": hard,
+            "mc_hard_vs_prefix": agree(steps, "hard", prefix_ref)[0],
+            "mc_soft_ge_0.5": agree(steps, "soft_ge_half", ref)[0],
+            "mc_soft_auc": auc(judged, "soft", ref),
+            "omegaprm": agree(om_steps, "label", ref)[0],
+            "always_right": ratio(len(right), len(judged)),
+            "always_wrong": ratio(len(wrong), len(judged)),
+            "confusion": {f"{name}_{e}_mc_{h}": sum(1 for r in judged if r[ref] == e and r["hard"] == h)
+                          for e in (True, False) for h in (True, False)},
+            "mc_soft_mean_when_right": ratio(sum(right), len(right)),
+            "mc_soft_mean_when_wrong": ratio(sum(wrong), len(wrong)),
+            "goal_hard_agreement_0.9_met": hard is not None and hard >= 0.9,
+        }
     n_mc_labels = sum(1 for r in steps if r["hard"] is not None)
     n_om_labels = sum(1 for r in om_steps if r["label"] is not None)
     n_paths = sum(len(x) for x in mc_paths)
@@ -196,6 +242,9 @@ async def run_difficulty(policy, difficulty: int, args) -> dict:
         # A labeller that says "wrong" for every step: the base rate the agreements should be read against.
         "always_wrong_baseline": ratio(sum(1 for r in checked if not r["exact"]), len(checked)),
         "goal_hard_agreement_0.9_met": hard_step is not None and hard_step >= 0.9,
+        "yardsticks": yardsticks,
+        # arithmetic right but off track: the steps the two yardsticks disagree on
+        "right_but_off_track": sum(1 for r in steps if r["exact"] is True and r["on_track"] is False),
         "examples": [{k: v for k, v in r.items() if k != "soft_ge_half"} for r in steps[:12]],
     }
     return result
@@ -217,6 +266,11 @@ def markdown(res: dict) -> str:
     for d, r in res["by_difficulty"].items():
         lines += difficulty_section(d, r, s)
     lines += [
+        "The arithmetic check judges a step's own arithmetic; `on_track` also asks whether the step is a step of",
+        "this problem's solution (its value one of the problem's intermediates, computed from the problem's numbers",
+        "or earlier intermediates), which is what an MC label estimates. A step with right but irrelevant arithmetic",
+        "(\"13 * 3 = 39\" for \"Compute 13 + 3\") is right for the first and wrong for the second.",
+        "",
         "The exact checker judges a step's own arithmetic; an MC label judges whether *this policy* can still",
         "reach the answer from the prefix. With a 135M model that often fails even from a right prefix, many",
         "right steps get MC label False (exact True, MC False), so agreement measures the policy as much as",
@@ -252,7 +306,52 @@ def difficulty_section(d, r: dict, s: dict) -> list[str]:
         f"Seconds: {r['seconds']}. **Goal (hard agreement >= 0.9) met: {goal}.**",
         *([] if goal else [why_not(r)]),
         "",
+        *yardstick_section(r, s),
     ]
+
+
+def yardstick_section(r: dict, s: dict) -> list[str]:
+    """Both yardsticks side by side: base rates, agreements, soft-label AUC, confusion, goal."""
+    y = r.get("yardsticks")
+    if not y:
+        return []
+    a, o = y["arithmetic"], y["on_track"]
+
+    def row(label, key):
+        return f"| {label} | {a.get(key)} | {o.get(key)} |"
+
+    lines = [
+        f"Against both yardsticks ({a['steps_compared']} steps; {r.get('right_but_off_track')} of them have right "
+        "arithmetic but are off track):",
+        "",
+        "| | arithmetic (`check_step`) | on track (`on_track`) |",
+        "|---|---|---|",
+        row("base rate: share of steps right", "base_rate_right"),
+        row(f"MC hard (N={s['n']}) agreement", "mc_hard"),
+        row("MC hard vs prefix (every step so far right)", "mc_hard_vs_prefix"),
+        row(f"MC soft >= 0.5 agreement", "mc_soft_ge_0.5"),
+        row("MC soft AUC (right vs wrong steps)", "mc_soft_auc"),
+        row(f"OmegaPRM (N={s['n']}) agreement", "omegaprm"),
+        row("always 'right'", "always_right"),
+        row("always 'wrong'", "always_wrong"),
+        row("mean soft label, right steps", "mc_soft_mean_when_right"),
+        row("mean soft label, wrong steps", "mc_soft_mean_when_wrong"),
+        "",
+        "Confusion (rows: yardstick, columns: MC hard):",
+        "",
+        "| yardstick | right, MC True | right, MC False | wrong, MC True | wrong, MC False |",
+        "|---|---|---|---|---|",
+    ]
+    for name, ys in (("arithmetic", a), ("on track", o)):
+        c = list(ys["confusion"].values())  # True/True, True/False, False/True, False/False
+        lines.append(f"| {name} | {c[0]} | {c[1]} | {c[2]} | {c[3]} |")
+    lines += [
+        "",
+        f"**Goal (hard agreement >= 0.9): against arithmetic {'met' if a['goal_hard_agreement_0.9_met'] else 'not met'} "
+        f"({a['mc_hard']}), against on track {'met' if o['goal_hard_agreement_0.9_met'] else 'not met'} ({o['mc_hard']}).**",
+        "",
+    ]
+    return lines
 
 
 def why_not(r: dict) -> str:

@@ -8,7 +8,8 @@ from fractions import Fraction
 
 import pytest
 
-from treepref.domains.arithmetic import arithmetic_step_scorer, check_step, generate, is_correct_path
+from treepref.domains.arithmetic import arithmetic_step_scorer, check_step, equations, generate, is_correct_path, on_track
+from treepref.problems import Problem
 
 
 def _ops(expression: str) -> int:
@@ -75,7 +76,9 @@ def test_wrong_steps(step):
     assert check_step(None, step) is False
 
 
-@pytest.mark.parametrize("step", ["We add the first two numbers.", "so x = 12", "Step 2 = 36", "The answer is 32."])
+@pytest.mark.parametrize("step", ["We add the first two numbers.", "so x = 12", "Step 2 = 36", "The answer is 32.",
+                                  "the answer is 4", "Step 2 is 36", "The sum of 13 and 3 is 16.", "so x is 12",
+                                  "Step 1 is 13 + 3", "13 + 3 is 16 + 0"])
 def test_steps_without_equations_cannot_be_judged(step):
     assert check_step(None, step) is None
 
@@ -91,3 +94,61 @@ def test_step_scorer_and_path_correctness():
     assert not is_correct_path(problem, wrong)
     assert not is_correct_path(problem, ["Let me think.", f"The answer is {problem.answer}."])  # nothing checked
     assert not is_correct_path(problem, ["2 + 2 = 4", f"The answer is {Fraction(problem.answer) + 1}."])
+
+
+@pytest.mark.parametrize("step, holds", [
+    ("So, 13 + 3 equals 4.", False),
+    ("So, 13 + 3 equals 16.", True),
+    ("13 + 3 is 16", True),
+    ("13 + 3 is equal to 16.", True),
+    ("5 * 3 makes 15", True),
+    ("7 - 2 gives 6", False),
+    ("$13 + 3$ is **16**.", True),
+    ("(7 + 5) IS 12", True),
+    ("7 + 5 = 12, and 12 * 3 is 37.", False),
+])
+def test_words_for_equals(step, holds):
+    assert check_step(None, step) is holds
+
+
+def test_prose_is_not_an_equation():
+    assert equations("the answer is 4") == []
+    assert equations("The answer is 4, since 2 + 2 is 4.") == [("2 + 2", "4", True)]
+
+
+def _problem(expression, intermediates):
+    return Problem(id="t", prompt=f"Compute {expression}.", answer=str(intermediates[-1]),
+                   meta={"expression": expression, "intermediates": intermediates})
+
+
+@pytest.mark.parametrize("expression, intermediates, step, expected", [
+    # right steps toward the answer
+    ("13 + 3", [16], "13 + 3 = 16", True),
+    ("13 + 3", [16], "So, 13 + 3 equals 16.", True),
+    ("7 - 2 + 2", [5, 7], "7 - 2 = 5", True),
+    ("7 - 2 + 2", [5, 7], "5 + 2 = 7", True),  # an earlier intermediate as an operand
+    ("(7 + 5) * 3", [12, 36], "(7 + 5) * 3 = 12 * 3 = 36", True),
+    ("(7 + 5) * 3", [12, 36], "36 = 12 * 3", True),
+    # right arithmetic, but irrelevant or leading away
+    ("13 + 3", [16], "13 * 3 = 39", False),
+    ("7 - 2 + 2", [5, 7], "2 + 2 = 4", False),
+    ("7 - 2 + 2", [5, 7], "7 + 2 = 9", False),  # another route: conservatively off track
+    ("13 + 3", [16], "9 + 7 = 16", False),  # the right value from numbers not in the problem
+    ("7 - 2 + 2", [5, 7], "7 + 5 = 12, 5 + 2 = 7", False),  # every equation must be on track
+    # wrong arithmetic
+    ("13 + 3", [16], "So, 13 + 3 equals 4.", False),
+    ("(7 + 5) * 3", [12, 36], "7 + 5 = 12, so 12 * 3 = 37", False),
+    # nothing to judge
+    ("13 + 3", [16], "the answer is 16", None),
+    ("13 + 3", [16], "We add the numbers.", None),
+])
+def test_on_track(expression, intermediates, step, expected):
+    assert on_track(_problem(expression, intermediates), step) is expected
+
+
+def test_on_track_follows_generated_problems_and_needs_their_meta():
+    for p in generate(20, seed=5, difficulty=3):
+        assert on_track(p, f"{p.meta['expression']} = {p.answer}") is True
+        assert on_track(p, f"{p.meta['expression']} = {int(p.answer) + 1}") is False
+    with pytest.raises(ValueError):
+        on_track(Problem(id="q", prompt="What is 2 + 2?", answer="4"), "2 + 2 = 4")

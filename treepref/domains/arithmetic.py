@@ -140,24 +140,45 @@ def _n_numbers(tokens: list[str]) -> int:
     return sum(t[0].isdigit() for t in tokens)
 
 
+# A verbal "=": only between an expression that ends in a digit or ")" and a number, so "the answer is 4"
+# (nothing before "is") and "Step 2 is 36" (no operation on the left, checked below) are not equations.
+_EQUALS_RE = re.compile(
+    r"(?<![<>!=])=(?!=)"
+    r"|(?<=[\d)])[ \t]+(?i:is[ \t]+equal[ \t]+to|equals|gives|makes|is)(?=[ \t]+-?\d)"
+)
+_WORD_RIGHT_RE = re.compile(r"[ \t]*(-?\d+(?:\.\d+)?)(?![\d.]*[ \t]*[-+*/][ \t]*[\d(])")
+
+
 def equations(step_text: str) -> list[tuple[str, str, bool]]:
     """Every ``<expression> = <expression>`` in the step as ``(left, right, holds)``.
 
     The left side is the longest arithmetic run before ``=`` that parses, the right side the longest that
     parses after it (so ``(7 + 5) * 3 = 12 * 3 = 36`` is two equations, both true). An equation counts
     only when one side has an operation in it (``Step 2 = 36`` is a label, not arithmetic).
+
+    ``equals``, ``is equal to``, ``gives``, ``makes`` and ``is`` count as ``=`` only when their left side
+    has an operation and their right side is a single number (``13 + 3 equals 16``); a number followed by
+    more arithmetic (``is 16 + 0``) is ambiguous and skipped, and prose such as ``the answer is 4`` (no
+    expression on the left) is not an equation.
     """
     s = _normalize(step_text)
     found = []
-    for m in re.finditer(r"(?<![<>!=])=(?!=)", s):
+    for m in _EQUALS_RE.finditer(s):
         left_tokens = _tokens(_LEFT_RE.search(s[:m.start()]).group(0))
-        right_tokens = _tokens(_RIGHT_RE.search(s[m.end():]).group(0))
         left = next(((left_tokens[i:], v) for i in range(len(left_tokens))
                      if (v := _evaluate(left_tokens[i:])) is not None), None)
-        right = next(((right_tokens[:j], v) for j in range(len(right_tokens), 0, -1)
-                      if (v := _evaluate(right_tokens[:j])) is not None), None)
-        if left is None or right is None or max(_n_numbers(left[0]), _n_numbers(right[0])) < 2:
-            continue
+        if m.group(0).strip() == "=":
+            right_tokens = _tokens(_RIGHT_RE.search(s[m.end():]).group(0))
+            right = next(((right_tokens[:j], v) for j in range(len(right_tokens), 0, -1)
+                          if (v := _evaluate(right_tokens[:j])) is not None), None)
+            if left is None or right is None or max(_n_numbers(left[0]), _n_numbers(right[0])) < 2:
+                continue
+        else:  # a word: an operation on the left, exactly one number on the right
+            number = _WORD_RIGHT_RE.match(s, m.end())
+            if left is None or number is None or _n_numbers(left[0]) < 2:
+                continue
+            right_tokens = _tokens(number.group(1))
+            right = (right_tokens, _evaluate(right_tokens))
         found.append((" ".join(left[0]), " ".join(right[0]), left[1] == right[1]))
     return found
 
@@ -174,6 +195,40 @@ def check_step(problem: Problem | None, step_text: str) -> bool | None:
     if not found:
         return None
     return all(holds for _, _, holds in found)
+
+
+def on_track(problem: Problem, step_text: str) -> bool | None:
+    """Whether a step is a right step toward *this* problem's answer: None when the step states no
+    equation, False if any equation is wrong, True only if every equation's value is one of the problem's
+    ``meta["intermediates"]`` and every side with an operation in it uses only numbers from the problem's
+    expression or intermediates before that one; False otherwise.
+
+    :func:`check_step` judges the step's own arithmetic, so ``13 * 3 = 39`` is right for "Compute 13 + 3"
+    and ``2 + 2 = 4`` is right for "Compute 7 - 2 + 2" although it leads away from 7. ``on_track`` judges
+    whether the step advances this problem's solution, which is the ground truth a Monte Carlo label
+    (can the answer still be reached from here?) is estimating. It is conservative: a right step along
+    another route than the left-to-right chain (``7 + 2 = 9`` toward ``7 - 2 + 2``) counts as off track,
+    and a step that combines the problem's numbers differently but happens to hit an intermediate counts
+    as on track.
+    """
+    meta = getattr(problem, "meta", None) or {}
+    if "intermediates" not in meta or "expression" not in meta:
+        raise ValueError("on_track needs an arithmetic problem (meta['expression'] and meta['intermediates'])")
+    found = equations(step_text)
+    if not found:
+        return None
+    if not all(holds for _, _, holds in found):
+        return False
+    given = {Fraction(n) for n in re.findall(r"\d+", meta["expression"])}
+    values = [Fraction(v) for v in meta["intermediates"]]
+    for left, right, _ in found:
+        value = _evaluate(right.split())
+        operands = [Fraction(t) for side in (left, right) if _n_numbers(side.split()) >= 2
+                    for t in side.split() if t[0].isdigit()]
+        if not any(v == value and all(x in given or x in values[:k] for x in operands)
+                   for k, v in enumerate(values)):
+            return False
+    return True
 
 
 async def arithmetic_step_scorer(problems: list[Problem], steps: list[list[str]]) -> list[list[float | None]]:
