@@ -87,7 +87,6 @@ def _problems(cfg: Config, out: Path):
 
     problems, errors = build_problems(cfg.problems.source, **cfg.problems.options)
     if errors:
-        from treepref.runner import write_json  # noqa: F401  (same atomic writer family)
         from treepref.tree import atomic_write_text
 
         lines = [json.dumps(_error_dict(e), ensure_ascii=False) for e in errors]
