@@ -117,7 +117,9 @@ async def run_problems(problems: Sequence[Problem], search: SearchFn, search_cfg
                 with open(out_dir / "errors.jsonl", "a", encoding="utf-8") as f:
                     f.write(json.dumps(record) + "\n")
             else:
-                tree.meta.update(generated_tokens=counter.generated_tokens, requests=counter.requests,
+                # The search helpers count what they generate into the same keys; the runner's count is kept
+                # because it also sees policy calls made outside them (judges, self-evaluation).
+                tree.meta.update(generated_tokens=counter.generated_tokens, policy_requests=counter.requests,
                                  wall_time_s=round(time.perf_counter() - t0, 3))
                 # How states were rendered, so exporters rebuild exactly the prompts the policy saw.
                 tree.meta.setdefault("system", getattr(ctx.env, "system", None))
