@@ -89,7 +89,7 @@ class ReasoningEnv:
         answer = self.final_answer(text)
         if answer is None and ended and self.last_number_fallback:
             numbers = _NUMBER.findall(text.replace(",", ""))
-            answer = numbers[-1].rstrip(".") if numbers else None
+            answer = numbers[-1] if numbers else None
         terminated = answer is not None or ended
         reward = None
         if terminated:
