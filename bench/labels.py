@@ -16,8 +16,13 @@ this problem's solution, so ``13 * 3 = 39`` for "Compute 13 + 3" is right arithm
 second is the ground truth an MC label is estimating; the first over-counts right steps.
 
     python bench/labels.py --problems 6 --paths 2 --n 8      # writes bench/results/labels.{json,md}
-    python bench/labels.py --backend vllm --difficulty 1,2 --problems 20 --paths 4 --n 8 \\
-        --rollout-tokens 128 --cpu-kv-gib 2
+    python bench/labels.py --backend vllm --difficulty 1,2 --few-shot none,arithmetic,matched --problems 20 \\
+        --paths 4 --n 8 --rollout-tokens 128 --cpu-kv-gib 2
+
+``--few-shot`` lists prompt settings compared in the same run: ``none`` (the instruction alone),
+``matched`` (three worked examples with as many operations as the problems, ``arithmetic:<difficulty>``)
+or any ``env.few_shot`` value such as ``arithmetic`` (a mixed-length set); the examples go before every
+problem, for sampling and for the completions alike.
 
 With ``--backend vllm`` the engine runs in a spawned process on CPU machines (hence the ``__main__`` guard)
 and one policy serves one event loop, so every difficulty runs inside a single ``asyncio.run``.
@@ -40,6 +45,7 @@ from treepref.backends import make_policy  # noqa: E402
 from treepref.backends.base import Sampling  # noqa: E402
 from treepref.domains.arithmetic import check_step, generate, on_track  # noqa: E402
 from treepref.envs.reasoning import ReasoningEnv  # noqa: E402
+from treepref.few_shot import load_shots  # noqa: E402
 from treepref.search.base import SearchContext  # noqa: E402
 from treepref.tree import ROOT, Tree, atomic_write_text  # noqa: E402
 from treepref.verifiers.monte_carlo import add_path, label_path  # noqa: E402
@@ -88,17 +94,18 @@ async def main(args, on_progress=None) -> dict:
 
     ``on_progress(result)`` is called after each difficulty with the results so far (to save them early).
     """
-    settings = {k: v for k, v in vars(args).items() if k != "difficulties"}
+    settings = {k: v for k, v in vars(args).items() if k not in ("difficulties", "prompts")}
     res = {"settings": settings,
            "machine": {"python": platform.python_version(), "processor": platform.processor() or platform.machine(),
                        "cpus": os.cpu_count()},
-           "total_seconds": None, "by_difficulty": {}}
+           "total_seconds": None, "runs": {}}
     t0 = time.perf_counter()
     policy = build_policy(args)
     try:
         for d in args.difficulties:
-            print(f"-- difficulty {d}", file=sys.stderr, flush=True)
-            res["by_difficulty"][str(d)] = await run_difficulty(policy, d, args)
+            for prompt in args.prompts:
+                print(f"-- difficulty {d}, few-shot {prompt}", file=sys.stderr, flush=True)
+                res["runs"][run_label(d, prompt)] = await run_difficulty(policy, d, prompt, args)
             res["total_seconds"] = round(time.perf_counter() - t0, 1)
             if on_progress is not None:
                 on_progress(res)
@@ -113,10 +120,22 @@ def save(res: dict, out: str) -> None:
     atomic_write_text(out + ".md", markdown(res))
 
 
-async def run_difficulty(policy, difficulty: int, args) -> dict:
+def shots_for(difficulty: int, prompt: str) -> str | None:
+    """``none``: no examples; ``matched``: worked examples of the same length (``arithmetic:<d>``); else
+    any ``env.few_shot`` value."""
+    return {"none": None, "matched": f"arithmetic:{difficulty}"}.get(prompt, prompt)
+
+
+def run_label(difficulty: int, prompt: str) -> str:
+    shots = shots_for(difficulty, prompt)
+    return f"d{difficulty}, " + ("zero-shot" if shots is None else f"few-shot {shots}")
+
+
+async def run_difficulty(policy, difficulty: int, prompt: str, args) -> dict:
     problems = generate(args.problems, seed=args.seed, difficulty=difficulty)
     tokens_start = policy.stats.generated_tokens
-    env = ReasoningEnv(template=policy.chat_prompt, max_depth=args.max_depth, max_tokens=args.rollout_tokens)
+    env = ReasoningEnv(template=policy.chat_prompt, max_depth=args.max_depth, max_tokens=args.rollout_tokens,
+                       few_shot=load_shots(shots_for(difficulty, prompt), "--few-shot"))
     ctx = SearchContext(env=env, policy=policy, sampling=Sampling(temperature=args.temperature, max_tokens=64),
                         rollout_max_tokens=args.rollout_tokens)
     t0 = time.perf_counter()
@@ -221,7 +240,7 @@ async def run_difficulty(policy, difficulty: int, args) -> dict:
     n_om_labels = sum(1 for r in om_steps if r["label"] is not None)
     n_paths = sum(len(x) for x in mc_paths)
     result = {
-        "difficulty": difficulty,
+        "difficulty": difficulty, "few_shot": shots_for(difficulty, prompt),
         "problems": len(problems), "paths": n_paths,
         "steps_labelled_mc": n_mc_labels, "steps_checkable": n_checked,
         "final_answer_accuracy": ratio(sum(1 for r in steps if r["final"] and r["hard"]),
@@ -252,19 +271,20 @@ async def run_difficulty(policy, difficulty: int, args) -> dict:
 
 def markdown(res: dict) -> str:
     s = res["settings"]
-    diffs = ",".join(res["by_difficulty"])
     lines = [
         "# Step-label quality on built-in arithmetic",
         "",
-        f"`python bench/labels.py --backend {s['backend']} --difficulty {diffs} --problems {s['problems']} "
+        f"`python bench/labels.py --backend {s['backend']} --difficulty {s['difficulty']} "
+        f"--few-shot {s['few_shot']} --problems {s['problems']} "
         f"--paths {s['paths']} --n {s['n']} --rollout-tokens {s['rollout_tokens']}"
         + (f" --cpu-kv-gib {s['cpu_kv_gib']}" if s.get("cpu_kv_gib") else "")
         + f"` (model: SmolLM2-135M-Instruct, CPU, {res['machine'].get('cpus', '?')} cores; "
         f"total {res.get('total_seconds', '?')} s)",
         "",
     ]
-    for d, r in res["by_difficulty"].items():
-        lines += difficulty_section(d, r, s)
+    lines += summary_table(res)
+    for label, r in res["runs"].items():
+        lines += difficulty_section(label, r, s)
     lines += [
         "The arithmetic check judges a step's own arithmetic; `on_track` also asks whether the step is a step of",
         "this problem's solution (its value one of the problem's intermediates, computed from the problem's numbers",
@@ -280,11 +300,26 @@ def markdown(res: dict) -> str:
     return "\n".join(lines) + "\n"
 
 
-def difficulty_section(d, r: dict, s: dict) -> list[str]:
+def summary_table(res: dict) -> list[str]:
+    """One line per run: what the policy solves and how often its MC and OmegaPRM labels agree with the
+    two exact yardsticks."""
+    n = res["settings"]["n"]
+    lines = ["| run | final answers right | steps checked | MC hard (N={n}) vs arithmetic | vs on track | "
+             "MC soft AUC vs on track | OmegaPRM vs on track | tokens per MC label |".format(n=n),
+             "|---|---|---|---|---|---|---|---|"]
+    for label, r in res["runs"].items():
+        a, o = r["yardsticks"]["arithmetic"], r["yardsticks"]["on_track"]
+        lines.append(f"| {label} | {r['final_answer_accuracy']} | {r['steps_checkable']} | {a['mc_hard']} | "
+                     f"{o['mc_hard']} | {o['mc_soft_auc']} | {o['omegaprm']} | {r['tokens']['mc_per_label']} |")
+    return lines + [""]
+
+
+def difficulty_section(label: str, r: dict, s: dict) -> list[str]:
     t = r["tokens"]
     goal = r["goal_hard_agreement_0.9_met"]
+    d = r["difficulty"]
     return [
-        f"## Difficulty {d} ({'one operation' if str(d) == '1' else f'{d} operations'})",
+        f"## {label} ({'one operation' if str(d) == '1' else f'{d} operations'})",
         "",
         f"{r['problems']} problems, {r['paths']} sampled solutions, {r['steps_labelled_mc']} steps labelled, "
         f"{r['steps_checkable']} of them checkable (they state an equation). Final answers right: "
@@ -373,6 +408,8 @@ if __name__ == "__main__":
     ap.add_argument("--paths", type=int, default=2, help="sampled solutions per problem")
     ap.add_argument("--n", type=int, default=8, help="completions per MC estimate")
     ap.add_argument("--difficulty", default="2", help="comma-separated list, one table each, e.g. 1,2")
+    ap.add_argument("--few-shot", default="none",
+                    help="comma-separated prompt settings: none, matched (arithmetic:<difficulty>), arithmetic, ...")
     ap.add_argument("--seed", type=int, default=0)
     ap.add_argument("--temperature", type=float, default=0.8)
     ap.add_argument("--max-depth", type=int, default=6)
@@ -386,17 +423,9 @@ if __name__ == "__main__":
     ap.add_argument("--from-json", default=None, help="only re-render the results of an earlier run")
     args = ap.parse_args()
     args.difficulties = [int(x) for x in str(args.difficulty).split(",") if x.strip()]
+    args.prompts = [x.strip() for x in str(args.few_shot).split(",") if x.strip()]
     if args.from_json:  # re-render the markdown of an earlier run
         res = json.loads(Path(args.from_json).read_text())
-        if "by_difficulty" not in res:  # an older single-difficulty file
-            old = res
-            settings = old.pop("settings")
-            res = {"settings": settings, "machine": old.pop("machine"),
-                   "by_difficulty": {str(settings["difficulty"]): old}}
-        for r in res["by_difficulty"].values():
-            r.setdefault("always_wrong_baseline", ratio(
-                sum(v for k, v in r["mc_confusion_vs_step_check"].items() if k.startswith("exact_False")),
-                sum(r["mc_confusion_vs_step_check"].values())))
     else:
         res = asyncio.run(main(args, on_progress=lambda r: save(r, args.out)))
     save(res, args.out)

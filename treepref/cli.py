@@ -110,11 +110,13 @@ def build_context(cfg: Config, policy):
     """The environment and sampling settings of a config, around an existing policy."""
     from treepref.backends.base import Sampling
     from treepref.envs.reasoning import DEFAULT_SYSTEM, ReasoningEnv
+    from treepref.few_shot import load_shots
     from treepref.search.base import SearchContext
 
     env_kwargs = dict(template=policy.chat_prompt, delimiter=cfg.env.delimiter, max_depth=cfg.env.max_depth,
                       max_tokens=cfg.env.max_tokens,
-                      system=DEFAULT_SYSTEM if cfg.env.system == "default" else cfg.env.system)
+                      system=DEFAULT_SYSTEM if cfg.env.system == "default" else cfg.env.system,
+                      few_shot=load_shots(cfg.env.few_shot, cfg.source))
     if cfg.env.answer_pattern:
         env_kwargs["answer_pattern"] = cfg.env.answer_pattern
     env = ReasoningEnv(**env_kwargs)
@@ -175,6 +177,7 @@ def _extract(args) -> int:
 
 def _export(run: Path, cfg: Config, formats, rule, value, layout, options) -> dict:
     from treepref.extract import FORMATS, template_from_tokenizer, write_export
+    from treepref.few_shot import load_shots
     from treepref.models import resolve_model
     from treepref.runner import load_trees
 
@@ -189,7 +192,8 @@ def _export(run: Path, cfg: Config, formats, rule, value, layout, options) -> di
         takes_rule = FORMATS[fmt].default_rule is not None  # trees, stepwise, ... have no pair rule
         stats = write_export(trees, run / "exports" / fmt, fmt, template=template, layout=layout,
                              rule=rule if takes_rule else None, value=value, recipe=Path(cfg.source).stem,
-                             system=_system(cfg), delimiter=cfg.env.delimiter, **options)
+                             system=_system(cfg), delimiter=cfg.env.delimiter,
+                             few_shot=load_shots(cfg.env.few_shot, cfg.source), **options)
         results[fmt] = {k: stats[k] for k in ("rows", "mean_rows_per_problem", "share_with_rows",
                                               "generated_tokens_per_row") if k in stats}
         if cfg.problems.source == "arithmetic" and fmt in _STEP_PAIR_FORMATS:

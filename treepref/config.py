@@ -39,6 +39,7 @@ class EnvSection:
     max_tokens: int = 1024  # truncate a path after this many generated tokens
     answer_pattern: str | None = None  # regex whose first group is the final answer; None: the default
     system: str | None = "default"  # system message; "default": the built-in step-by-step instruction
+    few_shot: str | list | None = None  # worked examples: a built-in set (arithmetic), a JSONL file, or a list
 
 
 @dataclass
@@ -186,6 +187,12 @@ def _validate(cfg: Config) -> None:
         raise ConfigError(f"{src}: run.concurrency must be >= 1")
     if cfg.extract.layout not in ("standard", "conversational"):
         raise ConfigError(f"{src}: extract.layout must be standard or conversational")
+    from treepref.few_shot import FewShotError, load_shots
+
+    try:
+        load_shots(cfg.env.few_shot, src)
+    except FewShotError as exc:
+        raise ConfigError(str(exc)) from None
     if cfg.env.answer_pattern is not None:
         import re
 

@@ -25,11 +25,17 @@ class Problem:
         users = [m["content"] for m in self.prompt if m.get("role") == "user"]
         return users[-1] if users else ""
 
-    def messages(self, system: str | None = None) -> list[dict]:
-        """The prompt as chat messages, with an optional system message in front."""
+    def messages(self, system: str | None = None, examples: list[dict] | tuple = ()) -> list[dict]:
+        """The prompt as chat messages: an optional system message in front (unless the prompt has its
+        own), then ``examples`` (few-shot turns, see ``treepref.few_shot``), then the problem."""
         msgs = [{"role": "user", "content": self.prompt}] if isinstance(self.prompt, str) else list(self.prompt)
         if system and not any(m.get("role") == "system" for m in msgs):
             msgs = [{"role": "system", "content": system}] + msgs
+        if examples:
+            lead = 0
+            while lead < len(msgs) and msgs[lead].get("role") == "system":
+                lead += 1
+            msgs = msgs[:lead] + list(examples) + msgs[lead:]
         return msgs
 
 

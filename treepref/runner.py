@@ -20,6 +20,7 @@ from pathlib import Path
 from typing import Awaitable, Callable, Sequence
 
 from treepref.backends.base import Completion, Policy, Sampling
+from treepref.few_shot import shots_to_json
 from treepref.problems import Problem
 from treepref.search.base import SearchContext
 from treepref.tree import Tree, atomic_write_text
@@ -124,6 +125,8 @@ async def run_problems(problems: Sequence[Problem], search: SearchFn, search_cfg
                 # How states were rendered, so exporters rebuild exactly the prompts the policy saw.
                 tree.meta.setdefault("system", getattr(ctx.env, "system", None))
                 tree.meta.setdefault("delimiter", getattr(ctx.env, "delimiter", "\n\n"))
+                if getattr(ctx.env, "few_shot", ()):
+                    tree.meta.setdefault("few_shot", shots_to_json(ctx.env.few_shot))
                 tree.save(tree_path(out_dir, problem.id))
                 summary.searched += 1
                 summary.nodes += len(tree)

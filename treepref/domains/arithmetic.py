@@ -15,9 +15,20 @@ import random
 import re
 from fractions import Fraction
 
+from treepref.few_shot import Shot
 from treepref.problems import Problem
 
 INSTRUCTION = "Work one operation per step."
+
+# Worked examples in the format the checker reads: one equation per step, then the answer line
+# (``env.few_shot: arithmetic``), for problems of mixed length. They cover + - * and a parenthesised product.
+# A small model copies the examples' length as much as their format, so for problems of one length
+# ``worked_examples(difficulty)`` (``env.few_shot: arithmetic:<difficulty>``) is the better choice.
+FEW_SHOT = (
+    Shot(f"Compute (4 + 7) * 3. {INSTRUCTION}", ("4 + 7 = 11", "11 * 3 = 33", "The answer is 33.")),
+    Shot(f"Compute 15 - 6. {INSTRUCTION}", ("15 - 6 = 9", "The answer is 9.")),
+    Shot(f"Compute 8 * 2 + 5. {INSTRUCTION}", ("8 * 2 = 16", "16 + 5 = 21", "The answer is 21.")),
+)
 
 
 def make_problem(seed: int, index: int, difficulty: int = 3) -> Problem:
@@ -30,6 +41,7 @@ def make_problem(seed: int, index: int, difficulty: int = 3) -> Problem:
     value = rng.randint(2, high)
     expr, top = str(value), ""  # top: the operator applied last (decides where parentheses go)
     intermediates: list[int] = []
+    steps: list[str] = []  # the reference solution, one operation per step
     for _ in range(n_ops):
         op = rng.choice("+-*")
         if op == "*" and value > 200:
@@ -45,6 +57,7 @@ def make_problem(seed: int, index: int, difficulty: int = 3) -> Problem:
         else:
             operand = rng.randint(2, high)
             value += operand
+        steps.append(f"{intermediates[-1] if intermediates else expr} {op} {operand} = {value}")
         left = f"({expr})" if op == "*" and top in ("+", "-") else expr
         expr, top = f"{left} {op} {operand}", op
         intermediates.append(value)
@@ -52,8 +65,25 @@ def make_problem(seed: int, index: int, difficulty: int = 3) -> Problem:
         id=f"arith-{seed}-{index}",
         prompt=f"Compute {expr}. {INSTRUCTION}",
         answer=str(value),
-        meta={"difficulty": n_ops, "expression": expr, "intermediates": intermediates},
+        meta={"difficulty": n_ops, "expression": expr, "intermediates": intermediates, "steps": steps},
     )
+
+
+# Worked examples come from a seed stream of their own (a string no user seed equals); with one operation
+# the space of problems is small, so an example can still equal some problem.
+_EXAMPLE_SEED = "worked-examples"
+
+
+def worked_examples(difficulty: int | None = None, count: int = 3) -> tuple[Shot, ...]:
+    """Few-shot examples for problems of ``difficulty`` operations: ``count`` problems of the same length
+    with their reference steps and answer line. ``None``: the fixed mixed-length set ``FEW_SHOT``."""
+    if difficulty is None:
+        return FEW_SHOT
+    examples = []
+    for i in range(count):
+        p = make_problem(_EXAMPLE_SEED, i, difficulty)  # type: ignore[arg-type]
+        examples.append(Shot(p.prompt, (*p.meta["steps"], f"The answer is {p.answer}.")))
+    return tuple(examples)
 
 
 def generate(count: int, *, seed: int = 0, difficulty: int = 3) -> list[Problem]:

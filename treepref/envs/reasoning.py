@@ -7,6 +7,7 @@ from dataclasses import dataclass
 from typing import Awaitable, Callable
 
 from treepref.envs.base import State, Transition
+from treepref.few_shot import Shot, shot_messages
 from treepref.problems import Problem
 
 DEFAULT_SYSTEM = ("Solve the problem step by step. Write each step as a short paragraph and separate steps "
@@ -34,7 +35,8 @@ class ReasoningEnv:
     ``verifier`` (1.0 right, 0.0 wrong, None when there is no reference answer). When the model ends the
     sequence without the answer phrase, the last number of its last step is taken as its answer (the usual
     GSM8K-style reading; small models often finish with "so 13 + 3 = 16."), unless
-    ``last_number_fallback`` is off.
+    ``last_number_fallback`` is off. ``few_shot`` worked examples go before the problem as earlier chat
+    turns, their steps joined with ``delimiter``.
     """
 
     template: Callable[[list[dict]], str] = plain_template
@@ -45,6 +47,7 @@ class ReasoningEnv:
     max_depth: int = 8
     max_tokens: int = 1024
     last_number_fallback: bool = True  # when the model ends without stating an answer, take the last number
+    few_shot: tuple[Shot, ...] = ()
 
     def __post_init__(self) -> None:
         self._answer_re = re.compile(self.answer_pattern, re.IGNORECASE | re.MULTILINE)
@@ -61,7 +64,7 @@ class ReasoningEnv:
         return State(problem=problem)
 
     def prompt(self, problem: Problem) -> str:
-        return self.template(problem.messages(self.system))
+        return self.template(problem.messages(self.system, shot_messages(self.few_shot, self.delimiter)))
 
     def render(self, state: State) -> str:
         return self.prompt(state.problem) + "".join(s + self.delimiter for s in state.steps)

@@ -49,12 +49,13 @@ def export(trees: list[Tree], fmt: str, *, template: Template | str | None = Non
            rule: str | None = None, value: str | None = None, recipe: str = "",
            system: str | None = DEFAULT_SYSTEM, delimiter: str = "\n\n", kind: str | None = STEP,
            weight: str | None = None, weight_k: float = 1.0, responses: str = "paths", success: float = 1.0,
-           deduplicate: bool = True, **options):
+           deduplicate: bool = True, few_shot: tuple = (), **options):
     """Turn search trees into one export format; returns ``(dataset, stats)``.
 
     * ``fmt``: a name in ``FORMATS``.
     * ``template``: ``messages -> str`` (``policy.chat_prompt``, ``template_from_tokenizer(path)``, or a
-      tokenizer folder). ``system`` and ``delimiter`` must match the environment the search ran with.
+      tokenizer folder). ``system``, ``delimiter`` and ``few_shot`` must match the environment the search
+      ran with.
     * ``layout``: ``standard`` or ``conversational`` (see ``common.Prompter``).
     * ``rule``: a name in ``RULES`` for the sibling-pair formats (None: the format's default).
     * ``value``: ``value`` | ``mc`` | ``reward`` | a ``scores`` key (None: ``mc`` for stepwise, else ``value``).
@@ -103,7 +104,7 @@ def export(trees: list[Tree], fmt: str, *, template: Template | str | None = Non
     if isinstance(template, (str, os.PathLike)):
         template = template_from_tokenizer(template)
     read = value_reader(value)
-    ctx = Context(prompter=Prompter(template, layout, system, delimiter), read=read, value=value,
+    ctx = Context(prompter=Prompter(template, layout, system, delimiter, tuple(few_shot)), read=read, value=value,
                   recipe=recipe, rule=rule or "", kind=kind, weight=weight, weight_k=weight_k,
                   responses=responses, success=success, options=rule_opts,
                   rule_fn=functools.partial(RULES[rule], value=read, **rule_opts) if rule else None)

@@ -11,6 +11,7 @@ from dataclasses import dataclass
 from typing import Callable
 
 from treepref.envs.reasoning import DEFAULT_SYSTEM
+from treepref.few_shot import shot_messages
 from treepref.problems import Problem
 from treepref.tree import ROOT, Tree
 
@@ -82,13 +83,14 @@ class Prompter:
     layout: str = "standard"
     system: str | None = DEFAULT_SYSTEM
     delimiter: str = "\n\n"
+    few_shot: tuple = ()  # treepref.few_shot.Shot examples the search put before each problem
 
     def __post_init__(self) -> None:
         if self.layout not in LAYOUTS:
             raise ValueError(f"unknown layout {self.layout!r}; choose one of {LAYOUTS}")
 
     def messages(self, tree: Tree) -> list[dict]:
-        return problem_of(tree).messages(self.system)
+        return problem_of(tree).messages(self.system, shot_messages(self.few_shot, self.delimiter))
 
     def joined(self, steps: list[str]) -> str:
         return "".join(s + self.delimiter for s in steps)

@@ -1,0 +1,124 @@
+"""Few-shot examples: where they go in the prompt, that exports rebuild the same prompt, and bad input."""
+
+from __future__ import annotations
+
+import asyncio
+import json
+import re
+from fractions import Fraction
+
+import pytest
+
+from treepref.backends.base import Sampling
+from treepref.backends.scripted import EOS, ScriptedPolicy
+from treepref.config import ConfigError, load_config
+from treepref.domains.arithmetic import FEW_SHOT, check_step, generate, worked_examples
+from treepref.envs.base import State
+from treepref.envs.reasoning import ReasoningEnv, plain_template
+from treepref.extract import export
+from treepref.extract.examples import example_tree
+from treepref.few_shot import FewShotError, Shot, load_shots, shot_messages
+from treepref.problems import Problem
+from treepref.runner import load_trees, run_problems
+from treepref.search.base import SearchContext
+from treepref.search.sample import SampleConfig, sample
+
+SHOTS = (Shot("What is 1 + 1?", ("1 + 1 = 2", "The answer is 2.")),)
+
+
+def test_builtin_arithmetic_examples_are_right():
+    """Wrong worked examples would teach the policy wrong arithmetic: every step must check."""
+    for shot in FEW_SHOT + worked_examples(1) + worked_examples(3):
+        *work, last = shot.steps
+        assert all(check_step(None, s) is True for s in work), shot
+        expr = re.search(r"Compute (.+?)\. ", shot.question).group(1)
+        value = eval(expr, {"__builtins__": {}})  # the question is digits and + - * ( ) only
+        assert last == f"The answer is {value}." and Fraction(work[-1].split("= ")[1]) == value
+
+
+def test_matched_examples_have_the_problems_length_and_are_not_problems():
+    for d in (1, 2, 4):
+        shots = load_shots(f"arithmetic:{d}")
+        assert len(shots) == 3 and all(len(s.steps) == d + 1 for s in shots)
+        if d > 1:  # one-operation problems are few enough that any stream repeats some
+            assert not {s.question for s in shots} & {p.prompt for p in generate(50, seed=0, difficulty=d)}
+    with pytest.raises(FewShotError, match="positive integer"):
+        load_shots("arithmetic:x")
+
+
+def test_examples_sit_between_the_system_message_and_the_problem():
+    problem = Problem("p", "Compute 2 + 3.", "5")
+    env = ReasoningEnv(template=lambda m: m, system="Be brief.", delimiter="\n---\n", few_shot=SHOTS)
+    msgs = env.prompt(problem)
+    assert [m["role"] for m in msgs] == ["system", "user", "assistant", "user"]
+    assert msgs[2]["content"] == "1 + 1 = 2\n---\nThe answer is 2."  # steps joined by the env's delimiter
+    assert msgs[-1]["content"] == "Compute 2 + 3."
+    # a problem that brings its own system message keeps it first
+    own = Problem("q", [{"role": "system", "content": "Own."}, {"role": "user", "content": "Hi"}])
+    assert [m["content"] for m in own.messages("Ignored.", shot_messages(SHOTS))] == [
+        "Own.", "What is 1 + 1?", "1 + 1 = 2\n\nThe answer is 2.", "Hi"]
+
+
+def test_exported_prompts_carry_the_examples_the_search_saw():
+    env = ReasoningEnv(template=plain_template, few_shot=SHOTS)
+    tree = example_tree()
+    ds, _ = export([tree], "step_pairs", template=plain_template, few_shot=SHOTS)
+    assert len(ds) > 0
+    problem = Problem(tree.problem_id, tree.prompt, tree.answer)
+    for row in ds:
+        prefix = tuple(row["prefix_steps"])
+        assert row["prompt"] == env.render(State(problem, prefix))
+        assert row["prompt"] + row["chosen"] == env.render(State(problem, prefix + (row["chosen"][:-2],)))
+        assert "What is 1 + 1?" in row["prompt"]
+    plain, _ = export([tree], "step_pairs", template=plain_template)
+    assert all("What is 1 + 1?" not in r["prompt"] for r in plain)
+
+
+def test_the_runner_records_the_examples_in_each_tree(tmp_path):
+    async def exact(problem, answer):
+        return float(answer == problem.answer)
+
+    policy = ScriptedPolicy(lambda steps: ["The answer is 2." + EOS])
+    env = ReasoningEnv(template=plain_template, verifier=exact, few_shot=SHOTS)
+    ctx = SearchContext(env=env, policy=policy, sampling=Sampling(max_tokens=16))
+    problems = [Problem("a", "What is 1 + 1?", "2")]
+    asyncio.run(run_problems(problems, sample, SampleConfig(n=2), ctx, tmp_path, progress=False))
+    (tree,) = load_trees(tmp_path)
+    assert load_shots(tree.meta["few_shot"]) == SHOTS
+    # what the policy was asked holds the examples, in front of the problem
+    (prompts, _), = policy.calls
+    assert prompts == [env.prompt(problems[0])]
+    assert prompts[0].index("1 + 1 = 2\n\nThe answer is 2.") < prompts[0].rindex("What is 1 + 1?")
+
+
+@pytest.mark.parametrize("content, needle", [
+    ('{"question": "Q", "steps": ["a"]}\n{"question": "Q2"\n', "shots.jsonl:2: not valid JSON"),
+    ('{"question": "Q", "steps": []}\n', "shots.jsonl:1: field 'steps'"),
+    ('{"steps": ["a"]}\n', "shots.jsonl:1: field 'question'"),
+    ('{"question": "Q"}\n', "shots.jsonl:1: needs 'steps'"),
+    ("\n", "no examples"),
+])
+def test_bad_example_files_name_file_line_and_field(tmp_path, content, needle):
+    path = tmp_path / "shots.jsonl"
+    path.write_text(content)
+    with pytest.raises(FewShotError, match=re.escape(needle)):
+        load_shots(str(path))
+
+
+def test_example_sources(tmp_path):
+    path = tmp_path / "shots.jsonl"
+    path.write_text(json.dumps({"question": "What is 1 + 1?", "solution": "1 + 1 = 2\n\nThe answer is 2."}) + "\n")
+    assert load_shots(str(path)) == SHOTS
+    assert load_shots([{"question": "What is 1 + 1?", "steps": ["1 + 1 = 2", "The answer is 2."]}]) == SHOTS
+    assert load_shots("arithmetic") == FEW_SHOT and load_shots(None) == ()
+    with pytest.raises(FewShotError, match="neither a built-in set"):
+        load_shots("no-such-set")
+
+
+def test_config_rejects_bad_examples_before_anything_loads(tmp_path):
+    recipe = tmp_path / "r.yaml"
+    recipe.write_text("env:\n  few_shot:\n    - {question: Q}\n")
+    with pytest.raises(ConfigError, match=r"r.yaml: env.few_shot\[0\]: needs 'steps'"):
+        load_config(recipe)
+    recipe.write_text("env:\n  few_shot: arithmetic\n")
+    assert load_config(recipe).env.few_shot == "arithmetic"
