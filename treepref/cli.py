@@ -187,13 +187,14 @@ def _export(run: Path, cfg: Config, formats, rule, value, layout, options) -> di
     trees = load_trees(run)
     model = resolve_model(cfg.model.name)
     template = template_from_tokenizer(model) if os.path.isdir(model) else None
+    shots = load_shots(cfg.env.few_shot, cfg.source)  # once, not once per format (it may read a file)
     results = {}
     for fmt in formats:
         takes_rule = FORMATS[fmt].default_rule is not None  # trees, stepwise, ... have no pair rule
         stats = write_export(trees, run / "exports" / fmt, fmt, template=template, layout=layout,
                              rule=rule if takes_rule else None, value=value, recipe=Path(cfg.source).stem,
                              system=_system(cfg), delimiter=cfg.env.delimiter,
-                             few_shot=load_shots(cfg.env.few_shot, cfg.source), **options)
+                             few_shot=shots, **options)
         results[fmt] = {k: stats[k] for k in ("rows", "mean_rows_per_problem", "share_with_rows",
                                               "generated_tokens_per_row") if k in stats}
         if cfg.problems.source == "arithmetic" and fmt in _STEP_PAIR_FORMATS:
