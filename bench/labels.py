@@ -92,7 +92,8 @@ def build_policy(args):
 async def main(args, on_progress=None) -> dict:
     """Every difficulty in one event loop, on one policy (a VLLMPolicy serves one loop).
 
-    ``on_progress(result)`` is called after each difficulty with the results so far (to save them early).
+    ``on_progress(result)`` is called after each run (difficulty and prompt setting) with the results so far,
+    to save them early.
     """
     settings = {k: v for k, v in vars(args).items() if k not in ("difficulties", "prompts")}
     res = {"settings": settings,
@@ -106,9 +107,9 @@ async def main(args, on_progress=None) -> dict:
             for prompt in args.prompts:
                 print(f"-- difficulty {d}, few-shot {prompt}", file=sys.stderr, flush=True)
                 res["runs"][run_label(d, prompt)] = await run_difficulty(policy, d, prompt, args)
-            res["total_seconds"] = round(time.perf_counter() - t0, 1)
-            if on_progress is not None:
-                on_progress(res)
+                res["total_seconds"] = round(time.perf_counter() - t0, 1)
+                if on_progress is not None:
+                    on_progress(res)
     finally:
         if hasattr(policy, "close"):
             policy.close()

@@ -23,6 +23,19 @@ def test_every_shipped_recipe_is_valid(name):
     assert cfg.source.endswith(name)
 
 
+@pytest.mark.parametrize("name", sorted(p.name for p in (ROOT / "configs").glob("*.yaml")))
+def test_shipped_arithmetic_recipes_show_examples_of_the_problems_length(name):
+    # SmolLM2 copies the examples' length: mismatched examples add spurious steps and spoil MC labels.
+    from treepref.few_shot import load_shots
+
+    cfg = load_config(ROOT / "configs" / name)
+    if cfg.problems.source != "arithmetic" or cfg.env.few_shot is None:
+        pytest.skip("not an arithmetic recipe with worked examples")
+    ops = cfg.problems.options["difficulty"]
+    for shot in load_shots(cfg.env.few_shot, name):
+        assert len(shot.steps) == ops + 1 and shot.steps[-1].startswith("The answer is")
+
+
 def test_defaults_fill_missing_sections(tmp_path):
     cfg = load_config(write(tmp_path, "search:\n  name: best_first\n"))
     assert cfg.search.name == "best_first"
