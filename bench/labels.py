@@ -270,6 +270,10 @@ async def run_difficulty(policy, difficulty: int, prompt: str, args) -> dict:
     return result
 
 
+# Settings the rendered command line shows only when a run changed them.
+NON_DEFAULTS = {"seed": 0, "temperature": 0.8, "max_depth": 6, "budget": None}
+
+
 def markdown(res: dict) -> str:
     s = res["settings"]
     lines = [
@@ -279,6 +283,8 @@ def markdown(res: dict) -> str:
         f"--few-shot {s['few_shot']} --problems {s['problems']} "
         f"--paths {s['paths']} --n {s['n']} --rollout-tokens {s['rollout_tokens']}"
         + (f" --cpu-kv-gib {s['cpu_kv_gib']}" if s.get("cpu_kv_gib") else "")
+        + "".join(f" --{key.replace('_', '-')} {s[key]}" for key, default in NON_DEFAULTS.items()
+                  if s.get(key, default) != default)
         + f"` (model: SmolLM2-135M-Instruct, CPU, {res['machine'].get('cpus', '?')} cores; "
         f"total {res.get('total_seconds', '?')} s)",
         "",
