@@ -401,10 +401,11 @@ def why_not(r: dict) -> str:
     c = r["mc_confusion_vs_step_check"]
     missed, rescued = c["exact_True_mc_False"], c["exact_False_mc_True"]
     wrong = r.get("always_wrong_baseline")
-    majority = None if wrong is None else max(wrong, 1 - wrong)
+    majority = None if wrong is None else round(max(wrong, 1 - wrong), 4)
     beats = r["mc_hard_vs_step_check"] is not None and majority is not None and r["mc_hard_vs_step_check"] > majority
     return (f"Why not: {missed + rescued} disagreements, {missed} right steps labelled False (nothing sampled from "
-            f"them reached the reference answer; the policy solves only {r['final_answer_accuracy']} of its final answers) and {rescued} wrong "
+            f"them reached the reference answer; the policy solves only {r['final_answer_accuracy']} of its final "
+            f"answers) and {rescued} wrong "
             f"steps that a completion recovered from. Against the majority-class labeller ({majority}) the hard "
             f"labels {'add something' if beats else 'add nothing'}.")
 

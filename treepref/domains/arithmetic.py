@@ -23,22 +23,30 @@ INSTRUCTION = "Work one operation per step."
 # Worked examples in the format the checker reads: one equation per step, then the answer line
 # (``env.few_shot: arithmetic``), for problems of mixed length. They cover + - * and a parenthesised product.
 # A small model copies the examples' length as much as their format, so for problems of one length
-# ``worked_examples(difficulty)`` (``env.few_shot: arithmetic:<difficulty>``) is the better choice.
+# ``worked_examples(difficulty)`` (``env.few_shot: arithmetic:<difficulty>``) is the better choice. Like those,
+# each starts above the operand range of problems of its length, so none can equal a problem.
 FEW_SHOT = (
-    Shot(f"Compute (4 + 7) * 3. {INSTRUCTION}", ("4 + 7 = 11", "11 * 3 = 33", "The answer is 33.")),
-    Shot(f"Compute 15 - 6. {INSTRUCTION}", ("15 - 6 = 9", "The answer is 9.")),
-    Shot(f"Compute 8 * 2 + 5. {INSTRUCTION}", ("8 * 2 = 16", "16 + 5 = 21", "The answer is 21.")),
+    Shot(f"Compute (24 + 7) * 3. {INSTRUCTION}", ("24 + 7 = 31", "31 * 3 = 93", "The answer is 93.")),
+    Shot(f"Compute 17 - 6. {INSTRUCTION}", ("17 - 6 = 11", "The answer is 11.")),
+    Shot(f"Compute 23 * 2 + 5. {INSTRUCTION}", ("23 * 2 = 46", "46 + 5 = 51", "The answer is 51.")),
 )
 
 
 def make_problem(seed: int, index: int, difficulty: int = 3) -> Problem:
     """Problem ``index`` of the ``seed`` stream: ``difficulty`` operations, numbers growing with it."""
+    return _make(seed, index, difficulty, example=False)
+
+
+def _make(seed: int | str, index: int, difficulty: int, *, example: bool) -> Problem:
+    """A worked example (``example=True``) starts from a number just above the problems' range, so it can
+    never equal a problem: a small model shown the very question it is asked copies the answer."""
     n_ops = int(difficulty)
     if n_ops < 1:
         raise ValueError(f"difficulty is the number of operations and must be >= 1, got {difficulty}")
-    rng = random.Random(f"treepref-arithmetic:{seed}:{n_ops}:{index}")
+    stream = "treepref-arithmetic-examples" if example else "treepref-arithmetic"
+    rng = random.Random(f"{stream}:{seed}:{n_ops}:{index}")
     high = 9 + 6 * n_ops  # operand range for + and -
-    value = rng.randint(2, high)
+    value = rng.randint(high + 1, high + 10) if example else rng.randint(2, high)
     expr, top = str(value), ""  # top: the operator applied last (decides where parentheses go)
     intermediates: list[int] = []
     steps: list[str] = []  # the reference solution, one operation per step
@@ -69,9 +77,8 @@ def make_problem(seed: int, index: int, difficulty: int = 3) -> Problem:
     )
 
 
-# Worked examples come from a seed stream of their own (a string no user seed equals); with one operation
-# the space of problems is small, so an example can still equal some problem.
-_EXAMPLE_SEED = "worked-examples"
+# Worked examples come from a stream of their own and start above the problems' operand range (``_make``).
+_EXAMPLE_SEED = "worked"
 
 
 def worked_examples(difficulty: int | None = None, count: int = 3) -> tuple[Shot, ...]:
@@ -81,7 +88,7 @@ def worked_examples(difficulty: int | None = None, count: int = 3) -> tuple[Shot
         return FEW_SHOT
     examples = []
     for i in range(count):
-        p = make_problem(_EXAMPLE_SEED, i, difficulty)  # type: ignore[arg-type]
+        p = _make(_EXAMPLE_SEED, i, difficulty, example=True)
         examples.append(Shot(p.prompt, (*p.meta["steps"], f"The answer is {p.answer}.")))
     return tuple(examples)
 
