@@ -3,9 +3,10 @@
 Small instruction models follow a format they have just seen far better than one they are told about:
 with three worked one-operation examples (``arithmetic:1``) SmolLM2-135M gets 0.79 of one-operation
 problems right instead of 0.24, and its Monte Carlo step labels agree with the exact checker on 0.95-0.99
-of the checkable steps (bench/results/labels*.md). It also copies the examples' length: with a mixed-length set it
-adds a spurious operation after a finished answer, so examples should be as long as the problems
-(``arithmetic:<difficulty>``). Math-Shepherd and OmegaPRM sample their solutions from few-shot prompts too.
+of the checkable steps (bench/results/labels*.md). It also copies the examples' length: with a
+mixed-length set it adds a spurious operation after a finished answer, so examples should be as long as
+the problems (``arithmetic:<difficulty>``). Math-Shepherd and OmegaPRM sample their solutions from
+few-shot prompts too.
 
 An example is a question and its solution steps; the steps are joined with the environment's delimiter,
 so the examples always show the step boundary the search splits on. The same turns must be rebuilt when
