@@ -16,11 +16,13 @@ from treepref.domains.arithmetic import FEW_SHOT, check_step, generate, worked_e
 from treepref.envs.base import State
 from treepref.envs.reasoning import ReasoningEnv, plain_template
 from treepref.extract import export
+from treepref.extract.common import Prompter
 from treepref.extract.examples import example_tree
 from treepref.few_shot import FewShotError, Shot, load_shots, shot_messages
 from treepref.problems import Problem
 from treepref.runner import load_trees, run_problems
 from treepref.search.base import SearchContext
+from treepref.tree import ROOT
 from treepref.search.sample import SampleConfig, sample
 
 SHOTS = (Shot("What is 1 + 1?", ("1 + 1 = 2", "The answer is 2.")),)
@@ -90,6 +92,15 @@ def test_the_runner_records_the_examples_in_each_tree(tmp_path):
     (prompts, _), = policy.calls
     assert prompts == [env.prompt(problems[0])]
     assert prompts[0].index("1 + 1 = 2\n\nThe answer is 2.") < prompts[0].rindex("What is 1 + 1?")
+    # exports rebuild that prompt from the tree, even when the examples asked for now differ (a built-in set
+    # changed, a file was edited): the recorded ones are what the policy saw
+    other = (Shot("What is 2 + 2?", ("2 + 2 = 4", "The answer is 4.")),)
+    assert Prompter(plain_template, few_shot=other).prompt(tree, ROOT) == prompts[0]
+    # and a tree searched without examples gets none
+    env.few_shot = ()
+    asyncio.run(run_problems(problems, sample, SampleConfig(n=2), ctx, tmp_path / "plain", progress=False))
+    (plain,) = load_trees(tmp_path / "plain")
+    assert Prompter(plain_template, few_shot=SHOTS).prompt(plain, ROOT) == env.prompt(problems[0])
 
 
 @pytest.mark.parametrize("content, needle", [

@@ -55,7 +55,7 @@ def export(trees: list[Tree], fmt: str, *, template: Template | str | None = Non
     * ``fmt``: a name in ``FORMATS``.
     * ``template``: ``messages -> str`` (``policy.chat_prompt``, ``template_from_tokenizer(path)``, or a
       tokenizer folder). ``system``, ``delimiter`` and ``few_shot`` must match the environment the search
-      ran with.
+      ran with; a tree the runner wrote records its system message and examples, and those are used instead.
     * ``layout``: ``standard`` or ``conversational`` (see ``common.Prompter``).
     * ``rule``: a name in ``RULES`` for the sibling-pair formats (None: the format's default).
     * ``value``: ``value`` | ``mc`` | ``reward`` | a ``scores`` key (None: ``mc`` for stepwise, else ``value``).

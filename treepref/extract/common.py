@@ -11,7 +11,7 @@ from dataclasses import dataclass
 from typing import Callable
 
 from treepref.envs.reasoning import DEFAULT_SYSTEM
-from treepref.few_shot import shot_messages
+from treepref.few_shot import load_shots, shot_messages
 from treepref.problems import Problem
 from treepref.tree import ROOT, Tree
 
@@ -90,7 +90,12 @@ class Prompter:
             raise ValueError(f"unknown layout {self.layout!r}; choose one of {LAYOUTS}")
 
     def messages(self, tree: Tree) -> list[dict]:
-        return problem_of(tree).messages(self.system, shot_messages(self.few_shot, self.delimiter))
+        """The chat the search rendered for this tree. A tree the runner wrote records its system message and
+        examples, and those win over this prompter's: the built-in sets or a file may have changed since."""
+        system, shots = self.system, self.few_shot
+        if "system" in tree.meta:  # recorded (few_shot only when there were examples)
+            system, shots = tree.meta["system"], load_shots(tree.meta.get("few_shot"), f"tree {tree.problem_id}")
+        return problem_of(tree).messages(system, shot_messages(shots, self.delimiter))
 
     def joined(self, steps: list[str]) -> str:
         return "".join(s + self.delimiter for s in steps)
