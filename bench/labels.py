@@ -405,8 +405,8 @@ def why_not(r: dict) -> str:
     beats = r["mc_hard_vs_step_check"] is not None and majority is not None and r["mc_hard_vs_step_check"] > majority
     return (f"Why not: {missed + rescued} disagreements, {missed} right steps labelled False (nothing sampled from "
             f"them reached the reference answer; the policy solves only {r['final_answer_accuracy']} of its final "
-            f"answers) and {rescued} wrong "
-            f"steps that a completion recovered from. Against the majority-class labeller ({majority}) the hard "
+            f"answers) and {rescued} wrong steps that a completion recovered from. Against the majority-class "
+            f"labeller ({majority}) the hard "
             f"labels {'add something' if beats else 'add nothing'}.")
 
 
