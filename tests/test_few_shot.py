@@ -18,7 +18,7 @@ from treepref.envs.reasoning import ReasoningEnv, plain_template
 from treepref.extract import export
 from treepref.extract.common import Prompter
 from treepref.extract.examples import example_tree
-from treepref.few_shot import FewShotError, Shot, load_shots, shot_messages
+from treepref.few_shot import FewShotError, Shot, load_shots, shot_messages, shots_to_json
 from treepref.problems import Problem
 from treepref.runner import load_trees, run_problems
 from treepref.search.base import SearchContext
@@ -75,6 +75,10 @@ def test_exported_prompts_carry_the_examples_the_search_saw():
         assert "What is 1 + 1?" in row["prompt"]
     plain, _ = export([tree], "step_pairs", template=plain_template)
     assert all("What is 1 + 1?" not in r["prompt"] for r in plain)
+    # a tree that recorded its setup (as the runner writes them) is exported with it, whatever is asked now
+    tree.meta.update(system=env.system, delimiter=env.delimiter, few_shot=shots_to_json(SHOTS))
+    recorded, _ = export([tree], "step_pairs", template=plain_template, system="Other.", delimiter="\n")
+    assert [r["prompt"] for r in recorded] == [r["prompt"] for r in ds]
 
 
 def test_the_runner_records_the_examples_in_each_tree(tmp_path):
@@ -95,12 +99,12 @@ def test_the_runner_records_the_examples_in_each_tree(tmp_path):
     # exports rebuild that prompt from the tree, even when the examples asked for now differ (a built-in set
     # changed, a file was edited): the recorded ones are what the policy saw
     other = (Shot("What is 2 + 2?", ("2 + 2 = 4", "The answer is 4.")),)
-    assert Prompter(plain_template, few_shot=other).prompt(tree, ROOT) == prompts[0]
+    assert Prompter(plain_template, few_shot=other).for_tree(tree).prompt(tree, ROOT) == prompts[0]
     # and a tree searched without examples gets none
     env.few_shot = ()
     asyncio.run(run_problems(problems, sample, SampleConfig(n=2), ctx, tmp_path / "plain", progress=False))
     (plain,) = load_trees(tmp_path / "plain")
-    assert Prompter(plain_template, few_shot=SHOTS).prompt(plain, ROOT) == env.prompt(problems[0])
+    assert Prompter(plain_template, few_shot=SHOTS).for_tree(plain).prompt(plain, ROOT) == env.prompt(problems[0])
 
 
 @pytest.mark.parametrize("content, needle", [

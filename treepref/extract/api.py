@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import dataclasses
 import functools
 import inspect
 import json
@@ -55,7 +56,7 @@ def export(trees: list[Tree], fmt: str, *, template: Template | str | None = Non
     * ``fmt``: a name in ``FORMATS``.
     * ``template``: ``messages -> str`` (``policy.chat_prompt``, ``template_from_tokenizer(path)``, or a
       tokenizer folder). ``system``, ``delimiter`` and ``few_shot`` must match the environment the search
-      ran with; a tree the runner wrote records its system message and examples, and those are used instead.
+      ran with; a tree the runner wrote records all three, and those are used instead (``Prompter.for_tree``).
     * ``layout``: ``standard`` or ``conversational`` (see ``common.Prompter``).
     * ``rule``: a name in ``RULES`` for the sibling-pair formats (None: the format's default).
     * ``value``: ``value`` | ``mc`` | ``reward`` | a ``scores`` key (None: ``mc`` for stepwise, else ``value``).
@@ -108,7 +109,8 @@ def export(trees: list[Tree], fmt: str, *, template: Template | str | None = Non
                   recipe=recipe, rule=rule or "", kind=kind, weight=weight, weight_k=weight_k,
                   responses=responses, success=success, options=rule_opts,
                   rule_fn=functools.partial(RULES[rule], value=read, **rule_opts) if rule else None)
-    items = [it for tree in trees for it in form.build(tree, ctx)]
+    items = [it for tree in trees
+             for it in form.build(tree, dataclasses.replace(ctx, prompter=ctx.prompter.for_tree(tree)))]
     dropped = {}
     if deduplicate:
         items, dropped["duplicates"] = dedup(items)

@@ -7,7 +7,7 @@ pair's prompt is exactly the text the policy continued when it sampled the two s
 
 from __future__ import annotations
 
-from dataclasses import dataclass
+from dataclasses import dataclass, replace
 from typing import Callable
 
 from treepref.envs.reasoning import DEFAULT_SYSTEM
@@ -89,13 +89,17 @@ class Prompter:
         if self.layout not in LAYOUTS:
             raise ValueError(f"unknown layout {self.layout!r}; choose one of {LAYOUTS}")
 
+    def for_tree(self, tree: Tree) -> "Prompter":
+        """This prompter with the setup the search rendered ``tree`` with. A tree the runner wrote records its
+        system message, delimiter and examples, and those win over this prompter's: the built-in example
+        sets, a file or the config may have changed since."""
+        if "system" not in tree.meta:  # not recorded (a tree built by hand, or by an older runner)
+            return self
+        return replace(self, system=tree.meta["system"], delimiter=tree.meta.get("delimiter", self.delimiter),
+                       few_shot=load_shots(tree.meta.get("few_shot"), f"tree {tree.problem_id}"))
+
     def messages(self, tree: Tree) -> list[dict]:
-        """The chat the search rendered for this tree. A tree the runner wrote records its system message and
-        examples, and those win over this prompter's: the built-in sets or a file may have changed since."""
-        system, shots = self.system, self.few_shot
-        if "system" in tree.meta:  # recorded (few_shot only when there were examples)
-            system, shots = tree.meta["system"], load_shots(tree.meta.get("few_shot"), f"tree {tree.problem_id}")
-        return problem_of(tree).messages(system, shot_messages(shots, self.delimiter))
+        return problem_of(tree).messages(self.system, shot_messages(self.few_shot, self.delimiter))
 
     def joined(self, steps: list[str]) -> str:
         return "".join(s + self.delimiter for s in steps)
