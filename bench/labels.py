@@ -60,7 +60,8 @@ async def sample_solutions(problems, ctx, paths):
     params = ctx.sampling.with_(n=paths, stop=(), max_tokens=ctx.rollout_max_tokens)
     prompts = [ctx.env.render(ctx.env.initial(p)) for p in problems]
     outs = await ctx.policy.generate(prompts, params)
-    return [[ctx.env.split_steps(c.text)[: ctx.env.max_depth] for c in cs] for cs in outs]
+    return [[[ctx.env.clean(p.text) for p in ctx.env.split(c.text, c.token_ids, c.token_logprobs, c.logprob)
+              ][: ctx.env.max_depth] for c in cs] for cs in outs]
 
 
 def ratio(num, den):
@@ -135,7 +136,8 @@ def run_label(difficulty: int, prompt: str) -> str:
 async def run_difficulty(policy, difficulty: int, prompt: str, args) -> dict:
     problems = generate(args.problems, seed=args.seed, difficulty=difficulty)
     tokens_start = policy.stats.generated_tokens
-    env = ReasoningEnv(template=policy.chat_prompt, max_depth=args.max_depth, max_tokens=args.rollout_tokens,
+    env = ReasoningEnv(template=policy.chat_prompt, tokenizer=policy, max_depth=args.max_depth,
+                       max_tokens=args.rollout_tokens,
                        few_shot=load_shots(shots_for(difficulty, prompt), "--few-shot"))
     ctx = SearchContext(env=env, policy=policy, sampling=Sampling(temperature=args.temperature, max_tokens=64),
                         rollout_max_tokens=args.rollout_tokens)

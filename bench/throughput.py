@@ -116,7 +116,7 @@ class Bench:
         from treepref.search.base import SearchContext
 
         self.policy, self.problems, self.args = policy, problems, args
-        self.env = ReasoningEnv(template=policy.chat_prompt, max_depth=max(args.depth, 1) + 2)
+        self.env = ReasoningEnv(template=policy.chat_prompt, tokenizer=policy, max_depth=max(args.depth, 1) + 2)
         self.sampling = Sampling(temperature=args.temperature, max_tokens=args.step_tokens)
         self.ctx = SearchContext(env=self.env, policy=policy, sampling=self.sampling,
                                  rollout_max_tokens=args.rollout_tokens)

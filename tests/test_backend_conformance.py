@@ -1,4 +1,5 @@
-"""One contract, every backend: the same prompts, n, stop and max_tokens give well-formed completions."""
+"""One contract, every backend: the same prompts (text and token ids), n, stop and max_tokens give well-formed
+completions."""
 
 from __future__ import annotations
 
@@ -45,7 +46,8 @@ BACKENDS = [
 @pytest.mark.parametrize("backend", BACKENDS)
 def test_backend_conformance(backend, request, aio):
     policy = request.getfixturevalue(backend)
-    prompts = [policy.chat_prompt([{"role": "user", "content": q}]) for q in QUESTIONS]
+    texts = [policy.chat_prompt([{"role": "user", "content": q}]) for q in QUESTIONS]
+    prompts = texts + [policy.encode(texts[0])]  # and one as token ids, the way searches send prompts
     params = Sampling(n=3, max_tokens=12, stop=(STEP,), temperature=1.0)
     before = policy.stats.completions
     out = aio(policy.generate(prompts, params))
@@ -63,6 +65,11 @@ def test_backend_conformance(backend, request, aio):
             elif c.finish_reason == "length":
                 assert c.n_tokens == params.max_tokens
             # else: the model ended the sequence (EOS)
+            # The ids are the sampled ones: they spell the text (the last may run past a stop string).
+            assert policy.decode(c.token_ids).startswith(c.text), (c, policy.decode(c.token_ids))
+            if c.token_logprobs:
+                assert len(c.token_logprobs) == c.n_tokens
+                assert c.logprob == pytest.approx(sum(c.token_logprobs), abs=1e-6)
             # Retokenising decoded text may merge or split a token or two (and drops an EOS token).
             assert abs(policy.count_tokens(c.text) - c.n_tokens) <= 2 + c.n_tokens // 5, (c, policy.count_tokens(c.text))
     assert policy.stats.completions - before == len(prompts) * params.n

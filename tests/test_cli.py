@@ -55,7 +55,9 @@ def test_summary_trees_and_exports_load(run_dir):
     assert summary["generated_tokens"] > 0 and summary["nodes"] > 2 and summary["wall_time_s"] > 0
     tree = Tree.load(out / "trees" / "p1.json")
     assert len(tree.children(0)) >= 1 and tree.meta["search"] == "mcts"
-    assert all(n <= 12 for n, k in zip(tree.n_tokens, tree.kind) if k == "step")
+    # a step is at most one expansion (12 tokens) or one completion (24) long, and it keeps its ids
+    assert all(n <= 24 and n == len(ids) for n, ids in zip(tree.n_tokens[1:], tree.token_ids[1:]))
+    assert tree.prompt_ids(0) == tree.token_ids[0] and len(tree.token_ids[0]) > 0
     pairs = datasets.load_from_disk(str(out / "exports" / "step_pairs" / "dataset"))
     assert {"prompt", "chosen", "rejected", "chosen_value", "rejected_value"} <= set(pairs.column_names)
     trees = datasets.load_from_disk(str(out / "exports" / "trees" / "dataset"))

@@ -13,6 +13,7 @@ from treepref.extract import FORMATS, RULES, export, template_from_tokenizer, wr
 from treepref.extract.examples import example_tree
 from treepref.extract.rules import visit_weight
 from treepref.extract.stats import margin_histogram
+from treepref.tree import ROOT, Tree
 
 Q = "What is 2 + 3 * 4?"
 P0 = f"<user>\n{Q}\n<assistant>\n"
@@ -33,7 +34,7 @@ def pair(prompt, chosen, rejected, prefix, cv, rv, depth, nc, nr, strategy, weig
     return {"problem_id": "p1", "recipe": "r", "prompt": prompt, "chosen": chosen, "rejected": rejected,
             "question": Q, "prefix_steps": prefix, "chosen_value": cv, "rejected_value": rv,
             "margin": cv - rv, "depth": depth, "chosen_visits": nc, "rejected_visits": nr,
-            "strategy": strategy, "weight": weight}
+            "strategy": strategy, "weight": weight, "prompt_ids": [], "chosen_ids": [], "rejected_ids": []}
 
 
 def test_step_pairs_max_min():
@@ -86,7 +87,9 @@ def test_rules_on_example():
 
 def test_step_dpo():
     got, _ = rows("step_dpo", template=None)
-    base = {"problem_id": "p1", "recipe": "r", "prompt": Q, "answer": "14", "strategy": "max_min"}
+    base = {"problem_id": "p1", "recipe": "r", "prompt": Q, "answer": "14", "strategy": "max_min",
+            **dict.fromkeys(("prompt_ids", "chosen_ids", "rejected_ids", "full_chosen_ids", "full_rejected_ids"),
+                            [])}  # the example tree has no token ids
     assert got == [
         {**base, "initial_reason_steps": "", "chosen": S1 + "\n\n", "rejected": S2 + "\n\n",
          "full_chosen": f"{S1}\n\n{S3}\n\n", "full_rejected": f"{S2}\n\n{S5}\n\n",
@@ -110,7 +113,7 @@ def test_step_apo():
 
 
 def test_ranked_lists():
-    base = {"problem_id": "p1", "recipe": "r", "question": Q}
+    base = {"problem_id": "p1", "recipe": "r", "question": Q, "prompt_ids": [], "responses_ids": [[], []]}
     got, _ = rows("ranked_lists")
     assert got == [
         {**base, "prompt": P0, "responses": [[S1, S3], [S2, S5]], "scores": [0.75, 0.0],
@@ -139,7 +142,8 @@ def test_trajectory_pairs():
     bad = [(f"{S1}\n\n{S4}", [S1, S4]), (f"{S2}\n\n{S5}", [S2, S5]), (f"{S2}\n\n{S6}", [S2, S6])]
     assert got == [{"problem_id": "p1", "recipe": "r", "prompt": P0, "chosen": c, "rejected": r,
                     "question": Q, "chosen_reward": 1.0, "rejected_reward": 0.0, "margin": 1.0,
-                    "chosen_steps": cs, "rejected_steps": rs, "strategy": "outcome"}
+                    "chosen_steps": cs, "rejected_steps": rs, "strategy": "outcome",
+                    "prompt_ids": [], "chosen_ids": [], "rejected_ids": []}
                    for c, cs in good for r, rs in bad]
     got, _ = rows("trajectory_pairs", max_per_problem=2)
     assert len(got) == 2
@@ -254,3 +258,207 @@ def test_names_are_listed():
     assert set(RULES) == {"max_min", "best_runner_up", "margin", "q_sign", "margin_edit", "on_off_path"}
     assert set(FORMATS) == {"step_pairs", "step_dpo", "step_apo", "ranked_lists", "stepwise", "refine_pairs",
                             "trees", "trajectory_pairs"}
+
+
+# -- token ids and pair filters, on a tree with ids ------------------------------------------------------
+
+def scored_tree() -> Tree:
+    """Q?  (ids in brackets; value = backed-up mean)::
+
+        0 root [1, 2]
+        ├─ 1 "a" [11]            value 0.75 (4 visits), prm 0.9
+        │  ├─ 3 "a1" [31, 32]    final, reward 1, value 1 (3 visits), prm 1.0
+        │  └─ 4 "a2" [41]        final, reward 0, value 0 (1 visit), prm 0.0
+        └─ 2 "b" [21, 22, 23]    value 2/3 (3 visits), prm 0.4
+           ├─ 5 "b1" [51]        value 1 (2 visits), prm 0.8
+           └─ 6 "b2" [61]        value 0 (1 visit), prm 0.1
+
+    max_min pairs (value): under 0: 1 > 2 (margin 1/12); under 1: 3 > 4 (1); under 2: 5 > 6 (1).
+    Successful path: 0, 1, 3; so the pair under 2 has a prefix off every successful path.
+    """
+    t = Tree(problem_id="s", prompt="Q?", answer="1")
+    t.token_ids[ROOT] = [1, 2]
+    a = t.add(ROOT, "a", token_ids=[11])
+    b = t.add(ROOT, "b", token_ids=[21, 22, 23])
+    a1 = t.add(a, "a1", reward=1.0, terminated=True, token_ids=[31, 32])
+    a2 = t.add(a, "a2", reward=0.0, terminated=True, token_ids=[41])
+    b1 = t.add(b, "b1", token_ids=[51])
+    b2 = t.add(b, "b2", token_ids=[61])
+    for node, v, times in ((a1, 1.0, 3), (a2, 0.0, 1), (b1, 1.0, 2), (b2, 0.0, 1)):
+        for _ in range(times):
+            t.backup(node, v)
+    for node, prm in zip((a, b, a1, a2, b1, b2), (0.9, 0.4, 1.0, 0.0, 0.8, 0.1)):
+        t.scores[node]["prm"] = prm
+    return t
+
+
+def srows(fmt, tree=None, **kw):
+    kw.setdefault("template", plain_template)
+    ds, stats = export([tree or scored_tree()], fmt, system=None, **kw)
+    return ds.to_list(), stats
+
+
+def ids(r, *cols):
+    return tuple(r[c] for c in cols)
+
+
+PAIR_IDS = ("prompt_ids", "chosen_ids", "rejected_ids")
+
+
+def test_pair_id_columns():
+    t = scored_tree()
+    want = [([1, 2], [11], [21, 22, 23]), ([1, 2, 11], [31, 32], [41]), ([1, 2, 21, 22, 23], [51], [61])]
+    for fmt, kw in (("step_pairs", {}), ("step_apo", {"rule": "max_min"}),
+                    ("step_pairs", {"layout": "conversational", "template": None})):
+        got, _ = srows(fmt, **kw)
+        assert len(got) == 3
+        assert [ids(r, *PAIR_IDS) for r in got] == want  # the same in every layout: what the policy saw
+    got, _ = srows("step_pairs")
+    assert [(r["prompt"], r["chosen"], r["rejected"]) for r in got] == [  # text columns as before
+        ("<user>\nQ?\n<assistant>\n", "a\n\n", "b\n\n"), ("<user>\nQ?\n<assistant>\na\n\n", "a1\n\n", "a2\n\n"),
+        ("<user>\nQ?\n<assistant>\nb\n\n", "b1\n\n", "b2\n\n")]
+    chosen = [1, 3, 5]
+    assert all(r["prompt_ids"] + r["chosen_ids"] == t.prompt_ids(c) for r, c in zip(got, chosen))
+
+
+def test_step_dpo_id_columns():
+    got, _ = srows("step_dpo", template=None)
+    assert [ids(r, *PAIR_IDS, "full_chosen_ids", "full_rejected_ids") for r in got] == [
+        ([1, 2], [11], [21, 22, 23], [11, 31, 32], [21, 22, 23, 51]),  # continuations: best leaf 3; first leaf 5
+        ([1, 2, 11], [31, 32], [41], [31, 32], [41]),
+        ([1, 2, 21, 22, 23], [51], [61], [51], [61]),
+    ]
+    assert [(r["full_chosen"], r["full_rejected"]) for r in got][0] == ("a\n\na1\n\n", "b\n\nb1\n\n")
+
+
+def test_ranked_lists_stepwise_trajectory_id_columns():
+    got, _ = srows("ranked_lists")
+    assert [(r["responses"], r["prompt_ids"], r["responses_ids"]) for r in got] == [
+        ([["a", "a1"], ["b", "b1"]], [1, 2], [[11, 31, 32], [21, 22, 23, 51]]),
+        ([["a1"], ["a2"]], [1, 2, 11], [[31, 32], [41]]),
+        ([["b1"], ["b2"]], [1, 2, 21, 22, 23], [[51], [61]]),
+    ]
+    got, _ = srows("ranked_lists", responses="siblings")
+    assert [r["responses_ids"] for r in got] == [[[11], [21, 22, 23]], [[31, 32], [41]], [[51], [61]]]
+    got, _ = srows("stepwise", template=None, value="prm")
+    assert [(r["completions"], r["prompt_ids"], r["completions_ids"]) for r in got] == [
+        (["a", "a1"], [1, 2], [[11], [31, 32]]), (["a", "a2"], [1, 2], [[11], [41]]),
+        (["b", "b1"], [1, 2], [[21, 22, 23], [51]]), (["b", "b2"], [1, 2], [[21, 22, 23], [61]])]
+    got, _ = srows("trajectory_pairs")
+    assert [(r["chosen"], r["rejected"], *ids(r, *PAIR_IDS)) for r in got] == [
+        ("a\n\na1", "a\n\na2", [1, 2], [11, 31, 32], [11, 41])]
+
+
+def test_missing_ids_give_empty_columns_never_partial():
+    got, _ = rows("step_pairs")  # the example tree has no ids at all
+    assert [ids(r, *PAIR_IDS) for r in got] == [([], [], [])] * 2
+    t = scored_tree()
+    t.token_ids[4] = []  # one side of the pair under 1 lacks ids
+    t.token_ids[2] = []  # a side of the root pair, and the prefix of the pair under 2
+    got, _ = srows("step_pairs", t)
+    assert [ids(r, *PAIR_IDS) for r in got] == [([], [], [])] * 3
+    t = scored_tree()
+    t.token_ids[4] = []
+    got, _ = srows("step_pairs", t)
+    assert [ids(r, *PAIR_IDS) for r in got] == [([1, 2], [11], [21, 22, 23]), ([], [], []),
+                                                ([1, 2, 21, 22, 23], [51], [61])]
+    got, _ = srows("ranked_lists", t)
+    assert [r["responses_ids"] for r in got] == [[[11, 31, 32], [21, 22, 23, 51]], [[], []], [[51], [61]]]
+    got, _ = srows("stepwise", t, template=None, value="prm")
+    assert [(r["prompt_ids"], r["completions_ids"]) for r in got] == [
+        ([1, 2], [[11], [31, 32]]), ([], [[], []]), ([1, 2], [[21, 22, 23], [51]]), ([1, 2], [[21, 22, 23], [61]])]
+    t.token_ids[ROOT] = []  # no prompt ids: nothing can be right
+    got, _ = srows("step_dpo", t, template=None)
+    assert all(not any(r[c] for c in (*PAIR_IDS, "full_chosen_ids", "full_rejected_ids")) for r in got)
+
+
+def test_id_columns_are_typed_even_when_empty():
+    ds, _ = export([example_tree()], "ranked_lists", template=plain_template)
+    assert str(ds.features["prompt_ids"]) == "List(Value('int64'))"
+    assert str(ds.features["responses_ids"]) == "List(List(Value('int64')))"
+    ds, _ = export([example_tree()], "step_pairs", template=plain_template, min_margin=5)  # no rows
+    assert len(ds) == 0 and str(ds.features["chosen_ids"]) == "List(Value('int64'))"
+
+
+def sides(got):
+    return [(r["chosen"].strip(), r["rejected"].strip()) for r in got]
+
+
+def test_prefix_filter():
+    every = [("a", "b"), ("a1", "a2"), ("b1", "b2")]
+    got, stats = srows("step_pairs")
+    assert sides(got) == every and "prefix" not in stats["dropped"] and stats["filters"]["prefix"] is None
+    got, stats = srows("step_pairs", prefix="any")
+    assert sides(got) == every and stats["dropped"]["prefix"] == 0
+    got, stats = srows("step_pairs", prefix="success")  # node 2 is on no successful path
+    assert sides(got) == every[:2] and stats["dropped"]["prefix"] == 1
+    assert stats["filters"]["prefix"] == "success"
+    got, stats = srows("step_pairs", prefix="value")  # path values: [], [0.75], [2/3], all >= 0.5
+    assert sides(got) == every and stats["dropped"]["prefix"] == 0
+    got, stats = srows("step_pairs", prefix="value", prefix_value=0.7)
+    assert sides(got) == every[:2] and stats["dropped"]["prefix"] == 1
+    assert stats["filters"]["prefix_value"] == 0.7
+    got, stats = srows("step_pairs", prefix="value", prefix_value=0.8)  # only the depth-1 pair (no prefix)
+    assert sides(got) == every[:1] and stats["dropped"]["prefix"] == 2
+    got, stats = srows("step_pairs", prefix="value", value="prm")  # the export's value: prm(b) = 0.4
+    assert sides(got) == every[:2] and stats["dropped"]["prefix"] == 1
+    t = scored_tree()
+    t.reward[3] = 0.0  # no successful path at all: even the root is on none
+    got, stats = srows("step_pairs", t, prefix="success")
+    assert got == [] and stats["dropped"]["prefix"] == 3
+    for fmt in ("step_apo", "step_dpo"):
+        got, stats = srows(fmt, prefix="success", rule="max_min") if fmt == "step_apo" else \
+            srows(fmt, prefix="success", template=None)
+        assert len(got) == 2 and stats["dropped"]["prefix"] == 1
+
+
+def test_min_visits_filter():
+    got, stats = srows("step_pairs", min_visits=2)  # pair under 2: b2 has 1 visit
+    assert sides(got) == [("a", "b"), ("a1", "a2")] and stats["dropped"]["min_visits"] == 1
+    got, stats = srows("step_pairs", min_visits=4)  # b has 3 visits; a2 has 1 but is final (exact value)
+    assert sides(got) == [("a1", "a2")] and stats["dropped"]["min_visits"] == 2
+    assert stats["filters"]["min_visits"] == 4
+
+
+def test_filters_combine_in_order():
+    got, stats = srows("step_pairs", prefix="success", min_visits=2, min_margin=0.5)
+    assert sides(got) == [("a1", "a2")]
+    assert stats["dropped"] == {"duplicates": 0, "prefix": 1, "min_visits": 0, "min_margin": 1}
+    assert stats["filters"] == {"prefix": "success", "prefix_value": 0.5, "min_visits": 2, "min_margin": 0.5,
+                                "min_edit": None, "max_per_node": None, "max_per_problem": None}
+    assert stats["rows"] == 1
+
+
+def test_filter_errors():
+    with pytest.raises(ValueError, match="unknown prefix"):
+        srows("step_pairs", prefix="good")
+    with pytest.raises(ValueError, match="prefix_value"):
+        srows("step_pairs", prefix_value=0.7)
+    with pytest.raises(ValueError, match="unknown option 'prefix'"):
+        srows("ranked_lists", prefix="success")
+    with pytest.raises(ValueError, match="unknown option 'min_visits'"):
+        srows("trajectory_pairs", min_visits=1)
+
+
+def test_ids_keep_the_step_boundary(model_dir):
+    """SmolLM2 writes "\\n\\n" after a step as 198, 198, but encodes a text ending in "\\n\\n" as 1116: the ids
+    of a row are the former, a re-tokenised prompt the latter."""
+    from transformers import AutoTokenizer
+
+    tok = AutoTokenizer.from_pretrained(model_dir)
+    template = template_from_tokenizer(model_dir)
+    enc = lambda text: tok(text, add_special_tokens=False)["input_ids"]  # noqa: E731
+    t = Tree(problem_id="b", prompt=Q, answer="14")
+    t.token_ids[ROOT] = enc(template([{"role": "user", "content": Q}]))
+    s1 = t.add(ROOT, S1, token_ids=enc(S1) + [198, 198])
+    t.add(ROOT, S2, token_ids=enc(S2) + [198, 198])
+    t.add(s1, S3, token_ids=enc(S3) + [198, 198], terminated=True, reward=1.0)
+    t.add(s1, S4, token_ids=enc(S4) + [198, 198], terminated=True, reward=0.0)
+    for node, v in ((1, 1.0), (2, 0.0), (3, 1.0), (4, 0.0)):
+        t.backup(node, v)
+    ds, _ = export([t], "step_pairs", template=template, system=None)
+    deep = ds.to_list()[1]
+    assert deep["prompt"].endswith(S1 + "\n\n") and deep["prompt_ids"][-2:] == [198, 198]
+    assert enc(deep["prompt"])[-1] == 1116  # what tokenising the prompt text gives at the boundary
+    for side in ("chosen", "rejected"):
+        assert tok.decode(deep["prompt_ids"] + deep[f"{side}_ids"]) == deep["prompt"] + deep[side]

@@ -12,9 +12,10 @@ from treepref.envs.reasoning import ReasoningEnv, plain_template
 from treepref.extract import export
 from treepref.extract.common import problem_of, success_nodes
 from treepref.extract.rules import VALUE_ORDERED
-from treepref.tree import ROLLOUT, STEP, Tree
+from treepref.tree import ROLLOUT, ROOT, STEP, Tree
 
 TEXTS = ["a", "b", "c", "a b", "x = 1.", "The answer is 1.", "The answer is 2."]
+IDS = st.lists(st.integers(0, 50), min_size=1, max_size=3)
 FAST = settings(max_examples=25, deadline=None, suppress_health_check=[HealthCheck.too_slow])
 
 
@@ -22,6 +23,11 @@ FAST = settings(max_examples=25, deadline=None, suppress_health_check=[HealthChe
 def trees(draw) -> Tree:
     t = Tree(problem_id=f"p{draw(st.integers(0, 2))}", prompt=draw(st.sampled_from(["Q?", "What is 1?"])),
              answer="1")
+    # token ids on every node, on none (an older run), or on some (never exported: a row is all or nothing)
+    ids = draw(st.sampled_from(["all", "none", "some"]))
+    has_ids = (lambda: True) if ids == "all" else (lambda: False) if ids == "none" else (lambda: draw(st.booleans()))
+    if has_ids():
+        t.token_ids[0] = draw(IDS)
     for _ in range(draw(st.integers(1, 14))):
         parent = draw(st.integers(0, len(t) - 1))
         if t.terminated[parent]:
@@ -29,7 +35,8 @@ def trees(draw) -> Tree:
         done = draw(st.booleans())
         node = t.add(parent, draw(st.sampled_from(TEXTS)), n_tokens=draw(st.integers(0, 9)),
                      terminated=done, reward=draw(st.sampled_from([0.0, 1.0, -1.0])) if done else None,
-                     kind=ROLLOUT if t.kind[parent] == ROLLOUT or draw(st.integers(0, 5)) == 0 else STEP)
+                     kind=ROLLOUT if t.kind[parent] == ROLLOUT or draw(st.integers(0, 5)) == 0 else STEP,
+                     token_ids=draw(IDS) if has_ids() else ())
         for _ in range(draw(st.integers(0, 3))):
             t.backup(node, draw(st.sampled_from([-1.0, 0.0, 0.5, 1.0])))
         total = draw(st.integers(0, 4))
@@ -41,6 +48,25 @@ def trees(draw) -> Tree:
 
 def _node_of(tree: Tree, prefix: list[str]) -> list[int]:
     return [n for n in range(len(tree)) if tree.steps(n) == prefix]
+
+
+def _steps_of(joined: str) -> list[str]:
+    return joined.split("\n\n")[:-1]
+
+
+def _ids_match(r, t: Tree, n: int, sides=("chosen", "rejected")) -> bool:
+    """``prompt_ids + <side>_ids == t.prompt_ids(<side>)`` for a child of ``n`` with each side's text and ids
+    on every node down to it; or every id column empty, where some node the row needs lacks ids (a row
+    holds all its ids or none, never partial ones)."""
+    def known(c: int) -> bool:
+        return all(t.token_ids[m] for m in (ROOT, *t.path(c)))
+
+    options = {side: [c for c in t.children(n) if t.text[c] + "\n\n" == r[side]] for side in sides}
+    if all(any(r["prompt_ids"] + r[f"{side}_ids"] == t.prompt_ids(c) and known(c) for c in options[side])
+           for side in sides):
+        return True
+    empty = not any(r[f"{c}_ids"] for c in ("prompt", *sides))
+    return empty and any(not known(c) for side in sides for c in options[side])
 
 
 def _unique(ds) -> bool:
@@ -68,12 +94,12 @@ def test_pairs_continue_their_prompt(ts, rule, value):
         ok = False
         for t in candidates:
             problem = problem_of(t)
-            rendered = ENV.render(State(problem, tuple(r["prefix_steps"])))
+            rendered = ENV.render_text(State(problem, tuple(r["prefix_steps"])))
             for n in _node_of(t, r["prefix_steps"]):
                 kids = {t.text[c] + "\n\n" for c in t.children(n, kind=STEP)}
-                if r["prompt"] == rendered and {r["chosen"], r["rejected"]} <= kids:
+                if r["prompt"] == rendered and {r["chosen"], r["rejected"]} <= kids and _ids_match(r, t, n):
                     ok = True
-                    assert r["prompt"] + r["chosen"] == ENV.render(
+                    assert r["prompt"] + r["chosen"] == ENV.render_text(
                         State(problem, tuple(r["prefix_steps"]) + (r["chosen"][:-2],)))
         assert ok, r
         assert r["chosen"] != r["rejected"]
@@ -108,6 +134,7 @@ def test_ranked_lists_are_sorted(ts, responses, value):
         assert len(r["responses"]) == len(r["scores"]) == len(r["step_rewards"])
         assert [len(x) for x in r["responses"]] == [len(x) for x in r["step_rewards"]]
         assert [x[0] for x in r["step_rewards"]] == r["scores"]
+        assert len(r["responses_ids"]) == len(r["responses"])
 
 
 @FAST
@@ -120,6 +147,10 @@ def test_trajectory_and_other_formats(ts):
     ds, _ = export(ts, "step_dpo")
     for r in ds:
         assert r["full_chosen"].startswith(r["chosen"]) and r["full_rejected"].startswith(r["rejected"])
+        assert r["full_chosen_ids"][:len(r["chosen_ids"])] == r["chosen_ids"]
+        assert r["full_rejected_ids"][:len(r["rejected_ids"])] == r["rejected_ids"]
+        assert any(_ids_match(r, t, n) for t in ts if t.problem_id == r["problem_id"]
+                   for n in _node_of(t, _steps_of(r["initial_reason_steps"])))
     ds, _ = export(ts, "trees")
     distinct = {json.dumps(t.to_dict(), sort_keys=True): len(t) for t in ts}
     assert [len(r["nodes"]) for r in ds] == list(distinct.values())
@@ -133,4 +164,29 @@ def test_stepwise_labels_line_up(ts, source):
     ds, _ = export(ts, "stepwise", value=source)
     assert _unique(ds)
     for r in ds:
-        assert len(r["labels"]) == len(r["completions"]) == len(r["soft_labels"]) > 0
+        assert len(r["labels"]) == len(r["completions"]) == len(r["soft_labels"]) == len(r["completions_ids"]) > 0
+
+
+@FAST
+@given(st.lists(trees(), min_size=1, max_size=3), st.sampled_from(["step_pairs", "step_apo", "step_dpo"]),
+       st.sampled_from(["success", "value"]), st.sampled_from([None, 1, 2]))
+def test_pair_filters_keep_what_they_say(ts, fmt, prefix, min_visits):
+    ds, stats = export(ts, fmt, template=plain_template, rule="margin", prefix=prefix, min_visits=min_visits)
+    every, _ = export(ts, fmt, template=plain_template, rule="margin")
+    dropped = stats["dropped"]
+    assert len(every) - len(ds) == dropped["prefix"] + dropped.get("min_visits", 0)
+    assert stats["filters"]["prefix"] == prefix and stats["filters"]["min_visits"] == min_visits
+
+    def passes(t: Tree, n: int, c: int, x: int) -> bool:
+        if prefix == "success" and n not in success_nodes(t):
+            return False
+        if prefix == "value" and not all(t.value(m) is not None and t.value(m) >= 0.5 for m in t.path(n)):
+            return False
+        return not min_visits or all(t.visits[s] >= min_visits or t.is_final(s) for s in (c, x))
+
+    for r in ds:
+        prefix_steps = r["prefix_steps"] if fmt != "step_dpo" else _steps_of(r["initial_reason_steps"])
+        assert any(passes(t, n, c, x)
+                   for t in ts if t.problem_id == r["problem_id"] for n in _node_of(t, prefix_steps)
+                   for c in t.children(n) if t.text[c] + "\n\n" == r["chosen"]
+                   for x in t.children(n) if t.text[x] + "\n\n" == r["rejected"]), r

@@ -10,7 +10,7 @@ from http.server import BaseHTTPRequestHandler, ThreadingHTTPServer
 import pytest
 
 from treepref.backends.base import Sampling
-from treepref.backends.openai import OpenAIBackendError, OpenAIPolicy
+from treepref.backends.openai import OpenAIBackendError, OpenAIPolicy, _token_ids
 
 pytest_plugins = ["backend_fixtures"]
 
@@ -74,6 +74,15 @@ def test_retries_429_and_5xx_then_succeeds(stub, aio):
     sent = _Stub.seen[-1]
     assert sent["n"] == 2 and sent["stop"] == ["\n\n"] and sent["seed"] == 3 and sent["logprobs"] == 0
     assert "include_stop_str_in_output" not in sent  # not a vLLM server (no /version route)
+    assert outs[0].token_logprobs == (-0.5, -1.0)
+
+
+def test_id_prompt_is_sent_as_an_int_array(stub, aio):
+    _, url = stub
+    _Stub.script = [(200, _ok(1))]
+    policy = OpenAIPolicy("m", base_url=url)
+    aio(policy.generate([(1, 2, 198, 198), "Q:"], Sampling(n=1)))
+    assert sorted(map(str, (body["prompt"] for body in _Stub.seen))) == ["Q:", "[1, 2, 198, 198]"]
 
 
 def test_retries_run_out(stub, aio):
@@ -133,3 +142,45 @@ def test_vllm_server_seed_and_model_discovery(vllm_server, openai_policy, aio):
     anonymous = OpenAIPolicy(base_url=vllm_server, tokenizer=openai_policy.model)
     [[c]] = aio(anonymous.generate([prompt], Sampling(max_tokens=2)))
     assert anonymous.model == openai_policy.model and c.n_tokens >= 1
+
+
+# --- token-id prompts on the real server ---------------------------------------------------------------------
+def _echoed(policy, prompt, aio) -> list[int]:
+    """The prompt tokens the server ran on: the body ``generate`` sends for ``prompt``, with ``echo`` added
+    (vLLM then returns the prompt's tokens, as ``token_id:<id>``, before the one generated token)."""
+    async def go():
+        await policy._ensure_client()
+        body = {**policy._body(prompt, Sampling(temperature=0, max_tokens=1)), "echo": True}
+        return await policy._request("POST", "/completions", body)
+
+    tokens = _token_ids(aio(go())["choices"][0]["logprobs"]["tokens"])
+    return tokens[:-1]
+
+
+def _step_prompt(policy) -> list[int]:
+    """A question and a first step as ids, ending in "\\n\\n" the way the model writes it: 198, 198."""
+    return policy.encode(policy.chat_prompt(QUESTION) + "Step 1: We add 12 and 7.") + [198, 198]
+
+
+@pytest.mark.vllm
+@pytest.mark.slow
+def test_vllm_server_uses_id_prompts_as_given(openai_policy, aio):
+    ids = _step_prompt(openai_policy)
+    text = openai_policy.decode(ids)
+    assert openai_policy.encode(text)[-1] == 1116  # the text form ends in the one "\n\n" token instead
+    assert _echoed(openai_policy, ids, aio) == ids
+    assert _echoed(openai_policy, text, aio) == openai_policy.encode(text) != ids
+
+
+@pytest.mark.vllm
+@pytest.mark.slow
+def test_vllm_server_child_prompt_is_parent_ids_plus_step(openai_policy, aio):
+    parent = _step_prompt(openai_policy)
+    # logprobs=False still gets the exact sampled ids (and their log-probs) from vLLM.
+    [steps] = aio(openai_policy.generate([parent], Sampling(n=2, max_tokens=24, stop=("\n\n",), logprobs=False)))
+    for c in steps:
+        assert len(c.token_logprobs) == c.n_tokens and all(x <= 0 for x in c.token_logprobs)
+        assert c.logprob == pytest.approx(sum(c.token_logprobs), abs=1e-6)
+        child = parent + list(c.token_ids)
+        assert openai_policy.decode(child).startswith(openai_policy.decode(parent) + c.text)
+    assert _echoed(openai_policy, child, aio) == child

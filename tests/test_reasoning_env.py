@@ -1,4 +1,4 @@
-"""The reasoning environment: rendering, when a path ends, and how it is rewarded."""
+"""The reasoning environment: rendering (text and token ids), when a path ends, and how it is rewarded."""
 
 from __future__ import annotations
 
@@ -12,16 +12,25 @@ async def exact(problem, answer):
     return float(answer == problem.answer)
 
 
-def step(env, state, text, ended=False):
-    return asyncio.run(env.step(state, text, n_tokens=len(text.split()), ended=ended))
+def step(env, state, text, ended=False, token_ids=None):
+    return asyncio.run(env.step(state, text, token_ids=token_ids, ended=ended))
 
 
 def test_render_appends_steps_with_the_delimiter():
     env = ReasoningEnv(template=plain_template, verifier=exact, system=None)
     s = env.initial(Problem("x", "Compute 2 + 3.", "5"))
+    root = env.render(s)
     s = step(env, s, "2 + 3 = 5\n\n").state
-    assert env.render(s) == "<user>\nCompute 2 + 3.\n<assistant>\n2 + 3 = 5\n\n"
-    assert s.steps == ("2 + 3 = 5",) and s.n_tokens == 5
+    assert env.render_text(s) == "<user>\nCompute 2 + 3.\n<assistant>\n2 + 3 = 5\n\n"
+    assert s.steps == ("2 + 3 = 5",) and s.n_tokens == 5  # "2 ", "+ ", "3 ", "= ", "5\n\n"
+    assert env.render(s)[:len(root)] == root  # a child's ids extend its parent's
+
+
+def test_generated_ids_are_kept_as_they_are():
+    env = ReasoningEnv(template=plain_template, verifier=exact, system=None)
+    s = env.initial(Problem("x", "Compute 2 + 3.", "5"))
+    child = step(env, s, "2 + 3 = 5\n\n", token_ids=[7, 8, 9]).state
+    assert env.render(child) == env.render(s) + (7, 8, 9) and child.n_tokens == 3
 
 
 def test_answers_end_the_path_and_are_verified():

@@ -50,8 +50,9 @@ def test_expansion_order_follows_the_values_and_stops_at_a_correct_step():
 def test_without_stopping_the_whole_tree_is_grown_best_first_ties_to_the_older_node():
     tree = run(best_first(PROBLEM, make_ctx(SCRIPT), BestFirstConfig(k=2, n_rollouts=2, stop_at_correct=False,
                                                                      max_expansions=50)))
-    # after B1a: A (0.5) and B2 (0.5) tie, A is older; then B2, A2 (0.5), A1 (0.0)
-    assert order(tree) == [[], ["B"], ["B", "B1"], ["B", "B1", "B1a"], ["A"], ["B", "B2"], ["A", "A2"],
+    # after B1a: A (0.5) and B2 (0.5) tie, A is older; then A2 (0.5) and B2 tie, and A2 is older: A's
+    # completions (valued before B's) wrote A1 and A2 into the tree; then A1 (0.0)
+    assert order(tree) == [[], ["B"], ["B", "B1"], ["B", "B1", "B1a"], ["A"], ["A", "A2"], ["B", "B2"],
                            ["A", "A1"]]
     assert tree.meta["stats"]["frontier_left"] == 0
     for n in tree.nodes(STEP):  # final steps are never expanded
@@ -69,8 +70,8 @@ def test_parallel_rounds_expand_the_best_nodes_together():
     ctx = make_ctx(SCRIPT, slow=True)
     cfg = BestFirstConfig(k=2, n_rollouts=2, stop_at_correct=False, parallel_expansions=2, max_expansions=50)
     tree = run(best_first(PROBLEM, ctx, cfg))
-    # rounds: [root] (alone on the frontier), [B, A], [B1, B2], [B1a, A2], [A1]
-    assert order(tree) == [[], ["B"], ["A"], ["B", "B1"], ["B", "B2"], ["B", "B1", "B1a"], ["A", "A2"],
+    # rounds: [root] (alone on the frontier), [B, A], [B1, A2] (A2 ties B2 and is older), [B1a, B2], [A1]
+    assert order(tree) == [[], ["B"], ["A"], ["B", "B1"], ["A", "A2"], ["B", "B1", "B1a"], ["B", "B2"],
                            ["A", "A1"]]
     in_flight = [{s for s, is_step in snap if is_step} for snap in ctx.policy.snapshots]
     assert any({("A",), ("B",)} <= e for e in in_flight)
@@ -79,8 +80,9 @@ def test_parallel_rounds_expand_the_best_nodes_together():
 def test_values_are_backed_up_for_exporters():
     tree = run(best_first(PROBLEM, make_ctx(SCRIPT), BestFirstConfig(k=2, n_rollouts=2)))
     b, b2 = node_by_steps(tree, ["B"]), node_by_steps(tree, ["B", "B2"])
-    # B2 was never expanded: its value is its rollout fraction
-    assert tree.value(b2) == tree.mc_value(b2) == 0.5
+    # B2 was never expanded: its value is the mean of its own two completions (right, wrong) and of B's
+    # completion that went through it (right); its Monte Carlo fraction counts only its own
+    assert tree.value(b2) == pytest.approx(2 / 3) and tree.mc_value(b2) == 0.5
     # B: its own 2 rollouts (1, 1) + B1's (1, 1) + B2's (1, 0) + B1a's (1, 1) + B1a's final child (1)
     assert (tree.visits[b], tree.value_sum[b]) == (9, 8.0)
     assert tree.visits[0] == sum(tree.visits[c] for c in tree.children(0))

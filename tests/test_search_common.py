@@ -17,11 +17,7 @@ PROBLEM = Problem("p1", "What is 1 + 1?", answer="2")
 
 
 class Env(ReasoningEnv):
-    """The reasoning env with a regex-only answer reader, so these tests need no math verifier."""
-
-    def final_answer(self, text: str) -> str | None:
-        match = self._answer_re.search(text)
-        return match.group(1).strip() if match and match.group(1).strip() else None
+    """The reasoning env as it is (the tests pass an exact-string verifier, so no math verifier runs)."""
 
 
 async def exact(problem: Problem, answer: str) -> float:
@@ -73,16 +69,14 @@ def node_by_steps(tree: Tree, steps: list[str]) -> int:
 
 
 def check_visits(tree: Tree) -> None:
-    """Every backup passes once through each node: a visited node's visits are its own valuation plus its
-    step children's visits, and a final node is valued once."""
+    """Every backup passes once through each node above where it ended: a node's visits are the backups
+    that ended at it plus its children's visits (so never fewer than theirs), and a final node has no
+    children. Completions end their backups below the node they valued, so "ended at it" may be 0."""
     for i in tree.nodes(STEP):
         kids = tree.children(i)
-        if tree.visits[i] == 0:
-            assert all(tree.visits[c] == 0 for c in kids)
-        elif tree.is_final(i):
-            assert tree.visits[i] == 1 and not kids
-        else:
-            assert tree.visits[i] == 1 + sum(tree.visits[c] for c in kids), i
+        assert tree.visits[i] >= sum(tree.visits[c] for c in kids), i
+        if tree.is_final(i):
+            assert not kids, i
 
 
 def run(coro):

@@ -68,30 +68,94 @@ TINY = {
 
 
 def test_backups_match_a_hand_run():
-    """Simulation by simulation (c_puct 1, fpu 0, one rollout per valuation):
-    1. root: expanded into A, B; valued by a rollout A -> "answer 2" = 1.   root 1/1
-    2. root N=1: A scores 0 + .731*1/1, B .269 -> A; expanded, rollout = 1.  A 1/1, root 2/2
-    3. A: Q 1 + .731*sqrt2/2 > B .269*sqrt2 -> A -> its final child "answer 2" (reward 1).
-       child 1/1, A 2/2, root 3/3; A's only child is spent, so A is spent.
-    4. only B is left: expanded, rollout "answer 3" = 0.  B 1/0, root 4/3
-    5. B's final child, reward 0. child 1/0, B 2/0, root 5/3; everything is spent: the search stops early.
+    """Simulation by simulation (c_puct 1, fpu 0, one completion per valuation, no widening, 8 free visits).
+    N(s) in PUCT counts the selecting simulation's own virtual visit, so it is the parent's visits + 1.
+    1. root: expanded into A, B; its completion "A / The answer is 2." merges into A (samples 2) and adds
+       the final A2 (reward 1); the outcome is backed up from A2: A2, A, root 1/1.
+       Priors: A = 2e^-1 / (2e^-1 + e^-2) = .8446, B = .1554.
+    2. root: A (Q 1 + .8446 * sqrt2 / 2) beats B (.1554 * sqrt2); A is expanded (both samples merge
+       into A2) and its completion ends in A2 again: A2, A, root 2/2.
+    3. A2 is final: a visit backs up its reward, generates nothing and is not a simulation. PUCT keeps
+       choosing A (B would need .1554 * sqrt(N) > 1 + .8446 * sqrt(N) / (1 + N(A)), first at N = 52), so
+       8 free visits follow: A2, A, root 10/10, and Q(A) stays 1.
+    4. after 8 free visits the walk skips final nodes: at A nothing else is left, so A is spent; the next
+       walk takes B: expanded, its completion "The answer is 3." = 0: B3, B 1/0, root 11/10.
     """
     ctx = make_ctx(TINY)
-    tree = run(mcts(PROBLEM, ctx, MCTSConfig(simulations=50, k=2, c_puct=1.0, fpu=0.0, n_rollouts=1)))
+    cfg = MCTSConfig(simulations=3, k=2, c_puct=1.0, fpu=0.0, n_rollouts=1, widen=0, free_visits=8)
+    tree = run(mcts(PROBLEM, ctx, cfg))
     a, b = node_by_steps(tree, ["A"]), node_by_steps(tree, ["B"])
     a2, b3 = node_by_steps(tree, ["A", "The answer is 2."]), node_by_steps(tree, ["B", "The answer is 3."])
-    assert tree.prior[a] == pytest.approx(1 / (1 + math.exp(-1)))
+    pa = 2 * math.exp(-1) / (2 * math.exp(-1) + math.exp(-2))
+    assert tree.prior[a] == pytest.approx(pa) and tree.samples[a] == 2
+    assert next(n for n in range(2, 100) if (1 - pa) * math.sqrt(n) > 1 + pa * math.sqrt(n) / n) == 52
     got = {n: (tree.visits[n], tree.value_sum[n]) for n in (0, a, b, a2, b3)}
-    assert got == {0: (5, 3.0), a: (2, 2.0), b: (2, 0.0), a2: (1, 1.0), b3: (1, 0.0)}
-    assert tree.meta["stats"] == {"simulations": 5, "expansions": 3, "exhausted": True}
+    assert got == {0: (11, 10.0), a: (10, 10.0), b: (1, 0.0), a2: (10, 10.0), b3: (1, 0.0)}
+    assert tree.value(a) == 1.0  # the right path's Q does not decay with its visits
+    assert tree.meta["stats"] == {"simulations": 3, "final_visits": 8, "backups": 11, "expansions": 3,
+                                  "exhausted": False}
     assert step_requests(ctx.policy) == [(), ("A",), ("B",)]  # the final steps were never expanded
     check_visits(tree)
 
 
+# A right step R whose children are the answer and two dead ends that never answer.
+DECAY = {(): ["R"], ("R",): ["The answer is 2.", "junk one", "junk two"],
+         ("R", "junk one"): ["more junk"], ("R", "junk two"): ["more junk"]}
+
+
+def test_a_right_path_keeps_its_value_where_the_old_rule_decays_it():
+    """With ``revisit_finals=False`` (the older rule) R's answer is valued once and then skipped, so every
+    later simulation under R is a dead end and Q(R) falls toward 1/N(R); revisited, it stays near 1."""
+    cfg = dict(simulations=12, k=3, n_rollouts=0, default_value=0.0, c_puct=1.0, widen=0)
+    new = run(mcts(PROBLEM, make_ctx(DECAY, max_depth=3), MCTSConfig(**cfg)))
+    old = run(mcts(PROBLEM, make_ctx(DECAY, max_depth=3), MCTSConfig(**cfg, revisit_finals=False)))
+    r_new, r_old = node_by_steps(new, ["R"]), node_by_steps(old, ["R"])
+    assert old.value(r_old) <= 0.25 and new.value(r_new) >= 0.8
+    check_visits(new)
+    check_visits(old)
+
+
 def test_budget_counts_simulations():
-    tree = run(mcts(PROBLEM, make_ctx(TINY), MCTSConfig(simulations=2, k=2)))
-    assert tree.visits[0] == 2 and tree.meta["stats"]["simulations"] == 2
-    assert tree.meta["stats"]["exhausted"] is False
+    tree = run(mcts(PROBLEM, make_ctx(TINY), MCTSConfig(simulations=2, k=2, n_rollouts=1)))
+    assert tree.meta["stats"]["simulations"] == 2 and tree.meta["stats"]["exhausted"] is False
+    assert tree.visits[0] == 2 + tree.meta["stats"]["final_visits"]  # one completion each, plus free visits
+
+
+def test_a_token_budget_stops_the_search():
+    cfg = dict(simulations=5, k=3, n_rollouts=0)
+    free = run(mcts(PROBLEM, make_ctx(chain, max_depth=6), MCTSConfig(**cfg)))
+    assert free.meta["stats"]["simulations"] == 5 and free.meta["generated_tokens"] == 15  # 3 one-token steps each
+    tree = run(mcts(PROBLEM, make_ctx(chain, max_depth=6), MCTSConfig(**cfg, token_budget=7)))
+    assert tree.meta["stats"]["simulations"] == 3 and tree.meta["generated_tokens"] == 9  # stops once at 7 or more
+
+
+def test_completions_become_merged_steps_of_the_tree():
+    """A completion is cut into steps that merge with existing nodes, so its outcome counts in every node
+    it passed through, and later simulations walk on what it wrote."""
+    ctx = make_ctx(TINY)
+    tree = run(mcts(PROBLEM, ctx, MCTSConfig(simulations=1, k=2, n_rollouts=2, widen=0)))
+    a, b = node_by_steps(tree, ["A"]), node_by_steps(tree, ["B"])
+    a2, b3 = node_by_steps(tree, ["A", "The answer is 2."]), node_by_steps(tree, ["B", "The answer is 3."])
+    # completion 0 goes through A (merged: A sampled twice), completion 1 through B
+    assert (tree.samples[a], tree.samples[b]) == (2, 2)
+    assert {n: (tree.visits[n], tree.value_sum[n]) for n in (0, a, a2, b, b3)} == {
+        0: (2, 1.0), a: (1, 1.0), a2: (1, 1.0), b: (1, 0.0), b3: (1, 0.0)}
+    assert (tree.mc_total[0], tree.mc_correct[0]) == (2, 1)
+    assert all(tree.kind[n] == STEP for n in range(len(tree)))
+    assert tree.prompt_ids(a2) == tree.prompt_ids(a) + tree.token_ids[a2]
+
+
+def test_an_expansion_whose_samples_all_merged_is_widened():
+    asked = []
+
+    def same_then_other(steps):  # the first request's three samples are all "same"
+        asked.append(steps)
+        return ["same"] if len(asked) <= 3 else ["same", "other"]
+
+    ctx = make_ctx(same_then_other)
+    tree = run(mcts(PROBLEM, ctx, MCTSConfig(simulations=1, k=3, n_rollouts=0, widen=1)))
+    assert [tree.text[c] for c in tree.children(0)] == ["same", "other"]
+    assert step_requests(ctx.policy) == [(), ()]  # the second request is the widening
 
 
 def test_zero_rollouts_use_the_default_value():
@@ -108,19 +172,26 @@ def chain(steps):
 
 def test_truncation_at_max_depth_and_no_expansion_of_final_nodes():
     ctx = make_ctx(chain, max_depth=2)
-    tree = run(mcts(PROBLEM, ctx, MCTSConfig(simulations=100, k=3, n_rollouts=0)))
+    tree = run(mcts(PROBLEM, ctx, MCTSConfig(simulations=100, k=3, n_rollouts=0, free_visits=8)))
     steps = tree.nodes(STEP)
     assert max(tree.depth[i] for i in steps) == 2
     assert all(tree.truncated[i] for i in steps if tree.depth[i] == 2)
     assert all(len(s) < 2 for s in step_requests(ctx.policy))
-    # 1 root + 3 depth-1 expansions; 1 + 3 + 9 simulations spend the whole tree
-    assert tree.meta["stats"] == {"simulations": 13, "expansions": 4, "exhausted": True}
+    # 1 root + 3 depth-1 expansions generate; 8 free visits of the truncated leaves, then walks that skip
+    # final nodes find nothing to generate and spend the tree
+    assert tree.meta["stats"] == {"simulations": 4, "final_visits": 8, "backups": 12, "expansions": 4,
+                                  "exhausted": True}
     check_visits(tree)
+    # the older rule values each final node once and stops when the tree is spent: 1 + 3 + 9 simulations
+    old = run(mcts(PROBLEM, make_ctx(chain, max_depth=2), MCTSConfig(simulations=100, k=3, n_rollouts=0,
+                                                                      revisit_finals=False)))
+    assert old.meta["stats"] == {"simulations": 13, "final_visits": 0, "backups": 13, "expansions": 4,
+                                 "exhausted": True}
 
 
 def test_identical_sibling_steps_are_merged():
     ctx = make_ctx({(): [("X", -1.0), ("X", -1.0), ("Y", -1.0)], ("X",): ["The answer is 2."]})
-    tree = run(mcts(PROBLEM, ctx, MCTSConfig(simulations=1, k=3)))
+    tree = run(mcts(PROBLEM, ctx, MCTSConfig(simulations=1, k=3, n_rollouts=0)))
     kids = tree.children(0)
     assert [tree.text[c] for c in kids] == ["X", "Y"]
     assert [tree.samples[c] for c in kids] == [2, 1]
@@ -139,7 +210,8 @@ WIDE = {
 
 def test_parallel_simulations_spread_by_virtual_loss():
     ctx = make_ctx(WIDE, slow=True)
-    cfg = MCTSConfig(simulations=10, k=3, c_puct=1.0, n_rollouts=1, parallel_simulations=2)
+    # no completions: a completion from the root would give A a value, and both simulations would want A
+    cfg = MCTSConfig(simulations=10, k=3, c_puct=1.0, n_rollouts=0, parallel_simulations=2, widen=0)
     tree = run(mcts(PROBLEM, ctx, cfg))
     expansions = [{s for s, is_step in snap if is_step} for snap in ctx.policy.snapshots]
     # A (best prior) and B were being expanded at the same time by the two simulations
@@ -147,18 +219,18 @@ def test_parallel_simulations_spread_by_virtual_loss():
     # a node is expanded once, even when a second simulation reaches it mid-expansion
     requested = step_requests(ctx.policy.inner)
     assert len(requested) == len(set(requested))
-    # virtual loss is gone: visits are exactly the backups
-    assert tree.visits[0] == tree.meta["stats"]["simulations"] == 10
+    # virtual loss is gone: visits are exactly the backups (this tree is spent before 10 simulations)
+    assert tree.visits[0] == tree.meta["stats"]["backups"] and tree.meta["stats"]["exhausted"]
     check_visits(tree)
 
 
 def test_without_virtual_loss_the_second_simulation_waits_for_the_same_expansion():
     ctx = make_ctx(WIDE, slow=True)
-    cfg = MCTSConfig(simulations=8, k=3, n_rollouts=1, parallel_simulations=2, virtual_loss=0)
+    cfg = MCTSConfig(simulations=8, k=3, n_rollouts=1, parallel_simulations=2, virtual_loss=0, widen=0)
     tree = run(mcts(PROBLEM, ctx, cfg))
     requested = step_requests(ctx.policy.inner)
     assert len(requested) == len(set(requested))
-    assert tree.visits[0] == 8
+    assert tree.visits[0] == tree.meta["stats"]["backups"]
     check_visits(tree)
 
 
@@ -184,7 +256,7 @@ def test_parallel_many_problems_keep_their_invariants():
         return await asyncio.gather(*(mcts(p, ctx, cfg) for p in problems))
 
     for tree in run(together()):
-        assert tree.visits[0] == tree.meta["stats"]["simulations"]
+        assert tree.visits[0] == tree.meta["stats"]["backups"]
         check_visits(tree)
 
 

@@ -46,7 +46,10 @@ def test_soft_and_hard_label_three_of_four():
     v = run(mc_value(tree, states, node, ctx, 4))
     assert (v.correct, v.total, v.soft, v.hard) == (3, 4, 0.75, True)
     assert (tree.mc_correct[node], tree.mc_total[node]) == (3, 4)
-    assert len(tree.children(node, kind=ROLLOUT)) == 4  # completions kept in the tree
+    # completions are kept in the tree as steps, identical ones merged (the three 5s are one node)
+    kids = tree.children(node)
+    assert [(tree.text[c], tree.samples[c], tree.reward[c]) for c in kids] == [
+        ("The answer is 5.", 3, 1.0), ("The answer is 7.", 1, 0.0)]
     assert ctx.policy.stats.requests == 1  # one request with n=4
 
 
@@ -161,8 +164,8 @@ def test_search_shaped_entry_points():
 
     # Two sampled solutions: candidate 0 follows PATH (wrong), candidate 1 answers 5 at once.
     tree = run(math_shepherd(PROBLEM, context(omega_script), MathShepherdConfig(solutions=2, n=2)))
-    labelled = [i for i in tree.nodes() if i != ROOT]
-    assert all(tree.mc_total[i] > 0 for i in labelled)
+    labelled = tree.meta["labelled"]  # the sampled solutions' nodes (completions added more)
+    assert labelled == sorted(labelled) and all(tree.mc_total[i] > 0 for i in labelled)
     assert [tree.mc_value(i) for i in labelled[:3]] == [0.5, 0.5, 0.0]
     tree = run(omegaprm(PROBLEM, context(omega_script), OmegaPRMConfig(solutions=2, n=2, budget=None)))
     assert tree.meta["stats"]["omegaprm_rollouts"] == 4

@@ -99,3 +99,49 @@ def test_other_event_loop_is_refused(vllm_policy, prompt, aio):
     aio(vllm_policy.generate([prompt], Sampling(max_tokens=1)))  # bind the session loop first
     with pytest.raises(RuntimeError, match="one asyncio event loop"):
         asyncio.run(vllm_policy.generate([prompt], Sampling(max_tokens=1)))
+
+
+# --- token-id prompts ----------------------------------------------------------------------------------------
+@pytest.fixture
+def engine_outputs(vllm_policy, monkeypatch):
+    """(prompt as given, the engine's final RequestOutput) of every request during the test: a spy on
+    ``_final``, the one method that hands prompts to the engine (the engine itself runs as usual)."""
+    seen, final = [], vllm_policy._final
+
+    async def spy(prompt, sp):
+        out = await final(prompt, sp)
+        seen.append((prompt, out))
+        return out
+
+    monkeypatch.setattr(vllm_policy, "_final", spy)
+    return seen
+
+
+def step_prompt(policy, prompt) -> list[int]:
+    """A question and a first step as ids, ending in "\\n\\n" the way the model writes it: 198, 198."""
+    return policy.encode(prompt + "Step 1: We add 12 and 7.") + [198, 198]
+
+
+def test_id_prompts_reach_the_engine_as_given(vllm_policy, prompt, aio, engine_outputs):
+    ids = step_prompt(vllm_policy, prompt)
+    text = vllm_policy.decode(ids)
+    assert vllm_policy.encode(text)[-1] == 1116 and vllm_policy.encode(text) != ids  # the text form differs
+    out = aio(vllm_policy.generate([ids, text], Sampling(temperature=0, max_tokens=2)))
+    assert len(out) == 2 and len(engine_outputs) == 2
+    for given, result in engine_outputs:
+        expected = vllm_policy.encode(given) if isinstance(given, str) else ids
+        assert list(result.prompt_token_ids) == expected
+
+
+def test_child_prompt_is_parent_ids_plus_step(vllm_policy, prompt, aio, engine_outputs):
+    parent = step_prompt(vllm_policy, prompt)
+    [steps] = aio(vllm_policy.generate([parent], Sampling(n=3, max_tokens=24, stop=("\n\n",), temperature=1.0)))
+    children = []
+    for c in steps:
+        assert len(c.token_logprobs) == c.n_tokens and all(x <= 0 for x in c.token_logprobs)
+        assert c.logprob == pytest.approx(sum(c.token_logprobs), abs=1e-6)
+        child = parent + list(c.token_ids)
+        assert vllm_policy.decode(child).startswith(vllm_policy.decode(parent) + c.text)
+        children.append(child)
+    aio(vllm_policy.generate(children, Sampling(max_tokens=1)))
+    assert sorted(list(out.prompt_token_ids) for _, out in engine_outputs[1:]) == sorted(children)

@@ -113,7 +113,7 @@ def build_context(cfg: Config, policy):
     from treepref.few_shot import load_shots
     from treepref.search.base import SearchContext
 
-    env_kwargs = dict(template=policy.chat_prompt, delimiter=cfg.env.delimiter, max_depth=cfg.env.max_depth,
+    env_kwargs = dict(template=policy.chat_prompt, tokenizer=policy, delimiter=cfg.env.delimiter, max_depth=cfg.env.max_depth,
                       max_tokens=cfg.env.max_tokens,
                       system=DEFAULT_SYSTEM if cfg.env.system == "default" else cfg.env.system,
                       few_shot=load_shots(cfg.env.few_shot, cfg.source))

@@ -127,6 +127,8 @@ async def run_problems(problems: Sequence[Problem], search: SearchFn, search_cfg
                 tree.meta.setdefault("delimiter", getattr(ctx.env, "delimiter", "\n\n"))
                 if getattr(ctx.env, "few_shot", ()):
                     tree.meta.setdefault("few_shot", shots_to_json(ctx.env.few_shot))
+                if problem.meta:  # what a domain's checker needs (arithmetic: the expression, intermediates)
+                    tree.meta.setdefault("problem_meta", problem.meta)
                 tree.save(tree_path(out_dir, problem.id))
                 summary.searched += 1
                 summary.nodes += len(tree)

@@ -5,7 +5,10 @@ creation order, the root is ``ROOT`` (0) and its parent is ``NO_PARENT`` (-1). K
 node objects linked by pointers) makes siblings, paths and exports plain index lookups and makes the JSON
 form a direct dump of the columns.
 
-Step text is stored without its trailing delimiter; the environment decides how steps are joined.
+Step text is stored without its trailing delimiter; the environment decides how steps are joined. Text is
+for people and checkers; what the policy saw is ``token_ids``: the root holds the prompt's ids and every
+other node the ids the policy generated for its step (delimiter included, exactly as sampled), so the prompt
+of any node's children is ``prompt_ids(node)``, never a re-tokenisation of joined text.
 """
 
 from __future__ import annotations
@@ -27,8 +30,9 @@ ROLLOUT = "rollout"
 
 _COLUMNS = (
     "parent", "depth", "text", "n_tokens", "logprob", "prior", "visits", "value_sum", "reward",
-    "terminated", "truncated", "kind", "samples", "scores", "mc_correct", "mc_total", "info",
+    "terminated", "truncated", "kind", "samples", "scores", "mc_correct", "mc_total", "info", "token_ids",
 )
+_OPTIONAL = {"token_ids": list}  # columns older trees lack, with the empty value they read as
 
 
 @dataclass
@@ -56,6 +60,7 @@ class Tree:
     mc_correct: list[int] = field(default_factory=list)  # Monte Carlo completions that reached the answer
     mc_total: list[int] = field(default_factory=list)
     info: list[dict] = field(default_factory=list)  # free-form per-node data (finish reason, answer)
+    token_ids: list[list[int]] = field(default_factory=list)  # root: the prompt; else the step as generated
 
     def __post_init__(self) -> None:
         # Child lists are an index over the parent column (not serialised): children() stays O(degree).
@@ -86,6 +91,7 @@ class Tree:
         self.mc_correct.append(0)
         self.mc_total.append(0)
         self.info.append({})
+        self.token_ids.append([])
         self._kids.append([])
         if parent != NO_PARENT:
             self._kids[parent].append(len(self.parent) - 1)
@@ -93,7 +99,7 @@ class Tree:
 
     def add(self, parent: int, text: str, *, n_tokens: int = 0, logprob: float = 0.0, prior: float = 1.0,
             reward: float | None = None, terminated: bool = False, truncated: bool = False,
-            kind: str = STEP, info: dict | None = None) -> int:
+            kind: str = STEP, info: dict | None = None, token_ids=()) -> int:
         """Append a child of ``parent`` and return its id."""
         if not 0 <= parent < len(self):
             raise IndexError(f"no node {parent} in tree of {len(self)} nodes")
@@ -103,6 +109,7 @@ class Tree:
         self.truncated[node] = truncated
         if info:
             self.info[node] = dict(info)
+        self.token_ids[node] = [int(t) for t in token_ids]
         return node
 
     def backup(self, node: int, value: float) -> None:
@@ -132,6 +139,13 @@ class Tree:
         """Step texts from the root down to ``node``."""
         return [self.text[i] for i in self.path(node)]
 
+    def prompt_ids(self, node: int) -> list[int]:
+        """The token ids the policy continues at ``node``: the prompt, then every step's ids down to it."""
+        out = list(self.token_ids[ROOT])
+        for i in self.path(node):
+            out.extend(self.token_ids[i])
+        return out
+
     def value(self, node: int) -> float | None:
         """Mean backed-up value, or None for a node never visited."""
         return self.value_sum[node] / self.visits[node] if self.visits[node] else None
@@ -160,7 +174,10 @@ class Tree:
 
     @classmethod
     def from_dict(cls, data: dict) -> Tree:
-        cols = data["columns"]
+        cols = dict(data["columns"])
+        n = len(cols.get("parent", ()))
+        for name, empty in _OPTIONAL.items():
+            cols.setdefault(name, [empty() for _ in range(n)])
         lengths = {len(v) for v in cols.values()}
         if len(lengths) != 1:
             raise ValueError(f"tree {data.get('problem_id')!r}: columns have different lengths {lengths}")

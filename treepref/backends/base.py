@@ -9,7 +9,12 @@ from __future__ import annotations
 
 import asyncio
 from dataclasses import dataclass, field, replace
-from typing import Awaitable, Callable, Protocol, Sequence, runtime_checkable
+from typing import Awaitable, Callable, Protocol, Sequence, Union, runtime_checkable
+
+# A prompt is text (tokenised by the backend) or token ids (sent as they are, nothing added). Searches send
+# token ids, so a child's prompt is exactly its parent's ids plus the ids the policy generated: re-tokenising
+# joined text changes the boundary (SmolLM2 writes "\n\n" as two tokens, but encodes a text ending in it as one).
+Prompt = Union[str, Sequence[int]]
 
 
 @dataclass(frozen=True)
@@ -51,6 +56,7 @@ class Completion:
     logprob: float  # sum of the generated tokens' log-probs under the policy (temperature 1)
     finish_reason: str  # "stop" (stop string or end of sequence) | "length"
     stop_reason: str | None = None  # the stop string that ended it; None for EOS or length
+    token_logprobs: tuple[float, ...] = ()  # per-token log-probs aligned with token_ids; () when unknown
 
     @property
     def n_tokens(self) -> int:
@@ -61,12 +67,20 @@ class Completion:
 class Policy(Protocol):
     """A text generator. Many coroutines call ``generate`` at once; the backend batches them."""
 
-    async def generate(self, prompts: Sequence[str], params: Sampling) -> list[list[Completion]]:
-        """``n`` completions for each prompt, in prompt order."""
+    async def generate(self, prompts: Sequence[Prompt], params: Sampling) -> list[list[Completion]]:
+        """``n`` completions for each prompt (text or token ids), in prompt order."""
         ...
 
     def chat_prompt(self, messages: list[dict]) -> str:
         """The text the model continues for these chat messages (its chat template, generation prompt on)."""
+        ...
+
+    def encode(self, text: str) -> list[int]:
+        """The token ids a text prompt becomes (exactly what ``generate`` would send for that text)."""
+        ...
+
+    def decode(self, token_ids: Sequence[int]) -> str:
+        """The text of generated token ids (special tokens kept, no clean-up of spaces)."""
         ...
 
     def count_tokens(self, text: str) -> int:
@@ -84,7 +98,7 @@ class GenerationStats:
     batches: int = 0
     log: list | None = None  # when a list, every request (prompts, params) is appended: for replays
 
-    def record(self, prompts: Sequence[str], params: Sampling, results: list[list[Completion]]) -> None:
+    def record(self, prompts: Sequence[Prompt], params: Sampling, results: list[list[Completion]]) -> None:
         self.requests += 1
         self.prompts += len(prompts)
         self.completions += sum(len(r) for r in results)
@@ -109,12 +123,12 @@ def truncate_at_stop(text: str, stop: Sequence[str]) -> tuple[str, str | None]:
 
 @dataclass
 class _Pending:
-    prompts: list[str]
+    prompts: list[Prompt]
     params: Sampling
     future: asyncio.Future = field(repr=False)
 
 
-BatchFn = Callable[[list[tuple[list[str], Sampling]]], Awaitable[list[list[list[Completion]]]]]
+BatchFn = Callable[[list[tuple[list[Prompt], Sampling]]], Awaitable[list[list[list[Completion]]]]]
 
 
 class Coalescer:
@@ -137,7 +151,7 @@ class Coalescer:
         self._worker: asyncio.Task | None = None
         self._lock: asyncio.Lock | None = None
 
-    async def submit(self, prompts: Sequence[str], params: Sampling) -> list[list[Completion]]:
+    async def submit(self, prompts: Sequence[Prompt], params: Sampling) -> list[list[Completion]]:
         if not prompts:
             return []
         loop = asyncio.get_running_loop()

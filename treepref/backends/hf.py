@@ -18,17 +18,18 @@ Contract details
       earliest stop string, which is kept. ``finish_reason`` is "stop" for a stop string (``stop_reason`` is
       that string) or end of sequence (``stop_reason`` None), "length" when ``max_tokens`` ran out; a stop
       string completed by the last allowed token counts as "stop".
-    * ``token_ids`` are the generated tokens up to and including the one that completed the stop string; the
-      EOS token is not included (nor is its log-prob), nor padding. A token may run past the stop string
-      (SmolLM2 has "\\n\\n\\n" and "\\n\\n  " tokens). Then the text keeps only what precedes the cut, and
-      if that piece of the token is itself a single token (the usual case, e.g. "\\n\\n"), the
-      last id is replaced by that token and its log-prob is read from the same step's distribution, so
-      ``tokenizer.decode(token_ids) == text`` still holds and the log-prob is that of exactly this text. Where
-      the piece is not one token the sampled token is kept, and ``decode(token_ids)`` runs a few characters
-      past ``text``.
-    * ``logprob`` is the sum over ``token_ids`` of log-probs under the model's own distribution at
-      temperature 1 (raw logits, whatever temperature/top_p sampled the token); 0.0 with
-      ``Sampling(logprobs=False)``.
+    * A prompt is text (tokenised by ``encode``: BOS prepended only where this tokenizer adds one itself) or
+      token ids, which go to the model exactly as given, so a child's prompt can be its parent's ids plus
+      the ids generated for the step, whatever re-tokenising the joined text would make of the boundary.
+    * ``token_ids`` are exactly the sampled tokens, up to and including the one that completed the stop
+      string; the EOS token is not included (nor is its log-prob), nor padding. A sampled token may run
+      past the stop string (SmolLM2 has "\\n\\n\\n" and "\\n\\n  " tokens): it is kept as sampled,
+      with its own log-prob, and only ``text`` is cut, so ``decode(token_ids)`` may run a few characters
+      past ``text``. (Swapping in a re-tokenised piece would hand the next step a token the model does not
+      write at that boundary, e.g. "\\n\\n" as the single token 1116 where it writes 198, 198.)
+    * ``token_logprobs`` are the log-probs of ``token_ids`` under the model's own distribution at
+      temperature 1 (raw logits, whatever temperature/top_p sampled the token) and ``logprob`` is their
+      sum; () and 0.0 with ``Sampling(logprobs=False)``.
     * Seeds are per completion: each row draws its uniforms from its own ``random.Random``. With
       ``Sampling.seed`` the stream of completion ``j`` of prompt ``i`` depends only on (seed, i, j), so the
       same request gives the same completions whatever else shares its batch (up to floating-point
@@ -46,7 +47,7 @@ import threading
 from dataclasses import dataclass, field
 from typing import Sequence
 
-from treepref.backends.base import Coalescer, Completion, GenerationStats, Sampling, truncate_at_stop
+from treepref.backends.base import Coalescer, Completion, GenerationStats, Prompt, Sampling, truncate_at_stop
 
 
 def _row_seed(seed: int, i: int, j: int) -> str:
@@ -144,37 +145,45 @@ class HFPolicy:
     def count_tokens(self, text: str) -> int:
         return len(self.tokenizer(text, add_special_tokens=False).input_ids)
 
-    def _encode_prompt(self, prompt: str) -> list[int]:
-        ids = self.tokenizer(prompt, add_special_tokens=False).input_ids
+    def encode(self, text: str) -> list[int]:
+        """The ids a text prompt becomes: its tokens, after BOS where this tokenizer adds one itself."""
+        ids = self.tokenizer(text, add_special_tokens=False).input_ids
         if self._bos is not None and (not ids or ids[0] != self._bos):
             ids = [self._bos] + ids
         return ids
 
-    def _decode(self, ids: Sequence[int]) -> str:
-        return self.tokenizer.decode(list(ids), skip_special_tokens=False, clean_up_tokenization_spaces=False)
+    def decode(self, token_ids: Sequence[int]) -> str:
+        """The text of token ids as ``generate`` writes it: special tokens kept, no space clean-up."""
+        return self.tokenizer.decode(list(token_ids), skip_special_tokens=False,
+                                     clean_up_tokenization_spaces=False)
+
+    def _prompt_ids(self, prompt: Prompt) -> list[int]:
+        ids = self.encode(prompt) if isinstance(prompt, str) else [int(t) for t in prompt]
+        if not ids:
+            raise ValueError("HFPolicy needs a prompt of at least one token")
+        return ids
 
     # ------------------------------------------------------------------------------------------- generation
-    async def generate(self, prompts: Sequence[str], params: Sampling) -> list[list[Completion]]:
-        """``params.n`` completions for each prompt, in prompt order (see the module docstring)."""
+    async def generate(self, prompts: Sequence[Prompt], params: Sampling) -> list[list[Completion]]:
+        """``params.n`` completions for each prompt (text or token ids), in prompt order (see the module
+        docstring)."""
         self._check_open()
         return await self._coalescer.submit(list(prompts), params)
 
-    async def _run_batch(self, requests: list[tuple[list[str], Sampling]]) -> list[list[list[Completion]]]:
+    async def _run_batch(self, requests: list[tuple[list[Prompt], Sampling]]) -> list[list[list[Completion]]]:
         results = await asyncio.to_thread(self._generate_sync, requests)
         for (prompts, params), result in zip(requests, results):
             self.stats.record(prompts, params, result)
         return results
 
-    def _generate_sync(self, requests: list[tuple[list[str], Sampling]]) -> list[list[list[Completion]]]:
-        encoded: dict[str, list[int]] = {}
+    def _generate_sync(self, requests: list[tuple[list[Prompt], Sampling]]) -> list[list[list[Completion]]]:
         rows: list[_Row] = []
         for r, (prompts, params) in enumerate(requests):
             for i, prompt in enumerate(prompts):
-                if prompt not in encoded:
-                    encoded[prompt] = self._encode_prompt(prompt)
+                ids = self._prompt_ids(prompt)
                 for j in range(params.n):
                     seed = _row_seed(params.seed, i, j) if params.seed is not None else self._rng.getrandbits(48)
-                    rows.append(_Row(r, i, j, encoded[prompt], params, random.Random(seed)))
+                    rows.append(_Row(r, i, j, ids, params, random.Random(seed)))
         # Rows of like budget and prompt length share a call, so little time goes to padding or waiting.
         order = sorted(rows, key=lambda row: (row.params.max_tokens, len(row.prompt_ids)))
         for start in range(0, len(order), self.max_batch_rows):
@@ -211,9 +220,10 @@ class HFPolicy:
         self.stats.batches += 1
 
     def _completion(self, row: _Row) -> Completion:
-        lp = float(sum(row.logprobs)) if row.params.logprobs else 0.0
-        text = row.text if row.text is not None else self._decode(row.ids)
-        return Completion(text, tuple(row.ids), lp, row.finish_reason, row.stop_reason)
+        token_lps = tuple(row.logprobs) if row.params.logprobs else ()
+        text = row.text if row.text is not None else self.decode(row.ids)
+        return Completion(text, tuple(row.ids), float(sum(token_lps)), row.finish_reason, row.stop_reason,
+                          token_lps)
 
     # ------------------------------------------------------------------------------------------- scoring
     async def score(self, prompts: Sequence[str], continuations: Sequence[str]) -> list[list[float]]:
@@ -235,7 +245,7 @@ class HFPolicy:
         items = []  # (request, index, prompt ids, continuation ids)
         for r, (prompts, continuations) in enumerate(requests):
             for k, (p, c) in enumerate(zip(prompts, continuations)):
-                items.append((r, k, self._encode_prompt(p), self.tokenizer(c, add_special_tokens=False).input_ids))
+                items.append((r, k, self.encode(p), self.tokenizer(c, add_special_tokens=False).input_ids))
         out = [[[] for _ in prompts] for prompts, _ in requests]
         order = sorted(items, key=lambda it: len(it[2]) + len(it[3]))
         for start in range(0, len(order), self.max_batch_rows):
@@ -354,12 +364,12 @@ class _RowSampler:
             chosen_lp = (scores.gather(1, chosen[:, None]).squeeze(1) - lse).tolist() if need_lp else None
             tokens = chosen.tolist()
             for k in live:
-                self._advance(k, tokens[k], chosen_lp[k] if need_lp else 0.0, scores, lse)
+                self._advance(k, tokens[k], chosen_lp[k] if need_lp else 0.0)
         out = torch.full_like(scores, float("-inf"))
         out.scatter_(1, chosen[:, None], 0.0)
         return out
 
-    def _advance(self, k: int, token: int, logprob: float, scores, lse) -> None:
+    def _advance(self, k: int, token: int, logprob: float) -> None:
         row, policy = self.rows[k], self.policy
         if token in policy.eos_ids:
             row.done, row.finish_reason = True, "stop"
@@ -367,29 +377,14 @@ class _RowSampler:
         row.ids.append(token)
         row.logprobs.append(logprob)
         stops = [s for s in row.params.stop if s]
-        if stops and any(s in policy._decode(row.ids[-self.window:]) for s in stops):
-            text, which = truncate_at_stop(policy._decode(row.ids), stops)
+        if stops and any(s in policy.decode(row.ids[-self.window:]) for s in stops):
+            text, which = truncate_at_stop(policy.decode(row.ids), stops)
             if which is not None:
+                # The sampled token stays even when it runs past the stop string; only the text is cut.
                 row.done, row.finish_reason, row.stop_reason, row.text = True, "stop", which, text
-                self._trim(row, text, scores[k], lse[k] if lse is not None else None)
                 return
         if len(row.ids) >= row.params.max_tokens:
             row.done, row.finish_reason = True, "length"
-
-    def _trim(self, row: _Row, text: str, step_scores, step_lse) -> None:
-        """Make ``token_ids`` spell ``text`` when the last token ran past the stop string."""
-        policy = self.policy
-        if policy._decode(row.ids) == text:
-            return
-        head = policy._decode(row.ids[:-1])
-        if not text.startswith(head) or len(text) == len(head):
-            return  # keep the sampled token; decode(token_ids) runs past the text
-        piece = policy.tokenizer(text[len(head):], add_special_tokens=False).input_ids
-        if len(piece) != 1 or policy._decode(row.ids[:-1] + piece) != text:
-            return
-        row.ids[-1] = piece[0]
-        if step_lse is not None:
-            row.logprobs[-1] = float(step_scores[piece[0]] - step_lse)
 
 
 class _Criteria:

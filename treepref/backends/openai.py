@@ -6,10 +6,14 @@ of an expansion share their prompt on the server; concurrent calls go out at onc
 timeouts, dropped connections) are retried with exponential backoff; any other 4xx raises at once with
 the status and the server's message.
 
+A prompt is text or token ids; ids are sent as the request's ``prompt`` array of ints (the completions API
+takes one; vLLM uses it as given), so a child's prompt can be its parent's ids plus the ids of the step.
+
 Talking to vLLM (detected from its ``/version`` route, or ``server="vllm"``) the request also asks for
-``include_stop_str_in_output`` (so a step keeps its delimiter) and ``return_tokens_as_token_ids`` (so token
-ids are exact). Other servers drop the stop string; it is put back when the response names it
-(``stop_reason``), and token ids come from the local tokenizer.
+``include_stop_str_in_output`` (so a step keeps its delimiter) and ``return_tokens_as_token_ids`` with
+log-probs, even under ``Sampling(logprobs=False)`` (so token ids are exactly the sampled ones). Other servers
+drop the stop string; it is put back when the response names it (``stop_reason``), and token ids come from
+the local tokenizer (a re-tokenisation of the text, which may not be what was sampled).
 """
 
 from __future__ import annotations
@@ -20,7 +24,7 @@ import os
 import random
 from typing import Any, Sequence
 
-from treepref.backends.base import Completion, GenerationStats, Sampling
+from treepref.backends.base import Completion, GenerationStats, Prompt, Sampling
 
 _RETRY_STATUS = {408, 409, 429, 500, 502, 503, 504}
 
@@ -100,6 +104,16 @@ class OpenAIPolicy:
     def count_tokens(self, text: str) -> int:
         return len(self.tokenizer.encode(text, add_special_tokens=False))
 
+    def encode(self, text: str) -> list[int]:
+        """The ids a text prompt becomes on the server, by the local tokenizer (special tokens such as BOS
+        added, as ``vllm serve`` does for completions)."""
+        return list(self.tokenizer.encode(text))
+
+    def decode(self, token_ids: Sequence[int]) -> str:
+        """The text of token ids by the local tokenizer, special tokens kept, no space clean-up."""
+        return self.tokenizer.decode(list(token_ids), skip_special_tokens=False,
+                                     clean_up_tokenization_spaces=False)
+
     # --- HTTP ---------------------------------------------------------------------------------------------
     def _headers(self) -> dict[str, str]:
         return {"Authorization": f"Bearer {self.api_key}"} if self.api_key else {}
@@ -170,7 +184,8 @@ class OpenAIPolicy:
                                  getattr(last, "status", None), getattr(last, "body", None)) from last
 
     # --- Policy -------------------------------------------------------------------------------------------
-    async def generate(self, prompts: Sequence[str], params: Sampling) -> list[list[Completion]]:
+    async def generate(self, prompts: Sequence[Prompt], params: Sampling) -> list[list[Completion]]:
+        """``params.n`` completions for each prompt (text or token ids): one request per prompt."""
         if not prompts:
             return []
         await self._ensure_client()
@@ -178,7 +193,9 @@ class OpenAIPolicy:
         self.stats.record(prompts, params, results)
         return results
 
-    def _body(self, prompt: str, params: Sampling) -> dict:
+    def _body(self, prompt: Prompt, params: Sampling) -> dict:
+        """The request body ``generate`` sends for one prompt."""
+        prompt = prompt if isinstance(prompt, str) else [int(t) for t in prompt]
         body: dict[str, Any] = {"model": self.model, "prompt": prompt, "n": params.n,
                                 "max_tokens": params.max_tokens, "temperature": params.temperature,
                                 "top_p": params.top_p, "logprobs": 0 if params.logprobs else None}
@@ -189,10 +206,11 @@ class OpenAIPolicy:
         if self.server == "vllm":
             body["include_stop_str_in_output"] = True
             body["return_tokens_as_token_ids"] = True
+            body["logprobs"] = 0  # the token ids come with the log-probs
         body.update(self.extra_body)
         return {k: v for k, v in body.items() if v is not None}
 
-    async def _one(self, prompt: str, params: Sampling) -> list[Completion]:
+    async def _one(self, prompt: Prompt, params: Sampling) -> list[Completion]:
         data = await self._request("POST", "/completions", self._body(prompt, params))
         choices = sorted(data.get("choices") or [], key=lambda c: c.get("index", 0))
         if len(choices) != params.n:
@@ -213,7 +231,9 @@ class OpenAIPolicy:
             ids = self._encode_or_placeholder(text, len(tokens))
         token_lps = [x for x in (lp.get("token_logprobs") or []) if x is not None]
         logprob = float(sum(token_lps)) if token_lps else (math.nan if not params.logprobs else 0.0)
-        return Completion(text, tuple(ids), logprob, finish, stop_reason)
+        # Per-token log-probs only where they line up with the ids (they are the server's tokens).
+        aligned = tuple(map(float, token_lps)) if len(token_lps) == len(tokens) == len(ids) else ()
+        return Completion(text, tuple(ids), logprob, finish, stop_reason, aligned)
 
     def _encode_or_placeholder(self, text: str, n_tokens: int) -> list[int]:
         try:

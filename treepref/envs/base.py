@@ -9,9 +9,10 @@ targets, so they stay separate all the way into the Tree.
 from __future__ import annotations
 
 from dataclasses import dataclass, field
-from typing import Any, Protocol, runtime_checkable
+from typing import Any, Protocol, Sequence, runtime_checkable
 
 from treepref.problems import Problem
+from treepref.tokens import Piece
 
 
 @dataclass(frozen=True)
@@ -20,6 +21,7 @@ class State:
     steps: tuple[str, ...] = ()
     n_tokens: int = 0  # tokens generated along this path
     data: Any = None  # environment-specific (an agent's observation, a tool's output)
+    token_ids: tuple[int, ...] = ()  # what the policy continues: the prompt's ids, then every step's ids
 
     @property
     def depth(self) -> int:
@@ -41,14 +43,21 @@ class Environment(Protocol):
 
     def initial(self, problem: Problem) -> State: ...
 
-    def render(self, state: State) -> str:
-        """The text the policy continues from this state."""
+    def render(self, state: State) -> tuple[int, ...]:
+        """The token ids the policy continues from this state (a child's are its parent's plus its step's)."""
         ...
 
-    async def step(self, state: State, action: str, *, n_tokens: int = 0, ended: bool = False) -> Transition:
-        """Apply one generated step. ``ended``: the model stopped on its own (end of sequence)."""
+    def render_text(self, state: State) -> str:
+        """The same state as text, for people, judges and text-only exports."""
         ...
 
-    def split_steps(self, text: str) -> list[str]:
-        """Cut a multi-step completion (a rollout) into the steps ``step`` expects."""
+    async def step(self, state: State, action: str, *, token_ids: Sequence[int] | None = None,
+                   ended: bool = False) -> Transition:
+        """Apply one step. ``token_ids``: the ids the policy generated for it (None: a step given as text,
+        which the environment encodes). ``ended``: the model stopped on its own (end of sequence)."""
+        ...
+
+    def split(self, text: str, token_ids: Sequence[int], token_logprobs: Sequence[float],
+              logprob: float) -> list[Piece]:
+        """Cut a multi-step completion (a rollout) into the steps ``step`` expects, in token space."""
         ...

@@ -4,16 +4,15 @@ from __future__ import annotations
 
 import re
 from dataclasses import dataclass
-from typing import Awaitable, Callable
+from typing import Awaitable, Callable, Sequence
 
 from treepref.envs.base import State, Transition
 from treepref.few_shot import Shot, shot_messages
 from treepref.problems import Problem
+from treepref.tokens import PLAIN, Piece, Tokenizer, split_completion, step_ids
 
 DEFAULT_SYSTEM = ("Solve the problem step by step. Write each step as a short paragraph and separate steps "
                   "with a blank line. End with a final line of the form 'The answer is N.'")
-
-_NUMBER = re.compile(r"-?\d+(?:\.\d+)?")
 
 OutcomeVerifier = Callable[[Problem, str], Awaitable[float | None]]
 
@@ -29,20 +28,24 @@ class ReasoningEnv:
     """Reasoning as an environment.
 
     ``template`` turns chat messages into the prompt text (use the policy's ``chat_prompt`` so the model's
-    own chat template is applied). A state is terminated when a step states a final answer (``answer_pattern``,
-    first group is the answer; ``\\boxed{}`` is always recognised) or the model ends the sequence, and
-    truncated at ``max_depth`` steps or ``max_tokens`` generated tokens. A terminated state is rewarded by
-    ``verifier`` (1.0 right, 0.0 wrong, None when there is no reference answer). When the model ends the
-    sequence without the answer phrase, the last number of its last step is taken as its answer (the usual
-    GSM8K-style reading; small models often finish with "so 13 + 3 = 16."), unless
-    ``last_number_fallback`` is off. ``few_shot`` worked examples go before the problem as earlier chat
-    turns, their steps joined with ``delimiter``.
+    own chat template is applied) and ``tokenizer`` (anything with ``encode``/``decode``: pass the policy)
+    turns it into ids once; after that a state's ids grow only by the ids the policy generated.
+
+    A state is terminated when a step states a final answer or the model ends the sequence, and truncated
+    at ``max_depth`` steps or ``max_tokens`` generated tokens. Answers are read by
+    ``verifiers.math.read_answer`` (``answer_pattern``, a user's regex, is tried first); when the model ends
+    the sequence without stating one, the value its last step concludes with is its answer (small models
+    often finish with "so 13 + 3 = 16."; an operand is never taken), unless ``last_number_fallback`` is off.
+    A terminated state is rewarded by ``verifier`` (1.0 right, 0.0 wrong, None without a reference answer).
+    ``few_shot`` worked examples go before the problem as earlier chat turns, their steps joined with
+    ``delimiter``.
     """
 
     template: Callable[[list[dict]], str] = plain_template
+    tokenizer: Tokenizer = PLAIN
     verifier: OutcomeVerifier | None = None
     delimiter: str = "\n\n"
-    answer_pattern: str = r"answer is[:\s]*\$?([^\n$]*?)\$?\s*\.?\s*$"
+    answer_pattern: str | None = None  # a user's own regex (first group = the answer), tried first
     system: str | None = DEFAULT_SYSTEM
     max_depth: int = 8
     max_tokens: int = 1024
@@ -50,7 +53,7 @@ class ReasoningEnv:
     few_shot: tuple[Shot, ...] = ()
 
     def __post_init__(self) -> None:
-        self._answer_re = re.compile(self.answer_pattern, re.IGNORECASE | re.MULTILINE)
+        self._answer_re = re.compile(self.answer_pattern, re.IGNORECASE | re.MULTILINE) if self.answer_pattern else None
         if self.verifier is None:
             from treepref.verifiers.math import MathVerifier
 
@@ -61,38 +64,41 @@ class ReasoningEnv:
         return (self.delimiter,)
 
     def initial(self, problem: Problem) -> State:
-        return State(problem=problem)
+        return State(problem=problem, token_ids=tuple(self.tokenizer.encode(self.prompt(problem))))
 
     def prompt(self, problem: Problem) -> str:
         return self.template(problem.messages(self.system, shot_messages(self.few_shot, self.delimiter)))
 
-    def render(self, state: State) -> str:
+    def render(self, state: State) -> tuple[int, ...]:
+        return state.token_ids
+
+    def render_text(self, state: State) -> str:
         return self.prompt(state.problem) + "".join(s + self.delimiter for s in state.steps)
 
-    def final_answer(self, text: str) -> str | None:
-        from treepref.verifiers.math import extract_boxed
+    def final_answer(self, text: str, ended: bool = False) -> str | None:
+        """The answer a step states (``verifiers.math.read_answer``, the one rule); when the model ended the
+        sequence without stating one, the value the step concludes with, never an operand."""
+        from treepref.verifiers.math import read_answer
 
-        boxed = extract_boxed(text)
-        if boxed is not None:
-            return boxed
-        match = self._answer_re.search(text)
-        return match.group(1).strip() if match and match.group(1).strip() else None
+        return read_answer(text, ended=ended and self.last_number_fallback, pattern=self._answer_re)
 
     def clean(self, action: str) -> str:
         if action.endswith(self.delimiter):
             action = action[: -len(self.delimiter)]
         return action.strip()
 
-    def split_steps(self, text: str) -> list[str]:
-        return [s.strip() for s in text.split(self.delimiter) if s.strip()]
+    def split(self, text: str, token_ids: Sequence[int], token_logprobs: Sequence[float] = (),
+              logprob: float = 0.0) -> list[Piece]:
+        return split_completion(text, token_ids, token_logprobs, logprob, self.delimiter, self.tokenizer.decode)
 
-    async def step(self, state: State, action: str, *, n_tokens: int = 0, ended: bool = False) -> Transition:
+    async def step(self, state: State, action: str, *, token_ids: Sequence[int] | None = None,
+                   ended: bool = False) -> Transition:
         text = self.clean(action)
-        new = State(state.problem, state.steps + (text,), state.n_tokens + n_tokens, state.data)
-        answer = self.final_answer(text)
-        if answer is None and ended and self.last_number_fallback:
-            numbers = _NUMBER.findall(text.replace(",", ""))
-            answer = numbers[-1] if numbers else None
+        if token_ids is None:  # a step given as text: encode it the way it reads inside running text
+            token_ids = step_ids(self.tokenizer, text if ended else text + self.delimiter)
+        new = State(state.problem, state.steps + (text,), state.n_tokens + len(token_ids), state.data,
+                    state.token_ids + tuple(token_ids))
+        answer = self.final_answer(text, ended=ended)
         terminated = answer is not None or ended
         reward = None
         if terminated:

@@ -13,9 +13,9 @@ from pathlib import Path
 
 from treepref.envs.reasoning import DEFAULT_SYSTEM
 from treepref.extract.common import LAYOUTS, Prompter, Template, check_value_name, value_reader
-from treepref.extract.formats import FORMATS, Context
+from treepref.extract.formats import FORMATS, ID_COLUMNS, Context
 from treepref.extract.rules import RULES
-from treepref.extract.stats import apply_filters, dedup, export_stats
+from treepref.extract.stats import apply_filters, dedup, export_stats, filter_settings
 from treepref.tree import STEP, Tree
 
 WEIGHTS = (None, "visits")
@@ -65,9 +65,12 @@ def export(trees: list[Tree], fmt: str, *, template: Template | str | None = Non
     * ``responses``: ranked_lists responses, ``paths`` (step + best continuation) or ``siblings``.
     * ``success``: the reward counted as solved (on_off_path, trajectory_pairs, trees stats).
     * other keywords: the rule's options (``margin``, ``edit``, ``threshold``), stepwise's ``threshold`` and
-      ``paths``, and filters (``min_margin``, ``min_edit``, ``max_per_node``, ``max_per_problem``).
+      ``paths``, and filters (``min_margin``, ``min_edit``, ``max_per_node``, ``max_per_problem``; for the
+      sibling-pair formats also ``prefix`` = None | ``"any"`` | ``"success"`` | ``"value"`` with
+      ``prefix_value`` (0.5), and ``min_visits``; see ``stats.apply_filters``). Every filter is off by default.
 
-    ``stats`` is ``stats.export_stats`` plus the settings used and what deduplication and filters dropped.
+    ``stats`` is ``stats.export_stats`` plus the settings used (``filters``: every filter of the format with
+    its setting, None = off) and what deduplication and each filter dropped.
     """
     import datasets
 
@@ -95,11 +98,12 @@ def export(trees: list[Tree], fmt: str, *, template: Template | str | None = Non
         elif fmt == "stepwise" and name in ("threshold", "paths"):
             rule_opts[name] = val  # passed on to stepwise_rows
         elif name in form.filters:
-            filters[name] = val
+            filters[name] = val  # checked by filter_settings
         else:
             raise ValueError(f"unknown option {name!r} for format {fmt!r}"
                              + (f" and rule {rule!r}" if rule else "")
                              + f"; rule options: {sorted(accepted)}, filters: {list(form.filters)}")
+    filters = filter_settings(form.filters, filters)
     value = value or form.default_value
     check_value_name(value, trees)
     if isinstance(template, (str, os.PathLike)):
@@ -120,8 +124,29 @@ def export(trees: list[Tree], fmt: str, *, template: Template | str | None = Non
     stats.update({"format": fmt, "layout": layout, "rule": rule, "rule_options": rule_opts, "value": value,
                   "recipe": recipe, "filters": filters, "weight": weight, "dropped": dropped})
     if not items:  # keep the format's columns, so an empty export still loads with the right names
-        return datasets.Dataset.from_dict({c: [] for c in form.columns}), stats
-    return datasets.Dataset.from_list([it.row for it in items]), stats
+        features = datasets.Features({c: _id_feature(c) if c in ID_COLUMNS else datasets.Value("null")
+                                      for c in form.columns})
+        return datasets.Dataset.from_dict({c: [] for c in form.columns}, features=features), stats
+    rows = [it.row for it in items]
+    ds = datasets.Dataset.from_list(rows)
+    untyped = [c for c in ds.column_names if c in ID_COLUMNS and ds.features[c] != _id_feature(c)]
+    if untyped:  # every id list empty (trees without ids): type them as ids anyway, one schema for all exports
+        features = ds.features.copy()
+        for c in untyped:
+            features[c] = _id_feature(c)
+        ds = datasets.Dataset.from_list(rows, features=features)
+    return ds, stats
+
+
+def _id_feature(column: str):
+    """int64 lists, nested as deep as the id column is (``formats.ID_COLUMNS``)."""
+    import datasets
+
+    nest = getattr(datasets, "List", None) or datasets.Sequence  # List from datasets 4, Sequence before
+    feature = datasets.Value("int64")
+    for _ in range(ID_COLUMNS[column]):
+        feature = nest(feature)
+    return feature
 
 
 def write_export(trees: list[Tree], out_dir: str | os.PathLike, fmt: str, **kwargs) -> dict:

@@ -4,10 +4,15 @@ An ``Item`` is a row plus what deduplication and filters need (a key, the node i
 the two texts whose edit distance counts). Column meanings are in docs/formats.md; the conventions:
 
 * a step is rendered ``step + delimiter`` (the stop string is kept, as the policy generated it), so in
-  the standard layout ``prompt + chosen`` is exactly the child state ``ReasoningEnv.render`` produces;
+  the standard layout ``prompt + chosen`` is exactly the child state ``ReasoningEnv.render_text`` produces;
 * a whole response (``refine_pairs``, ``trajectory_pairs``) is the steps joined by the delimiter, with
   no trailing delimiter (the trainer appends EOS);
-* ``depth`` is the depth of the compared steps (1 = first step).
+* ``depth`` is the depth of the compared steps (1 = first step);
+* ``*_ids`` columns are the token ids the policy saw (``Tree.token_ids``), never a re-tokenisation of the
+  text: ``prompt_ids`` is ``Tree.prompt_ids`` of the prefix, a step's ids are its node's ``token_ids``
+  (delimiter included, as sampled), a response's ids are its steps' ids concatenated. A row has all its ids
+  or none: where the tree lacks the ids of any node the row needs (trees from older runs), every id column
+  of that row is empty (``[]``; one ``[]`` per response or step in the list columns), never partial.
 """
 
 from __future__ import annotations
@@ -16,7 +21,7 @@ import json
 from dataclasses import dataclass, field
 from typing import Any, Callable, Hashable
 
-from treepref.extract.common import Pair, Prompter, ValueReader, best_leaf, problem_of
+from treepref.extract.common import Pair, Prompter, ValueReader, best_leaf, problem_of, success_nodes
 from treepref.extract.rules import visit_weight
 from treepref.tree import ROOT, STEP, Tree
 
@@ -46,16 +51,46 @@ class Item:
     group: Hashable = None  # the node the row came from (max_per_node)
     margin: float | None = None
     texts: tuple[str, str] | None = None  # the two compared texts (min_edit)
+    checks: dict = field(default_factory=dict)  # what the pair filters read (see ``_checks``)
 
 
 def _base(tree: Tree, ctx: Context) -> dict:
     return {"problem_id": tree.problem_id, "recipe": ctx.recipe}
 
 
-def _continuation(tree: Tree, node: int, kids: dict[int, list[int]]) -> list[str]:
-    """Steps from ``node`` down to the best-ending leaf under it (see ``common.best_leaf``)."""
-    leaf = best_leaf(tree, node, kids)
-    return [tree.text[n] for n in tree.path(leaf)[tree.depth[node] - 1:]]
+def _continuation_nodes(tree: Tree, node: int, kids: dict[int, list[int]]) -> list[int]:
+    """Nodes from ``node`` down to the best-ending leaf under it (see ``common.best_leaf``)."""
+    return tree.path(best_leaf(tree, node, kids))[tree.depth[node] - 1:]
+
+
+# -- token ids ----------------------------------------------------------------------------------------
+# Id columns and how deep their lists nest (1: a list of ids, 2: a list of id lists); api.export types them
+# as int64 lists, so an export of trees without ids still has the same schema.
+ID_COLUMNS = {"prompt_ids": 1, "chosen_ids": 1, "rejected_ids": 1, "full_chosen_ids": 1,
+              "full_rejected_ids": 1, "responses_ids": 2, "completions_ids": 2}
+
+
+def _known(tree: Tree, nodes) -> bool:
+    """Whether every one of ``nodes`` has its token ids recorded (a sampled step never has none)."""
+    return all(tree.token_ids[n] for n in nodes)
+
+
+def _concat(tree: Tree, nodes) -> list[int]:
+    return [t for n in nodes for t in tree.token_ids[n]]
+
+
+def _row_ids(tree: Tree, prefix: int, sides: dict[str, list[int]],
+             lists: dict[str, list[list[int]]] | None = None) -> dict:
+    """``prompt_ids`` (``tree.prompt_ids(prefix)``), each ``sides`` column (the ids of its nodes, concatenated)
+    and each ``lists`` column (one such concatenation per entry), or all of them empty when any node they
+    need lacks ids (so a row never holds partial, hence wrong, ids)."""
+    lists = lists or {}
+    needed = [ROOT, *tree.path(prefix), *(n for ns in sides.values() for n in ns),
+              *(n for entries in lists.values() for ns in entries for n in ns)]
+    if not _known(tree, needed):
+        return {"prompt_ids": [], **{c: [] for c in sides}, **{c: [[] for _ in e] for c, e in lists.items()}}
+    return {"prompt_ids": tree.prompt_ids(prefix), **{c: _concat(tree, ns) for c, ns in sides.items()},
+            **{c: [_concat(tree, ns) for ns in entries] for c, entries in lists.items()}}
 
 
 def _pairs(tree: Tree, ctx: Context, kids: dict[int, list[int]]) -> list[Pair]:
@@ -72,6 +107,7 @@ def _pairs(tree: Tree, ctx: Context, kids: dict[int, list[int]]) -> list[Pair]:
 def _pair_row(tree: Tree, ctx: Context, p: Pair) -> dict:
     pr, delim = ctx.prompter, ctx.prompter.delimiter
     vc, vr = tree.visits[p.chosen], tree.visits[p.rejected]
+    ids = _row_ids(tree, p.parent, {"chosen_ids": [p.chosen], "rejected_ids": [p.rejected]})
     return {**_base(tree, ctx),
             "prompt": pr.prompt(tree, p.parent),
             "chosen": pr.completion(tree.text[p.chosen] + delim),
@@ -85,50 +121,64 @@ def _pair_row(tree: Tree, ctx: Context, p: Pair) -> dict:
             "chosen_visits": vc,
             "rejected_visits": vr,
             "strategy": p.strategy,
-            "weight": visit_weight(vc, vr, ctx.weight_k) if ctx.weight == "visits" else 1.0}
+            "weight": visit_weight(vc, vr, ctx.weight_k) if ctx.weight == "visits" else 1.0,
+            **ids}
 
 
-def _pair_item(tree: Tree, p: Pair, row: dict) -> Item:
+def _checks(tree: Tree, ctx: Context, p: Pair, on_success: set[int]) -> dict:
+    """What the pair filters (``stats.apply_filters``) read: whether the parent lies on a successful path
+    (``common.success_nodes``), the export's value of every node on the parent's path (root excluded), and
+    the visits of each side that is not final (a final side's value is exact, whatever its visits)."""
+    return {"on_success_path": p.parent in on_success,
+            "prefix_values": [_float(ctx.read(tree, n)) for n in tree.path(p.parent)],
+            "side_visits": [tree.visits[n] for n in (p.chosen, p.rejected) if not tree.is_final(n)]}
+
+
+def _pair_item(tree: Tree, ctx: Context, p: Pair, row: dict, on_success: set[int]) -> Item:
     a, b = tree.text[p.chosen], tree.text[p.rejected]
     key = (tree.problem_id, tuple(tree.steps(p.parent)), frozenset((a, b)))
-    return Item(row, key, (tree.problem_id, p.parent), p.margin, (a, b))
+    return Item(row, key, (tree.problem_id, p.parent), p.margin, (a, b), _checks(tree, ctx, p, on_success))
 
 
 def step_pairs(tree: Tree, ctx: Context) -> list[Item]:
     """TRL preference rows, one per sibling pair."""
-    kids = tree.children_map()
-    return [_pair_item(tree, p, _pair_row(tree, ctx, p)) for p in _pairs(tree, ctx, kids)]
+    kids, ok = tree.children_map(), success_nodes(tree, ctx.success)
+    return [_pair_item(tree, ctx, p, _pair_row(tree, ctx, p), ok) for p in _pairs(tree, ctx, kids)]
 
 
 def step_apo(tree: Tree, ctx: Context) -> list[Item]:
     """step_pairs plus the MCTS Q (``Tree.value``, the backed-up mean) of both steps."""
-    out = []
+    out, ok = [], success_nodes(tree, ctx.success)
     for p in _pairs(tree, ctx, tree.children_map()):
         row = _pair_row(tree, ctx, p)
         row["q_chosen"], row["q_rejected"] = tree.value(p.chosen), tree.value(p.rejected)
-        out.append(_pair_item(tree, p, row))
+        out.append(_pair_item(tree, ctx, p, row, ok))
     return out
 
 
 def step_dpo(tree: Tree, ctx: Context) -> list[Item]:
     """Step-DPO rows: the question, the prefix as text, the two steps and each one's best continuation."""
     kids, delim = tree.children_map(), ctx.prompter.delimiter
-    out = []
+    out, ok = [], success_nodes(tree, ctx.success)
     for p in _pairs(tree, ctx, kids):
+        full_c, full_r = _continuation_nodes(tree, p.chosen, kids), _continuation_nodes(tree, p.rejected, kids)
         row = {**_base(tree, ctx),
                "prompt": problem_of(tree).question,
                "initial_reason_steps": ctx.prompter.joined(tree.steps(p.parent)),
                "chosen": tree.text[p.chosen] + delim,
                "rejected": tree.text[p.rejected] + delim,
-               "full_chosen": ctx.prompter.joined(_continuation(tree, p.chosen, kids)),
-               "full_rejected": ctx.prompter.joined(_continuation(tree, p.rejected, kids)),
+               "full_chosen": ctx.prompter.joined([tree.text[n] for n in full_c]),
+               "full_rejected": ctx.prompter.joined([tree.text[n] for n in full_r]),
                "answer": tree.answer or "",
                "chosen_value": p.chosen_value,
                "rejected_value": p.rejected_value,
                "margin": p.margin,
                "depth": tree.depth[p.parent] + 1,
-               "strategy": p.strategy}
-        out.append(_pair_item(tree, p, row))
+               "strategy": p.strategy,
+               # prompt_ids: the chat-templated question and the prefix steps, as the policy saw them
+               **_row_ids(tree, p.parent, {"chosen_ids": [p.chosen], "rejected_ids": [p.rejected],
+                                           "full_chosen_ids": full_c, "full_rejected_ids": full_r})}
+        out.append(_pair_item(tree, ctx, p, row, ok))
     return out
 
 
@@ -141,9 +191,10 @@ def ranked_lists(tree: Tree, ctx: Context) -> list[Item]:
         valued = sorted([(c, float(v)) for c, v in valued if v is not None], key=lambda cv: -cv[1])
         if len(valued) < 2:
             continue
-        responses, step_rewards = [], []
+        responses, step_rewards, paths = [], [], []
         for c, _ in valued:
-            path = [c] if ctx.responses == "siblings" else tree.path(best_leaf(tree, c, kids))[tree.depth[c] - 1:]
+            path = [c] if ctx.responses == "siblings" else _continuation_nodes(tree, c, kids)
+            paths.append(path)
             responses.append([tree.text[n] for n in path])
             step_rewards.append([_float(ctx.read(tree, n)) for n in path])
         scores = [v for _, v in valued]
@@ -155,7 +206,8 @@ def ranked_lists(tree: Tree, ctx: Context) -> list[Item]:
                "question": problem_of(tree).question,
                "prefix_steps": tree.steps(parent),
                "depth": tree.depth[parent] + 1,
-               "strategy": f"ranked_{ctx.responses}"}
+               "strategy": f"ranked_{ctx.responses}",
+               **_row_ids(tree, parent, {}, {"responses_ids": paths})}
         key = (tree.problem_id, tuple(tree.steps(parent)))
         out.append(Item(row, key, (tree.problem_id, parent), scores[0] - scores[-1]))
     return out
@@ -221,7 +273,8 @@ def trajectory_pairs(tree: Tree, ctx: Context) -> list[Item]:
                "margin": ra - rb,
                "chosen_steps": tree.steps(a),
                "rejected_steps": tree.steps(b),
-               "strategy": "outcome"}
+               "strategy": "outcome",
+               **_row_ids(tree, ROOT, {"chosen_ids": tree.path(a), "rejected_ids": tree.path(b)})}
         out.append(Item(row, (tree.problem_id, ta, tb), (tree.problem_id, ROOT), ra - rb, (ta, tb)))
     return out
 
@@ -287,22 +340,27 @@ class Format:
 
 
 _PAIR_FILTERS = ("min_margin", "min_edit", "max_per_node", "max_per_problem")
+# Sibling-pair formats also filter on the prefix and the evidence behind each side (stats.apply_filters).
+_STEP_PAIR_FILTERS = ("prefix", "prefix_value", "min_visits") + _PAIR_FILTERS
 _ID = ("problem_id", "recipe")
+_PAIR_IDS = ("prompt_ids", "chosen_ids", "rejected_ids")
 _PAIR_COLUMNS = _ID + ("prompt", "chosen", "rejected", "question", "prefix_steps", "chosen_value",
                        "rejected_value", "margin", "depth", "chosen_visits", "rejected_visits", "strategy",
-                       "weight")
+                       "weight") + _PAIR_IDS
 
 FORMATS: dict[str, Format] = {
-    "step_pairs": Format(step_pairs, _PAIR_COLUMNS, "max_min", _PAIR_FILTERS),
+    "step_pairs": Format(step_pairs, _PAIR_COLUMNS, "max_min", _STEP_PAIR_FILTERS),
     "step_dpo": Format(step_dpo, _ID + ("prompt", "initial_reason_steps", "chosen", "rejected", "full_chosen",
                                         "full_rejected", "answer", "chosen_value", "rejected_value", "margin",
-                                        "depth", "strategy"),
-                       "max_min", _PAIR_FILTERS, ("standard",)),
-    "step_apo": Format(step_apo, _PAIR_COLUMNS + ("q_chosen", "q_rejected"), "q_sign", _PAIR_FILTERS),
+                                        "depth", "strategy") + _PAIR_IDS + ("full_chosen_ids", "full_rejected_ids"),
+                       "max_min", _STEP_PAIR_FILTERS, ("standard",)),
+    "step_apo": Format(step_apo, _PAIR_COLUMNS + ("q_chosen", "q_rejected"), "q_sign", _STEP_PAIR_FILTERS),
     "ranked_lists": Format(ranked_lists, _ID + ("prompt", "responses", "scores", "step_rewards", "question",
-                                                "prefix_steps", "depth", "strategy"),
+                                                "prefix_steps", "depth", "strategy", "prompt_ids",
+                                                "responses_ids"),
                            None, ("min_margin", "max_per_problem")),
-    "stepwise": Format(stepwise, ("prompt", "completions", "labels", "soft_labels") + _ID,
+    "stepwise": Format(stepwise, ("prompt", "completions", "labels", "soft_labels", "prompt_ids",
+                                  "completions_ids") + _ID,
                        None, ("max_per_problem",), ("standard",), default_value="mc"),
     "refine_pairs": Format(refine_pairs, _ID + ("prompt", "chosen", "rejected", "critique", "question",
                                                 "chosen_value", "rejected_value", "margin", "strategy"),
@@ -310,6 +368,7 @@ FORMATS: dict[str, Format] = {
     "trees": Format(trees, _ID + ("prompt", "answer", "meta", "nodes", "stats"), None, (), ("standard",)),
     "trajectory_pairs": Format(trajectory_pairs, _ID + ("prompt", "chosen", "rejected", "question",
                                                         "chosen_reward", "rejected_reward", "margin",
-                                                        "chosen_steps", "rejected_steps", "strategy"),
+                                                        "chosen_steps", "rejected_steps", "strategy")
+                               + _PAIR_IDS,
                                None, ("min_margin", "min_edit", "max_per_problem")),
 }

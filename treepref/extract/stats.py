@@ -32,12 +32,58 @@ def _top(items: list[Item], group, limit: int) -> list[Item]:
     return [it for i, it in enumerate(items) if i in keep]
 
 
-def apply_filters(items: list[Item], *, min_margin: float | None = None, min_edit: int | None = None,
+PREFIXES = (None, "any", "success", "value")
+
+# Every filter and its default (None: off). The pair formats' defaults are chosen from a benchmark; until
+# then every filter is off. ``prefix_value`` is the threshold of ``prefix="value"`` and nothing else.
+FILTER_DEFAULTS = {"prefix": None, "prefix_value": 0.5, "min_visits": None, "min_margin": None,
+                   "min_edit": None, "max_per_node": None, "max_per_problem": None}
+
+
+def filter_settings(names, given: dict) -> dict:
+    """The settings of the filters ``names`` (a format's): ``given`` over ``FILTER_DEFAULTS``, checked.
+    This is what ``stats["filters"]`` records and what ``apply_filters`` is called with."""
+    out = {name: given.get(name, FILTER_DEFAULTS[name]) for name in names}
+    if out.get("prefix") not in PREFIXES:
+        raise ValueError(f"unknown prefix {out['prefix']!r}; choose one of {list(PREFIXES)}")
+    if "prefix_value" in given and out.get("prefix") != "value":
+        raise ValueError(f"prefix_value={given['prefix_value']!r} is read only with prefix='value' "
+                         f"(got prefix={out.get('prefix')!r})")
+    return out
+
+
+def _prefix_ok(it: Item, prefix: str, threshold: float) -> bool:
+    if prefix == "success":
+        return it.checks["on_success_path"]
+    return all(v is not None and v >= threshold for v in it.checks["prefix_values"])
+
+
+def apply_filters(items: list[Item], *, prefix: str | None = None, prefix_value: float = 0.5,
+                  min_visits: int | None = None, min_margin: float | None = None, min_edit: int | None = None,
                   max_per_node: int | None = None, max_per_problem: int | None = None
                   ) -> tuple[list[Item], dict[str, int]]:
-    """Drop items below ``min_margin`` (unknown margins too) or ``min_edit`` characters apart, then cap
-    items per node and per problem keeping the largest margins. Returns the kept items and drop counts."""
+    """Filter items in this order, each one counting in ``dropped`` what it removed from what the earlier
+    ones left (a filter that is off, None, is not counted):
+
+    * ``prefix`` (sibling pairs): ``"success"`` keeps pairs whose parent lies on a successful path
+      (``common.success_nodes``); ``"value"`` keeps pairs where every node on the parent's path (root
+      excluded) has the export's value ≥ ``prefix_value`` (an unvalued node fails; depth-1 pairs pass);
+      None or ``"any"``: no condition (``"any"`` is counted, as 0).
+    * ``min_visits`` (sibling pairs): each side that is not final needs at least this many visits (a final
+      side's value is its reward, exact whatever its visits).
+    * ``min_margin`` (unknown margins are dropped too), ``min_edit`` (characters between the two texts).
+    * ``max_per_node``, ``max_per_problem``: caps, keeping the largest margins.
+
+    Returns the kept items and the drop counts."""
     dropped = {}
+    if prefix is not None:
+        if prefix not in PREFIXES:
+            raise ValueError(f"unknown prefix {prefix!r}; choose one of {list(PREFIXES)}")
+        kept = items if prefix == "any" else [it for it in items if _prefix_ok(it, prefix, prefix_value)]
+        dropped["prefix"], items = len(items) - len(kept), kept
+    if min_visits is not None:
+        kept = [it for it in items if all(v >= min_visits for v in it.checks["side_visits"])]
+        dropped["min_visits"], items = len(items) - len(kept), kept
     if min_margin is not None:
         kept = [it for it in items if it.margin is not None and it.margin >= min_margin]
         dropped["min_margin"], items = len(items) - len(kept), kept

@@ -2,7 +2,11 @@
 
 Columns follow TRL's ``stepwise_supervision`` dataset type (``prompt``, ``completions``: the steps,
 ``labels``: one bool per step), plus ``soft_labels`` (a float per step, for soft BCE targets),
-``label_source``, ``problem_id`` and metadata (node ids, MC counts, final reward).
+``label_source``, ``problem_id`` and metadata (node ids, MC counts, final reward), and the token ids the
+policy saw: ``prompt_ids`` (the rendered prompt, chat template included, unlike the ``prompt`` text which is
+the raw problem) and ``completions_ids`` (each step's ids as generated, delimiter included, where
+``completions`` holds the text without it). A tree without ids (older runs) gives ``prompt_ids == []`` and
+one ``[]`` per step, never partial ids.
 
 Label sources:
   * ``"mc"``: Monte Carlo counts on each node (Math-Shepherd): hard = any completion correct, soft = share
@@ -17,7 +21,7 @@ from __future__ import annotations
 
 from typing import Iterable
 
-from treepref.tree import STEP, Tree
+from treepref.tree import ROOT, STEP, Tree
 
 
 def _label(tree: Tree, node: int, source: str, threshold: float) -> tuple[bool, float] | None:
@@ -62,6 +66,7 @@ def stepwise_rows(tree: Tree, *, source: str = "mc", threshold: float = 0.5, pat
         if not nodes:
             continue
         last = nodes[-1]
+        known = all(tree.token_ids[i] for i in (ROOT, *nodes))
         rows.append({
             "prompt": tree.prompt,
             "completions": [tree.text[i] for i in nodes],
@@ -77,6 +82,8 @@ def stepwise_rows(tree: Tree, *, source: str = "mc", threshold: float = 0.5, pat
             "complete": last == end,
             "terminated": bool(tree.terminated[last]),
             "final_reward": tree.reward[last] if tree.terminated[last] else None,
+            "prompt_ids": list(tree.token_ids[ROOT]) if known else [],
+            "completions_ids": [list(tree.token_ids[i]) if known else [] for i in nodes],
         })
     return rows
 

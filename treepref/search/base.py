@@ -1,4 +1,5 @@
-"""Pieces every search shares: expanding a node into sampled child steps, and Monte Carlo rollouts.
+"""Pieces every search shares: the one way to add a step, expansion into sampled siblings, and Monte Carlo
+completions that become paths of the tree.
 
 A search is an ``async`` function ``(problem, ctx, cfg) -> Tree``. Everything a search needs from the outside
 world travels in ``SearchContext``, so the algorithms never import a backend or a domain; ``cfg`` is the
@@ -14,11 +15,12 @@ import asyncio
 import dataclasses
 import math
 from dataclasses import dataclass, field
+from typing import Sequence
 
 from treepref.backends.base import Completion, Policy, Sampling
 from treepref.envs.base import Environment, State
 from treepref.problems import Problem
-from treepref.tree import ROLLOUT, ROOT, STEP, Tree
+from treepref.tree import ROOT, STEP, Tree
 
 
 @dataclass
@@ -32,10 +34,13 @@ class SearchContext:
 
 
 def new_tree(problem: Problem, ctx: SearchContext, search: str, settings: dict) -> tuple[Tree, dict[int, State]]:
-    """An empty tree for ``problem`` and the node -> state map the search keeps beside it."""
+    """An empty tree for ``problem`` and the node -> state map the search keeps beside it. The root holds
+    the prompt's token ids, so ``tree.prompt_ids(node)`` is what the policy continued at any node."""
     tree = Tree(problem_id=problem.id, prompt=problem.prompt, answer=problem.answer,
                 meta={"search": search, "settings": settings, "generated_tokens": 0, "policy_requests": 0})
-    return tree, {ROOT: ctx.env.initial(problem)}
+    root = ctx.env.initial(problem)
+    tree.token_ids[ROOT] = list(root.token_ids)
+    return tree, {ROOT: root}
 
 
 def settings_of(cfg) -> dict:
@@ -56,41 +61,62 @@ def record_generation(tree: Tree, results: list[list[Completion]]) -> None:
     tree.meta["policy_requests"] = tree.meta.get("policy_requests", 0) + 1
 
 
+def over_budget(tree: Tree, token_budget: int | None) -> bool:
+    """Whether the tree has generated its ``token_budget`` (None: no budget)."""
+    return token_budget is not None and tree.meta.get("generated_tokens", 0) >= token_budget
+
+
 def step_params(ctx: SearchContext, n: int) -> Sampling:
     return ctx.sampling.with_(n=n, stop=tuple(ctx.env.stop))
 
 
-async def expand(tree: Tree, states: dict[int, State], node: int, ctx: SearchContext, k: int,
-                 prior_temperature: float = 1.0) -> list[int]:
-    """Sample ``k`` next steps from ``node`` as one request and add them as children.
+async def add_step(tree: Tree, states: dict[int, State], parent: int, ctx: SearchContext, text: str,
+                   token_ids: Sequence[int] | None, *, logprob: float = 0.0, finish_reason: str = "stop",
+                   ended: bool = False) -> int | None:
+    """The one way a step enters a tree: through ``env.step``, merged with a sibling of the same text.
 
-    Identical step texts are merged into one child whose ``samples`` counts them, so sibling pairs never
-    compare a step with itself. Returns the ids of the new children (empty steps are dropped).
+    Expansion, Monte Carlo completions, flat sampling and given solutions all come here, so merging,
+    truncation and rewards follow one rule. A merged step adds to its sibling's ``samples`` (the count of
+    times the policy wrote it). ``token_ids``: what the policy generated (None for a step given as text).
+    Returns the node (new or merged), or None for an empty step that did not end the sequence.
     """
-    state = states[node]
-    results = await ctx.policy.generate([ctx.env.render(state)], step_params(ctx, k))
-    record_generation(tree, results)
-    [completions] = results
-    children: list[int] = []
-    by_text: dict[str, int] = {}
-    for c in completions:
-        ended = c.finish_reason == "stop" and c.stop_reason is None
-        action = c.text
-        if not ctx.env.split_steps(action) and not ended:
-            continue  # an empty step carries no information
-        tr = await ctx.env.step(state, action, n_tokens=c.n_tokens, ended=ended)
-        text = tr.state.steps[-1] if tr.state.steps else ""
-        if text in by_text:
-            tree.samples[by_text[text]] += 1
-            continue
-        truncated = tr.truncated or (c.finish_reason == "length" and not tr.terminated)
-        child = tree.add(node, text, n_tokens=c.n_tokens, logprob=c.logprob, reward=tr.reward,
-                         terminated=tr.terminated, truncated=truncated,
-                         info={"finish_reason": c.finish_reason, **tr.info})
-        states[child] = tr.state
-        by_text[text] = child
-        children.append(child)
-    set_priors(tree, tree.children(node), prior_temperature)
+    tr = await ctx.env.step(states[parent], text, token_ids=token_ids, ended=ended)
+    step_text = tr.state.steps[-1]
+    if not step_text and not ended:
+        return None  # an empty step carries no information
+    for c in tree.children(parent, kind=None):
+        if tree.text[c] == step_text:
+            tree.samples[c] += 1
+            return c
+    truncated = tr.truncated or (finish_reason == "length" and not tr.terminated)
+    node = tree.add(parent, step_text, n_tokens=len(tr.state.token_ids) - len(states[parent].token_ids),
+                    logprob=logprob, reward=tr.reward, terminated=tr.terminated, truncated=truncated,
+                    info={"finish_reason": finish_reason, **tr.info},
+                    token_ids=tr.state.token_ids[len(states[parent].token_ids):])
+    states[node] = tr.state
+    return node
+
+
+async def expand(tree: Tree, states: dict[int, State], node: int, ctx: SearchContext, k: int,
+                 prior_temperature: float = 1.0, widen: int = 1) -> list[int]:
+    """Sample ``k`` next steps from ``node`` as one request and add them as children; return its children.
+
+    Identical step texts are merged (``add_step``), so sibling pairs never compare a step with itself. When
+    all k samples merged into one step, the request is repeated up to ``widen`` times: a node with one child
+    gives no pair, and its siblings are what the budget should buy. Children that Monte Carlo completions
+    added earlier are children too. Priors are set over all of them.
+    """
+    for attempt in range(1 + widen):
+        results = await ctx.policy.generate([ctx.env.render(states[node])], step_params(ctx, k))
+        record_generation(tree, results)
+        for c in results[0]:
+            ended = c.finish_reason == "stop" and c.stop_reason is None
+            await add_step(tree, states, node, ctx, c.text, c.token_ids, logprob=c.logprob,
+                           finish_reason=c.finish_reason, ended=ended)
+        if k < 2 or len(tree.children(node)) >= 2:
+            break
+    children = tree.children(node)
+    set_priors(tree, children, prior_temperature)
     return children
 
 
@@ -111,50 +137,51 @@ def set_priors(tree: Tree, children: list[int], temperature: float = 1.0) -> Non
 
 
 async def rollouts(tree: Tree, states: dict[int, State], node: int, ctx: SearchContext, n: int,
-                   truncated_reward: float = 0.0) -> list[float]:
-    """Complete the solution from ``node`` ``n`` times; record the outcomes in the node's MC counts.
+                   truncated_reward: float = 0.0) -> list[tuple[int, float]]:
+    """Complete the solution from ``node`` ``n`` times (one request) and add every completion to the tree.
 
-    Each completion is kept in the tree as a chain of ``rollout`` nodes under ``node`` (so extraction and
-    later search can reuse it). Returns the reward of each completion (``truncated_reward`` when it ran out
-    of budget without an answer).
+    Each completion is cut into steps in token space and inserted step by step (``add_step``), merging with
+    existing nodes, so nothing generated is thrown away: a completion is a path of the tree, later search
+    walks on it, and backing its outcome up from its last node counts it in every node it passed through.
+    The outcomes are also counted in ``node``'s ``mc_correct``/``mc_total``. Returns ``(last node, reward)``
+    per completion (``truncated_reward`` when it ended without an answer). A final node is its own outcome.
     """
-    state = states[node]
-    if tree.terminated[node] or tree.truncated[node]:
-        r = tree.reward[node]
-        return [truncated_reward if r is None else r] * n
+    if tree.is_final(node):
+        r = leaf_value(tree, node, truncated_reward)
+        return [(node, r)] * n
     if n <= 0:
         return []
     params = ctx.sampling.with_(n=n, stop=(), max_tokens=ctx.rollout_max_tokens)
-    results = await ctx.policy.generate([ctx.env.render(state)], params)
+    results = await ctx.policy.generate([ctx.env.render(states[node])], params)
     record_generation(tree, results)
-    [completions] = results
-    rewards = []
-    for c in completions:
-        reward = await _play_out(tree, states, node, ctx, c, truncated_reward)
-        rewards.append(reward)
+    out = []
+    for c in results[0]:
+        last = await add_completion(tree, states, node, ctx, c)
+        reward = leaf_value(tree, last, truncated_reward) if last != node else None
+        reward = truncated_reward if reward is None else reward
+        out.append((last, reward))
         tree.mc_total[node] += 1
         tree.mc_correct[node] += int(reward >= 1.0)
-    return rewards
+    return out
 
 
-async def _play_out(tree: Tree, states: dict[int, State], node: int, ctx: SearchContext, c: Completion,
-                    truncated_reward: float) -> float:
-    steps = ctx.env.split_steps(c.text)
-    ended = c.finish_reason == "stop"
-    state, parent = states[node], node
-    for i, text in enumerate(steps):
-        last = i == len(steps) - 1
-        n_tok = ctx.policy.count_tokens(text)
-        tr = await ctx.env.step(state, text, n_tokens=n_tok, ended=ended and last)
-        parent = tree.add(parent, tr.state.steps[-1], n_tokens=n_tok, reward=tr.reward,
-                          terminated=tr.terminated, truncated=tr.truncated or (last and not tr.terminated),
-                          kind=ROLLOUT, info=dict(tr.info))
-        state = tr.state
-        if tr.terminated or tr.truncated:
+async def add_completion(tree: Tree, states: dict[int, State], node: int, ctx: SearchContext,
+                         c: Completion) -> int:
+    """Insert a multi-step completion below ``node`` step by step; return the last node it reached.
+
+    It stops at the first final node (an answer, a budget), as the environment would; a new last step of a
+    completion that ran out of tokens is truncated (``add_step``).
+    """
+    for piece in ctx.env.split(c.text, c.token_ids, c.token_logprobs, c.logprob):
+        ended = piece.last and c.finish_reason == "stop"
+        child = await add_step(tree, states, node, ctx, piece.text, piece.token_ids, logprob=piece.logprob,
+                               finish_reason=c.finish_reason if piece.last else "stop", ended=ended)
+        if child is None:
+            continue
+        node = child
+        if tree.is_final(node):
             break
-    if tree.terminated[parent] and tree.reward[parent] is not None:
-        return tree.reward[parent]
-    return truncated_reward
+    return node
 
 
 def leaf_value(tree: Tree, node: int, truncated_reward: float = 0.0) -> float | None:
@@ -172,11 +199,11 @@ def step_children(tree: Tree, node: int) -> list[int]:
 
 async def value_by_rollouts(tree: Tree, states: dict[int, State], nodes: list[int], ctx: SearchContext,
                             n: int, truncated_reward: float = 0.0) -> list[float]:
-    """Value each of ``nodes`` by ``n`` rollouts at once; back every outcome up to the root.
+    """Value each of ``nodes`` by ``n`` completions at once; back every outcome up from where it ended.
 
     A final node is worth its own reward (backed up once: re-sampling it would add nothing). A node's
-    value is the mean outcome; ``Tree.value`` of an ancestor is then the mean over every completion that
-    passed through it. All rollout requests are issued together so the backend can batch them.
+    value is the mean outcome of its completions; ``Tree.value`` of any node is then the mean over every
+    completion that passed through it. All requests are issued together so the backend can batch them.
     """
     async def one(node: int) -> float:
         final = leaf_value(tree, node, truncated_reward)
@@ -184,8 +211,8 @@ async def value_by_rollouts(tree: Tree, states: dict[int, State], nodes: list[in
             tree.backup(node, final)
             return final
         outcomes = await rollouts(tree, states, node, ctx, n, truncated_reward)
-        for r in outcomes:
-            tree.backup(node, r)
-        return sum(outcomes) / len(outcomes) if outcomes else truncated_reward
+        for last, r in outcomes:
+            tree.backup(last, r)
+        return sum(r for _, r in outcomes) / len(outcomes) if outcomes else truncated_reward
 
     return list(await asyncio.gather(*(one(c) for c in nodes)))

@@ -17,7 +17,8 @@ from dataclasses import dataclass
 from typing import Awaitable, Callable
 
 from treepref.problems import Problem
-from treepref.search.base import SearchContext, expand, leaf_value, new_tree, settings_of, value_by_rollouts
+from treepref.search.base import (SearchContext, expand, leaf_value, new_tree, over_budget, settings_of,
+                                  value_by_rollouts)
 from treepref.tree import ROOT, Tree
 
 Scorer = Callable[[Tree, int], Awaitable[float]]
@@ -39,6 +40,10 @@ class BeamConfig:
     """Optional ``async (tree, node) -> float`` that values a non-final step instead of rollouts (a PRM)."""
     truncated_reward: float = 0.0
     """Outcome of a completion or step that ran out of budget without an answer."""
+    widen: int = 1
+    """Extra expansion requests when all ``k`` samples of an expansion merged into one step."""
+    token_budget: int | None = None
+    """Stop starting rounds once the tree has generated this many tokens (None: no limit)."""
 
     def __post_init__(self) -> None:
         if self.beam_width < 1:
@@ -69,10 +74,10 @@ async def beam(problem: Problem, ctx: SearchContext, cfg: BeamConfig | None = No
         tree.backup(node, v)
         return v
 
-    while beams and rounds < cfg.max_depth:
+    while beams and rounds < cfg.max_depth and not over_budget(tree, cfg.token_budget):
         rounds += 1
-        groups = await asyncio.gather(*(expand(tree, states, b, ctx, cfg.k) for b in beams))
-        children = [c for group in groups for c in group]
+        groups = await asyncio.gather(*(expand(tree, states, b, ctx, cfg.k, widen=cfg.widen) for b in beams))
+        children = [c for group in groups for c in group if "beam" not in tree.scores[c]]
         values = await asyncio.gather(*(score(c) for c in children))
         for c, v in zip(children, values):
             tree.scores[c]["beam"] = v

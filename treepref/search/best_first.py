@@ -19,7 +19,7 @@ import heapq
 from dataclasses import dataclass
 
 from treepref.problems import Problem
-from treepref.search.base import SearchContext, expand, new_tree, settings_of, value_by_rollouts
+from treepref.search.base import SearchContext, expand, new_tree, over_budget, settings_of, value_by_rollouts
 from treepref.tree import ROOT, Tree
 
 
@@ -39,6 +39,10 @@ class BestFirstConfig:
     """Frontier nodes (the best ones) expanded at once in one round."""
     truncated_reward: float = 0.0
     """Outcome of a completion or step that ran out of budget without an answer."""
+    widen: int = 1
+    """Extra expansion requests when all ``k`` samples of an expansion merged into one step."""
+    token_budget: int | None = None
+    """Stop expanding once the tree has generated this many tokens (None: no limit)."""
 
     def __post_init__(self) -> None:
         if self.k < 1:
@@ -60,13 +64,15 @@ async def best_first(problem: Problem, ctx: SearchContext, cfg: BestFirstConfig 
     found = False
 
     async def grow(node: int) -> list[int]:
-        children = await expand(tree, states, node, ctx, cfg.k)
-        values = await value_by_rollouts(tree, states, children, ctx, cfg.n_rollouts, cfg.truncated_reward)
-        for c, v in zip(children, values):
+        children = await expand(tree, states, node, ctx, cfg.k, widen=cfg.widen)
+        new = [c for c in children if "mc" not in tree.scores[c]]  # not valued yet (completions add steps too)
+        values = await value_by_rollouts(tree, states, new, ctx, cfg.n_rollouts, cfg.truncated_reward)
+        for c, v in zip(new, values):
             tree.scores[c]["mc"] = v
-        return children
+        return new
 
-    while frontier and len(order) < cfg.max_expansions and not (found and cfg.stop_at_correct):
+    while (frontier and len(order) < cfg.max_expansions and not (found and cfg.stop_at_correct)
+           and not over_budget(tree, cfg.token_budget)):
         width = min(cfg.parallel_expansions, cfg.max_expansions - len(order), len(frontier))
         batch = [heapq.heappop(frontier)[1] for _ in range(width)]
         order.extend(batch)

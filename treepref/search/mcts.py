@@ -1,9 +1,19 @@
 """Monte Carlo tree search with PUCT selection over reasoning steps, several simulations in flight per tree.
 
 One simulation walks from the root by PUCT to a node that has not been expanded, then expands it into
-``k`` sampled steps and values it (its reward when it is final, else the mean of ``n_rollouts`` Monte Carlo
-completions) at the same time, and backs that value up the path (AlphaZero's order: the node reached is
-the one that is valued; its new children wait, unvisited, for later simulations).
+``k`` sampled steps and values it by ``n_rollouts`` Monte Carlo completions at the same time (AlphaZero's
+order: the node reached is the one that is valued). The completions become paths of the tree
+(``search.base.rollouts``): each outcome is backed up from the node its completion ended at, so every node
+a completion passed through counts it, and later simulations walk on what they wrote.
+
+A final node (terminated or truncated) is never expanded. By default a simulation that reaches one backs
+up its reward again (``revisit_finals``), the textbook rule: it keeps a right path's Q from decaying toward
+1/n while later simulations try junk siblings under it. Such a visit generates nothing, so it does not
+count as one of the ``simulations`` (the budget buys new text), but each raises N(s) along its path, which
+is what makes PUCT try the siblings of a found solution. After ``free_visits`` of them in a row the next
+walk skips final nodes, so every few visits buy new text; a node with nothing left to generate under it
+(every child final or spent) is spent. ``revisit_finals=False`` is the older rule: a final node is valued
+once (counted as a simulation), then it, and any node all of whose children are spent, is skipped.
 
 Several simulations run at once (``parallel_simulations``) so one tree keeps the backend busy. They spread
 out through virtual loss: every node on an in-flight path counts ``virtual_loss`` extra visits valued
@@ -11,9 +21,8 @@ out through virtual loss: every node on an in-flight path counts ``virtual_loss`
 so it is undone exactly and a tree never holds a half-finished simulation. A simulation that reaches a
 node another one is expanding awaits that expansion and walks on into its children.
 
-A final node (terminated or truncated) is valued once and never expanded; afterwards it, and any node all
-of whose children are spent this way, is skipped by selection, so the budget always buys new text. The
-search stops when ``simulations`` values have been backed up or the whole tree is spent.
+The search stops after ``simulations`` simulations, when the tree has generated ``token_budget`` tokens,
+or when the whole tree is spent.
 """
 
 from __future__ import annotations
@@ -25,7 +34,8 @@ from dataclasses import dataclass
 
 from treepref.envs.base import State
 from treepref.problems import Problem
-from treepref.search.base import SearchContext, expand, leaf_value, new_tree, rollouts, settings_of
+from treepref.search.base import (SearchContext, expand, leaf_value, new_tree, over_budget, rollouts, set_priors,
+                                  settings_of)
 from treepref.tree import NO_PARENT, ROOT, Tree
 
 
@@ -55,6 +65,14 @@ class MCTSConfig:
     """Value of a virtual visit: pessimistic, i.e. the lowest reward the task gives."""
     prior_temperature: float = 1.0
     """Temperature of the softmax over length-normalised step log-probs that makes the priors."""
+    revisit_finals: bool = True
+    """A final node backs up its reward on every visit, as a free simulation (False: once, then skipped)."""
+    free_visits: int = 8
+    """Free visits of final nodes in a row, after which the next walk skips final nodes and generates."""
+    widen: int = 1
+    """Extra expansion requests when all ``k`` samples of an expansion merged into one step."""
+    token_budget: int | None = None
+    """Stop starting simulations once the tree has generated this many tokens (None: no limit)."""
 
     def __post_init__(self) -> None:
         if self.simulations < 1:
@@ -71,6 +89,12 @@ class MCTSConfig:
             raise ValueError(f"MCTSConfig.virtual_loss must be >= 0, got {self.virtual_loss}")
         if self.prior_temperature <= 0:
             raise ValueError(f"MCTSConfig.prior_temperature must be > 0, got {self.prior_temperature}")
+        if self.free_visits < 0:
+            raise ValueError(f"MCTSConfig.free_visits must be >= 0, got {self.free_visits}")
+        if self.widen < 0:
+            raise ValueError(f"MCTSConfig.widen must be >= 0, got {self.widen}")
+        if self.token_budget is not None and self.token_budget < 1:
+            raise ValueError(f"MCTSConfig.token_budget must be >= 1 or None, got {self.token_budget}")
 
 
 def puct_scores(tree: Tree, node: int, children: list[int], c_puct: float, fpu: float,
@@ -106,38 +130,57 @@ class _Search:
 
     def __init__(self, tree: Tree, states: dict[int, State], ctx: SearchContext, cfg: MCTSConfig):
         self.tree, self.states, self.ctx, self.cfg = tree, states, ctx, cfg
-        self.kids: dict[int, list[int]] = {}  # expanded node -> its step children
+        self.expanded: set[int] = set()
         self.pending: dict[int, asyncio.Task] = {}  # node -> its expansion in flight
         self.spent: set[int] = set()
         self.virtual: Counter = Counter()
-        self.started = 0
+        self.started = 0  # simulations that generate (started, and not given back)
+        self.final_visits = 0
+        self.streak = 0  # free visits since the last simulation that generated
         self.done = 0
 
     async def run(self) -> None:
         await asyncio.gather(*(self._worker() for _ in range(self.cfg.parallel_simulations)))
 
     async def _worker(self) -> None:
-        while self.started < self.cfg.simulations and ROOT not in self.spent:
+        cfg = self.cfg
+        while (self.started < cfg.simulations and ROOT not in self.spent
+               and not over_budget(self.tree, cfg.token_budget)):
             self.started += 1
-            if not await self._simulate():
-                self.started -= 1  # the path ran into a subtree spent meanwhile: try again
-                await asyncio.sleep(0)
+            outcome = await self._simulate()
+            if outcome == "generated":
+                self.streak = 0
+            if outcome == "generated" or (outcome == "final" and not cfg.revisit_finals):
+                continue
+            self.started -= 1  # a free visit of a final node, or a path into a subtree spent meanwhile
+            if outcome == "final":
+                self.final_visits += 1
+                self.streak += 1
+            await asyncio.sleep(0)
 
-    async def _simulate(self) -> bool:
+    async def _simulate(self) -> str:
+        """One simulation: "generated" (a node was expanded and valued), "final" (a final node's reward was
+        backed up) or "blocked" (the path ran into a spent subtree)."""
         tree, cfg = self.tree, self.cfg
         node, path = ROOT, [ROOT]
         self.virtual[ROOT] += 1
         while True:
             if tree.is_final(node):
-                value = leaf_value(tree, node, cfg.truncated_reward)
-                self._finish(path, value)
-                self._mark_spent(node)
-                return True
-            if node in self.kids:
-                choices = [c for c in self.kids[node] if c not in self.spent]
+                self._release(path)
+                self._backup(node, leaf_value(tree, node, cfg.truncated_reward))
+                if not cfg.revisit_finals:
+                    self._mark_spent(node)
+                return "final"
+            if node in self.expanded:
+                children = tree.children(node)
+                set_priors(tree, children, cfg.prior_temperature)  # completions may have added or merged steps
+                skip_finals = cfg.revisit_finals and self.streak >= cfg.free_visits
+                choices = [c for c in children if c not in self.spent and not (skip_finals and tree.is_final(c))]
                 if not choices:
+                    if skip_finals:  # only final children left: nothing to generate under this node
+                        self._mark_spent(node)
                     self._release(path)
-                    return False
+                    return "blocked"
                 node = select_child(tree, node, choices, cfg.c_puct, cfg.fpu, self.virtual, cfg.virtual_loss,
                                     cfg.virtual_value)
                 self.virtual[node] += 1
@@ -147,27 +190,29 @@ class _Search:
                 await self.pending[node]
                 continue
             self.pending[node] = asyncio.ensure_future(self._expand(node))
-            value, _ = await asyncio.gather(self._evaluate(node), self.pending[node])
-            self._finish(path, value)
-            return True
+            outcomes, _ = await asyncio.gather(self._evaluate(node), self.pending[node])
+            self._release(path)
+            for last, value in outcomes:
+                self._backup(last, value)
+            set_priors(tree, tree.children(node), cfg.prior_temperature)
+            return "generated"
 
     async def _expand(self, node: int) -> None:
-        children = await expand(self.tree, self.states, node, self.ctx, self.cfg.k, self.cfg.prior_temperature)
-        self.kids[node] = children
+        children = await expand(self.tree, self.states, node, self.ctx, self.cfg.k, self.cfg.prior_temperature,
+                                self.cfg.widen)
+        self.expanded.add(node)
         del self.pending[node]
         if not children:  # nothing to walk into (every sampled step was empty): value it and move on
             self._mark_spent(node)
 
-    async def _evaluate(self, node: int) -> float:
+    async def _evaluate(self, node: int) -> list[tuple[int, float]]:
         if self.cfg.n_rollouts == 0:
-            return self.cfg.default_value
-        outcomes = await rollouts(self.tree, self.states, node, self.ctx, self.cfg.n_rollouts,
-                                  self.cfg.truncated_reward)
-        return sum(outcomes) / len(outcomes)
+            return [(node, self.cfg.default_value)]
+        return await rollouts(self.tree, self.states, node, self.ctx, self.cfg.n_rollouts,
+                              self.cfg.truncated_reward)
 
-    def _finish(self, path: list[int], value: float) -> None:
-        self._release(path)
-        self.tree.backup(path[-1], value)
+    def _backup(self, node: int, value: float) -> None:
+        self.tree.backup(node, value)
         self.done += 1
 
     def _release(self, path: list[int]) -> None:
@@ -177,15 +222,14 @@ class _Search:
                 del self.virtual[n]
 
     def _mark_spent(self, node: int) -> None:
+        """``node`` can generate nothing more; so can a parent whose every child is spent (or final, when
+        final nodes are revisited rather than spent)."""
         self.spent.add(node)
-        self._check_parent(node)
-
-    def _check_parent(self, node: int) -> None:
-        parent = self.tree.parent[node]
-        while parent != NO_PARENT and parent in self.kids and parent not in self.spent \
-                and all(c in self.spent for c in self.kids[parent]):
+        tree, parent, finals = self.tree, self.tree.parent[node], self.cfg.revisit_finals
+        while parent != NO_PARENT and parent in self.expanded and parent not in self.spent \
+                and all(c in self.spent or (finals and tree.is_final(c)) for c in tree.children(parent)):
             self.spent.add(parent)
-            parent = self.tree.parent[parent]
+            parent = tree.parent[parent]
 
 
 async def mcts(problem: Problem, ctx: SearchContext, cfg: MCTSConfig | None = None) -> Tree:
@@ -194,6 +238,7 @@ async def mcts(problem: Problem, ctx: SearchContext, cfg: MCTSConfig | None = No
     tree, states = new_tree(problem, ctx, "mcts", settings_of(cfg))
     search = _Search(tree, states, ctx, cfg)
     await search.run()
-    tree.meta["stats"] = {"simulations": search.done, "expansions": len(search.kids),
-                          "exhausted": ROOT in search.spent}
+    tree.meta["stats"] = {"simulations": search.started, "final_visits": search.final_visits,
+                          "backups": search.done,
+                          "expansions": len(search.expanded), "exhausted": ROOT in search.spent}
     return tree

@@ -1,5 +1,9 @@
 """Final answers of math problems: find them in model text and decide whether two are the same value.
 
+Finding: :func:`read_answer` is the one rule for reading the final answer a step of model text states
+(boxed, answer phrases, result phrases, and -- only when the model ended the sequence -- the value the step
+concludes with); :func:`extract_answer` is that rule without the end-of-sequence fallback.
+
 Equivalence uses math-verify (sympy underneath) for the hard cases, behind cheap layers that settle the
 common ones: a normaliser that strips what graders ignore (``$``, units, ``\\text{}``, thousands
 separators, trailing periods, ``\\dfrac``), an exact comparison of plain numbers, and a normalised string
@@ -16,6 +20,7 @@ import re
 import threading
 from fractions import Fraction
 from functools import lru_cache
+from typing import Callable
 
 from treepref.problems import Problem
 
@@ -48,24 +53,6 @@ def extract_boxed(text: str) -> str | None:
             token = re.match(r"\s*([^\s$]+)", text[i:])
             if token:
                 return token.group(1).rstrip(".")
-    return None
-
-
-_ANSWER_IS_RE = re.compile(r"answer is[:\s]*(.+?)\s*(?:\.\s*)?$", re.IGNORECASE | re.MULTILINE)
-_HASHES_RE = re.compile(r"####\s*(.+?)\s*$", re.MULTILINE)
-
-
-def extract_answer(text: str) -> str | None:
-    """The final answer stated in ``text``: last ``\\boxed{}``, else last "answer is X", else "#### X"."""
-    boxed = extract_boxed(text)
-    if boxed is not None:
-        return boxed
-    for pattern in (_ANSWER_IS_RE, _HASHES_RE):
-        found = pattern.findall(text)
-        if found:
-            answer = found[-1].strip().strip("$").strip().rstrip(".").strip()
-            if answer:
-                return answer
     return None
 
 
@@ -117,6 +104,279 @@ def _as_fraction(s: str) -> Fraction | None:
     return None
 
 
+# -- reading a final answer ---------------------------------------------------------------------------
+# THE rule for "which final answer does this text state". Tiers, first hit wins:
+#   1. ``pattern`` (a caller's regex, first group = the answer; last match in the text)
+#   2. the last ``\boxed{}`` / ``\fbox{}``
+#   3. an answer phrase, the last one in the text: "the (final) answer is [still/now/...] X",
+#      "answer: X", "answer = X", "the answer to ... is X", "X is the (final/correct) answer", "#### X"
+#   4. a result phrase in the step's LAST sentence: "the (final) result is X", "the total (number of
+#      apples) is X", "X is the (final) result/total" -- but not "X is the result of <operation>"
+#   5. only when ``ended``: the value the text concludes with (see ``_concluded``)
+# A value is a number (integer, decimal, negative, "1,234", "50%", "$5", "3/4", "\frac{3}{4}"), optionally
+# followed by unit words that are dropped ("16 apples" -> "16"). After an answer phrase it may also be a
+# short simple expression ("2x + 1", "\sqrt{2}", "(3, 2)") or one capitalised word ("Monday"); after any
+# phrase, an equation reads as its right-hand side ("The answer is 3 + 4 = 7" -> "7").
+_NUM_CORE = r"(?:\d{1,3}(?:,\d{3})+(?!\d)|\d+)(?:\.\d+)?|\.\d+"
+_FRAC = r"\\[dt]?frac\s*\{\s*-?\d+(?:\.\d+)?\s*\}\s*\{\s*-?\d+(?:\.\d+)?\s*\}"
+_VALUE = (rf"(?<![\w.,\\])(?:[-−]\s?)?(?:\\?\$\s?)?(?:[-−]\s?)?"
+          rf"(?:{_FRAC}|(?:{_NUM_CORE})(?:/(?:{_NUM_CORE}))?)(?:\s?\\?%)?(?![\d.]*\d)")
+_VALUE_RE = re.compile(_VALUE)
+_UNITS = r"(?:\s+[A-Za-z][A-Za-z'.-]*(?:\s+[A-Za-z][A-Za-z'.-]*){0,3}|[A-Za-z]{2,}[A-Za-z'.-]*)"
+_VALUE_WITH_UNITS_RE = re.compile(rf"({_VALUE}){_UNITS}?")
+_MARKUP = r"(?:\*\*|__|\\?\$|\\\(|\\\[|\s)*"  # what may sit between a phrase and its value
+# A value followed by an operator is an operand, not a result ("= 16 - 2", "2x", "3(4)").
+_OPERAND_NEXT_RE = re.compile(r"\s*(?:[-+*/×÷·^]|\\times|\\cdot|\\div|plus\b|minus\b|times\b|multiplied\b|"
+                              r"divided\b|over\b)\s*[\d(\\$]|[A-Za-z](?![A-Za-z])|\(")
+_ADVERBS = r"(?:\s+(?:still|now|then|therefore|thus|hence|simply|just|clearly|indeed|actually|exactly))?"
+_ANSWER_PHRASE_RE = re.compile(
+    r"\banswer\b(?:\s+to\s+[^.\n:=]{1,50}?)?(?:\s*\*\*)?\s*"
+    rf"(?:(?:is|was|would\s+be|will\s+be|should\s+be|must\s+be|becomes)\b{_ADVERBS}|[:=])(?:\s*\*\*)?",
+    re.IGNORECASE)
+_IS_THE_ANSWER_RE = re.compile(
+    rf"({_VALUE}){_MARKUP},?\s+is\s+(?:the|our|my|your)\s+(?:final\s+|correct\s+|right\s+)?answer\b", re.IGNORECASE)
+_HASHES_RE = re.compile(r"####+")
+_RESULT_PHRASE_RE = re.compile(
+    r"\bthe\s+(?:final\s+)?(?:result|total)(?:\s+[A-Za-z']+){0,4}?\s+(?:is|was|equals|comes\s+to)\b" + _ADVERBS,
+    re.IGNORECASE)
+_IS_THE_RESULT_RE = re.compile(
+    rf"({_VALUE}){_MARKUP},?\s+is\s+the\s+(?:final\s+)?(?:result|total)\b(?!\s+(?:of|for|from|when|after|if)\b)",
+    re.IGNORECASE)
+_RESULT_NOUN_TAIL_RE = re.compile(r"(?:\s+[A-Za-z']+){0,5}")  # "16 is the total [number of apples]."
+# Where the value after a phrase stops: a clause that explains or continues rather than states.
+_CLAUSE_RE = re.compile(r"\s(?:because|since|which|so|but|as|when|if|where|and|or|for|while|then|given|"
+                        r"after|that|i\.e\.?|e\.g\.?)\b", re.IGNORECASE)
+_NOT_AN_ANSWER_WORD = {"The", "This", "That", "These", "Those", "It", "Its", "Not", "No", "A", "An", "So",
+                       "Therefore", "Thus", "Correct", "Incorrect", "Wrong", "Right", "Unknown", "Unclear",
+                       "None", "Undefined", "Here", "Below", "Above", "As", "In", "We", "I", "You"}
+
+
+def _phrase_span(text: str, start: int) -> tuple[str, int]:
+    """The text after a phrase up to the end of its clause, and the index where it stops.
+
+    A clause ends at a newline, ``;``/``!``/``?``, a sentence period (not a decimal point), a comma that is
+    not a thousands separator, an unbalanced closing bracket, or a word such as "because" / "so" / "and";
+    brackets and braces protect what is inside them ("(3, 2)", "\\frac{1}{2}").
+    """
+    depth, i, n = 0, start, len(text)
+    while i < n:
+        c = text[i]
+        if c == "\n":
+            break
+        if c in "([{":
+            depth += 1
+        elif c in ")]}":
+            if depth == 0:
+                break
+            depth -= 1
+        elif depth == 0 and (c in ";!?" or (c in ".," and not (i + 1 < n and text[i + 1].isdigit()))):
+            break
+        i += 1
+    span = text[start:i]
+    cut = _CLAUSE_RE.search(span)
+    if cut:
+        span, i = span[:cut.start()], start + cut.start()
+    return span, i
+
+
+def _tidy(s: str) -> str:
+    """``s`` without the markup around an answer: math delimiters, bold, currency, trailing punctuation."""
+    s = re.sub(r"\*\*|__|\\?\$|\\[()\[\]]", "", s)
+    prev = None
+    while s != prev:
+        prev = s
+        s = s.strip().strip("`*").lstrip(":=").rstrip(".,;:!?").strip()
+    return s
+
+
+def _number_of(value: str) -> str:
+    """A value as stated, minus currency and spacing after a sign (``"-$ 5"`` -> ``"-5"``)."""
+    s = re.sub(r"\\?\$", "", value).strip()
+    return re.sub(r"^([-−])\s+", r"\1", s)
+
+
+def _simple_expression(s: str) -> bool:
+    if len(s) > 60 or not re.fullmatch(r"[0-9A-Za-z\\{}()\[\]^_+\-−*/.,|'<> ×÷·]+", s):
+        return False
+    if re.match(r"\s*[+*/^=,.]", s):
+        return False
+    bare = re.sub(r"\\text\s*\{[^{}]*\}|\\[A-Za-z]+", " ", s)
+    if re.search(r"[A-Za-z]{2,}", bare):  # English words are not an expression (variables are one letter)
+        return False
+    return bool(re.search(r"\d|\\", s))
+
+
+def _read_value(span: str, *, expressions: bool = False, word: bool = False) -> str | None:
+    """The answer a phrase's clause states: its number or the right-hand side of its equation; with
+    ``expressions`` also a short expression, with ``word`` also one capitalised word (or a choice "(C)").
+    None when the clause is no answer."""
+    s = _tidy(span)
+    if "=" in s and not re.search(r"[<>!]=", s):
+        s = _tidy(s.rsplit("=", 1)[1])
+    if not s:
+        return None
+    m = _VALUE_WITH_UNITS_RE.fullmatch(s)
+    if m:
+        return _number_of(m.group(1))
+    if expressions and _simple_expression(s):
+        return s
+    if word and (re.fullmatch(r"\([A-Z]\)", s)
+                 or (re.fullmatch(r"[A-Z][a-z]{1,19}", s) and s not in _NOT_AN_ANSWER_WORD)):
+        return s
+    return None
+
+
+def _stated_answer(text: str) -> str | None:
+    """Tier 3: the last answer phrase ("the answer is", "answer:", "X is the answer", "####")."""
+    def after(start: int, words: bool) -> str | None:
+        span, stop = _phrase_span(text, start)
+        # A word is an answer only as the whole sentence ("The answer is Monday."), never a clause opener
+        # ("Answer: First, ..."); "####" (also a markdown heading) takes no words at all.
+        return _read_value(span, expressions=True, word=words and _sentence_ends(text, stop))
+
+    found: list[tuple[int, Callable[[], str | None]]] = []
+    for m in _ANSWER_PHRASE_RE.finditer(text):
+        found.append((m.start(), lambda e=m.end(): after(e, True)))
+    for m in _HASHES_RE.finditer(text):
+        found.append((m.start(), lambda e=m.end(): after(e, False)))
+    for m in _IS_THE_ANSWER_RE.finditer(text):
+        found.append((m.start(), lambda v=m.group(1): _number_of(v)))
+    for _, read in sorted(found, key=lambda f: f[0], reverse=True):
+        value = read()
+        if value:
+            return value
+    return None
+
+
+def _sentence_ends(text: str, i: int) -> bool:
+    """Whether a clause stopping at ``text[i]`` is a whole sentence (period, ``!``, ``?``, newline, end)."""
+    return i >= len(text) or text[i] in ".!?\n"
+
+
+def _at_the_end(text: str, i: int) -> bool:
+    """Whether nothing but punctuation and markup follows ``text[i]``: its sentence ends the text."""
+    return not re.search(r"[^\s.!*$)\]}\\]", text[i:])
+
+
+def _stated_result(text: str) -> str | None:
+    """Tier 4: "the result/total is X" or "X is the result/total" as the text's last sentence."""
+    for m in reversed(list(_RESULT_PHRASE_RE.finditer(text))):
+        span, stop = _phrase_span(text, m.end())
+        value = _read_value(span)
+        if value is not None and _at_the_end(text, stop):
+            return value
+    for m in reversed(list(_IS_THE_RESULT_RE.finditer(text))):
+        if _at_the_end(text, _RESULT_NOUN_TAIL_RE.match(text, m.end()).end()):
+            return _number_of(m.group(1))
+    return None
+
+
+# Tier 5 (ended only): phrases that conclude a value. Each has one group, the value.
+_LEADS_IN = r"(?:\d|\b(?:this|that|which|it|them|these|together|altogether|all)|\b\w+ing)"
+_CONCLUDING_RES = [
+    re.compile(rf"(?<![<>!=])=(?!=){_MARKUP}({_VALUE})"),
+    re.compile(rf"\b(?:equals|equal\s+to|we\s+get|you\s+get|I\s+get|we\s+obtain|results\s+in|comes\s+to|"
+               rf"which\s+is|which\s+gives(?:\s+us)?|which\s+makes){_MARKUP}({_VALUE})", re.IGNORECASE),
+    re.compile(rf"{_LEADS_IN}[\s$*)]*\s(?:gives(?:\s+us)?|makes|make|give\s+us){_MARKUP}({_VALUE})", re.IGNORECASE),
+    re.compile(rf"\b(?:result|total|sum|product|difference|quotient)\b[^.\n]{{0,60}}?\s"
+               rf"(?:is|was|are|equals|comes\s+to){_ADVERBS}{_MARKUP}({_VALUE})", re.IGNORECASE),
+    re.compile(rf"\d\s*(?:[-+*/×÷]|plus|minus|times|multiplied\s+by|divided\s+by|over)\s*\\?\$?\d[\d,.]*\s*"
+               rf"(?:is|are){_MARKUP}({_VALUE})", re.IGNORECASE),
+]
+# "22 is the result of 11 multiplied by 2": the value comes first and the rest of the sentence is operands.
+_RESULT_OF_RE = re.compile(
+    rf"({_VALUE}){_MARKUP},?\s+is\s+the\s+(?:final\s+)?(?:result|total|sum|product|difference|quotient)\b",
+    re.IGNORECASE)
+
+
+def _as_number(value: str) -> Fraction | None:
+    s = normalize_answer(value).replace(" ", "")
+    return _as_fraction(s)
+
+
+def _concluded(text: str) -> str | None:
+    """Tier 5: the value ``text`` concludes with, for a sequence that ended without stating an answer.
+
+    Candidates are values that a step presents as results: the right-hand side of "=", the value after
+    "equals" / "we get" / "which is" / "this gives" / "3 + 4 makes", after "the sum (of 13 and 3) is",
+    after "13 plus 3 is", or before "is the result (of ...)". A value followed by an operator ("= 16 - 2")
+    is an operand, not a result. The latest candidate wins, and only if every number after it is the same
+    value: a step that goes on to other numbers ("= 14. Then multiply 14 by 3") concluded nothing.
+    Numbers that are merely mentioned or operated on ("Let's look at 13 and 3", "11 multiplied by 2",
+    "3 + 4") are never answers.
+    """
+    best: tuple[int, str, int] | None = None  # (where the value starts, the value, where the check resumes)
+    for pattern in _CONCLUDING_RES:
+        for m in pattern.finditer(text):
+            if _OPERAND_NEXT_RE.match(text, m.end(1)):
+                continue
+            if best is None or m.start(1) > best[0]:
+                best = (m.start(1), m.group(1), m.end(1))
+    for m in _RESULT_OF_RE.finditer(text):
+        if best is None or m.start(1) > best[0]:
+            sentence_end = re.search(r"[.;!?\n](?!\d)|$", text[m.end():])
+            best = (m.start(1), m.group(1), m.end() + sentence_end.end())
+    if best is None:
+        return None
+    _, value, resume = best
+    number = _as_number(value)
+    if number is None:
+        return None
+    for later in _VALUE_RE.finditer(text, resume):
+        other = _as_number(later.group(0))
+        if other is None or abs(other) != abs(number):
+            return None
+    return _number_of(value)
+
+
+def read_answer(text: str, *, ended: bool = False, pattern: re.Pattern | str | None = None) -> str | None:
+    """The final answer that a step of model text states, or None. THE rule for reading one.
+
+    In order, the first that gives an answer wins:
+
+    1. ``pattern``: a caller's regex whose first group is the answer (a string is compiled case-insensitive
+       and multi-line); its last match with a non-empty group, stripped of ``$``, ``**`` and a final period.
+    2. The last complete ``\\boxed{...}`` / ``\\fbox{...}``.
+    3. The last answer phrase: "the (final) answer is X" (also "was", "would be", followed by "still",
+       "now", "therefore", ...), "the answer to ... is X", "answer: X", "answer = X", "X is the (final,
+       correct) answer", "#### X". Case-insensitive; ``$``, ``\\(...\\)`` and ``**bold**`` are ignored.
+    4. A result phrase, only as the text's last sentence: "the (final) result is X", "the total is X",
+       "the total (number of apples) is X", "X is the (final) result/total" -- not "X is the result of
+       <operation>", which describes where an intermediate number came from.
+    5. Only when ``ended`` (the model ended the sequence without stating an answer): the value the text
+       concludes with (:func:`_concluded`): the right-hand side of its last "=" or "equals" / "gives" /
+       "we get", or a value stated as a result ("22 is the result of 11 multiplied by 2." -> "22"); never
+       an operand ("11 multiplied by 2", "3 + 4") or a number merely mentioned.
+
+    Values are returned as stated (the verifier compares values): "1,234", "-3", "3/4", "\\frac{3}{4}",
+    "50%"; currency signs and unit words go ("$16 apples" -> "16"). After a phrase, an equation gives its
+    right-hand side ("The answer is 3 + 4 = 7." -> "7"); after an answer phrase (3) a short expression
+    ("2x + 1", "\\sqrt{2}") or one capitalised word ("Monday") is an answer too. Prose after a phrase that
+    is no value ("the answer is not clear") is no answer: a wrong answer is worse than none.
+    """
+    if pattern is not None:
+        if isinstance(pattern, str):
+            pattern = re.compile(pattern, re.IGNORECASE | re.MULTILINE)
+        if pattern.groups < 1:
+            raise ValueError("pattern needs a group that captures the answer")
+        for m in reversed(list(pattern.finditer(text))):
+            value = _tidy(m.group(1) or "")
+            if value:
+                return value
+    boxed = extract_boxed(text)
+    if boxed is not None:
+        return boxed
+    answer = _stated_answer(text) or _stated_result(text)
+    if answer is None and ended:
+        answer = _concluded(text)
+    return answer
+
+
+def extract_answer(text: str) -> str | None:
+    """The final answer ``text`` states (:func:`read_answer` without the end-of-sequence fallback)."""
+    return read_answer(text)
+
+
 def _on_main_thread() -> bool:
     return threading.current_thread() is threading.main_thread()
 
@@ -162,7 +422,7 @@ def answers_match(pred: str, ref: str) -> bool:
 class MathVerifier:
     """Outcome verifier for math answers: 1.0 right, 0.0 wrong, None when the problem has no reference.
 
-    ``answer`` may be the bare final answer or a whole text that states one (boxed, "answer is ...").
+    ``answer`` may be the bare final answer or a whole text that states one (read by :func:`read_answer`).
     """
 
     async def __call__(self, problem: Problem, answer: str | None) -> float | None:
@@ -170,6 +430,5 @@ class MathVerifier:
             return None
         if answer is None:
             return 0.0
-        stated = extract_answer(answer) if ("boxed" in answer or "answer is" in answer.lower()
-                                            or "####" in answer) else None
+        stated = read_answer(answer)
         return 1.0 if answers_match(stated or answer, str(problem.answer)) else 0.0

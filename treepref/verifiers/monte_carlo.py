@@ -1,7 +1,7 @@
 """Monte Carlo step values: complete the solution N times from a node and count how often it is right.
 
 This is the value source of Math-Shepherd and of OmegaPRM: a prefix is good when the policy can still
-reach the reference answer from it. The completions are kept in the tree as ``rollout`` chains by
+reach the reference answer from it. The completions become paths of the tree (merged with its steps) by
 ``treepref.search.base.rollouts``, which also adds them to the node's ``mc_correct`` / ``mc_total``, so
 every label here is read back from those counts (and repeated calls accumulate, never overwrite).
 
@@ -19,7 +19,7 @@ from dataclasses import dataclass
 
 from treepref.envs.base import State
 from treepref.problems import Problem
-from treepref.search.base import SearchContext, leaf_value, rollouts
+from treepref.search.base import SearchContext, add_step, leaf_value, rollouts
 from treepref.tree import ROOT, STEP, Tree
 
 
@@ -75,33 +75,26 @@ async def add_path(tree: Tree, states: dict[int, State], steps: list[str], ctx: 
                    parent: int = ROOT, complete: bool = True) -> list[int]:
     """Insert a given solution (step texts) below ``parent`` as ``step`` nodes and return their ids.
 
-    Existing step children with the same text are reused, so several sampled solutions that share a
-    prefix share its nodes (and its rollouts). The environment decides termination and reward, as in a
-    search; steps after a final one are dropped. ``complete``: the text is a whole solution, so its last
-    step ended the sequence (set False for a prefix).
+    Steps go through ``search.base.add_step`` like generated ones, so several solutions that share a prefix
+    share its nodes (and its completions); the environment decides termination and reward and encodes
+    the text (it was not generated). Steps after a final one are dropped. ``complete``: the text is a
+    whole solution, so its last step ended the sequence (set False for a prefix).
     """
     node, out = parent, []
     for i, text in enumerate(steps):
         if tree.is_final(node):
             break
-        state = states[node]
-        tr = await ctx.env.step(state, text, n_tokens=ctx.policy.count_tokens(text),
-                                ended=complete and i == len(steps) - 1)
-        clean = tr.state.steps[-1]
-        same = [c for c in tree.children(node, kind=STEP) if tree.text[c] == clean]
-        if same:
-            node = same[0]
-            tree.samples[node] += 1
-        else:
-            node = tree.add(node, clean, n_tokens=tr.state.n_tokens - state.n_tokens, reward=tr.reward,
-                            terminated=tr.terminated, truncated=tr.truncated, info=dict(tr.info))
-            states[node] = tr.state
+        child = await add_step(tree, states, node, ctx, text, None, ended=complete and i == len(steps) - 1)
+        if child is None:
+            continue
+        node = child
         out.append(node)
     return out
 
 
 async def rebuild_states(tree: Tree, problem: Problem, ctx: SearchContext, nodes: list[int]) -> dict[int, State]:
-    """States for ``nodes`` and their ancestors, by replaying each path through the environment.
+    """States for ``nodes`` and their ancestors, by replaying each path through the environment with the
+    token ids each step was generated with (text only for trees that have none).
 
     Searches return only the tree; this is what lets a finished tree be labelled afterwards.
     """
@@ -110,7 +103,8 @@ async def rebuild_states(tree: Tree, problem: Problem, ctx: SearchContext, nodes
         for i in tree.path(node):
             if i not in states:
                 prev = states[tree.parent[i]]
-                tr = await ctx.env.step(prev, tree.text[i], n_tokens=tree.n_tokens[i])
+                tr = await ctx.env.step(prev, tree.text[i], token_ids=tree.token_ids[i] or None,
+                                        ended=tree.terminated[i])
                 states[i] = tr.state
     return states
 
@@ -134,6 +128,7 @@ async def label_solution(problem: Problem, steps: list[str], ctx: SearchContext,
                     meta={"search": "math-shepherd", "settings": {"n": n}})
     if states is None:
         states = {ROOT: ctx.env.initial(problem)}
+        tree.token_ids[ROOT] = list(states[ROOT].token_ids)
     path = await add_path(tree, states, steps, ctx)
     return tree, path, await label_path(tree, states, path, ctx, n)
 
@@ -167,5 +162,6 @@ async def math_shepherd(problem: Problem, ctx: SearchContext, cfg: MathShepherdC
     states = await rebuild_states(tree, problem, ctx, nodes)
     await asyncio.gather(*(mc_value(tree, states, i, ctx, cfg.n, truncated_reward=cfg.truncated_reward)
                            for i in nodes))
-    tree.meta.update(search="math_shepherd", settings=asdict(cfg))
+    # the completions became steps too; these are the nodes of the sampled solutions, each labelled
+    tree.meta.update(search="math_shepherd", settings=asdict(cfg), labelled=nodes)
     return tree

@@ -1,0 +1,180 @@
+"""Yield: good step pairs per generated token, tree search against flat best-of-N at an equal token budget.
+
+Every search runs on the same built-in arithmetic problems (matched worked examples) with the same
+per-problem ``token_budget``; flat best-of-N (``sample``) keeps drawing whole solutions until it has spent
+the same budget, and its pairs come from the trie of its samples by the same rules as every tree. Every
+pair of every run is audited by the exact oracle (``treepref.extract.quality.pair_label_quality``): good =
+every prefix step right, chosen right, rejected wrong or off track. Each run is exported twice: with no
+pair filter ("raw") and with the export's pair filters ("filtered", the settings in ``FILTERS``), so the
+cost of each filter is visible.
+
+    python bench/yield.py --backend vllm --difficulty 2,3 --seeds 0,1 --problems 64 --cpu-kv-gib 2
+    python bench/yield.py --backend scripted --problems 4 --seeds 0 --difficulty 2   # checks the harness
+
+Writes ``bench/results/yield.json`` (a list of records: search, difficulty, seed, filters, generated_tokens,
+pairs, good, good_share, good_per_1m_tokens, problems_with_good, tokens_per_good, the oracle's buckets) and
+``yield.md`` (medians over seeds, side by side). With ``--backend vllm`` the engine is spawned on CPU
+machines, hence the ``__main__`` guard, and every run shares one ``asyncio.run``.
+"""
+
+from __future__ import annotations
+
+import argparse
+import asyncio
+import json
+import platform
+import statistics
+import sys
+import tempfile
+import time
+from pathlib import Path
+
+sys.path.insert(0, str(Path(__file__).resolve().parents[1]))
+
+from treepref.backends import make_policy  # noqa: E402
+from treepref.backends.base import Sampling  # noqa: E402
+from treepref.domains.arithmetic import generate, worked_examples  # noqa: E402
+from treepref.envs.reasoning import ReasoningEnv  # noqa: E402
+from treepref.extract import export  # noqa: E402
+from treepref.extract.quality import classify_pair, pair_label_quality  # noqa: E402
+from treepref.runner import run_problems  # noqa: E402
+from treepref.search import build_config, get_search  # noqa: E402
+from treepref.search.base import SearchContext  # noqa: E402
+from treepref.tree import atomic_write_text  # noqa: E402
+
+# Search settings compared; each gets ``token_budget`` added. Flat best-of-N draws ``n`` solutions a request.
+SEARCHES = {
+    "mcts": ("mcts", {"simulations": 200, "k": 3, "n_rollouts": 2, "c_puct": 1.0, "parallel_simulations": 2}),
+    "best_first": ("best_first", {"k": 3, "n_rollouts": 2, "max_expansions": 200, "stop_at_correct": False}),
+    "beam": ("beam", {"beam_width": 2, "k": 3, "n_rollouts": 2, "max_depth": 8}),
+    "sample": ("sample", {"n": 4}),
+}
+# The pair filters of the "filtered" export (the defaults of docs/formats.md once chosen from this bench).
+FILTERS = {"prefix": "success", "min_visits": 2}
+
+
+def parse_args(argv=None):
+    ap = argparse.ArgumentParser(description=__doc__.splitlines()[0])
+    ap.add_argument("--backend", default="vllm", choices=["vllm", "hf", "scripted"])
+    ap.add_argument("--model", default=None)
+    ap.add_argument("--difficulty", default="2,3")
+    ap.add_argument("--seeds", default="0,1")
+    ap.add_argument("--problems", type=int, default=64)
+    ap.add_argument("--budget", default="2:800,3:1200", help="tokens per problem, per difficulty (d:tokens,...)")
+    ap.add_argument("--searches", default=",".join(SEARCHES))
+    ap.add_argument("--rule", default="max_min")
+    ap.add_argument("--temperature", type=float, default=0.9)
+    ap.add_argument("--step-tokens", type=int, default=64)
+    ap.add_argument("--rollout-tokens", type=int, default=160)
+    ap.add_argument("--concurrency", type=int, default=64)
+    ap.add_argument("--cpu-kv-gib", type=int, default=2)
+    ap.add_argument("--out", default=str(Path(__file__).parent / "results" / "yield"))
+    return ap.parse_args(argv)
+
+
+def scripted_policy():
+    """A scripted stand-in that writes arithmetic-looking steps, to check the harness without a model."""
+    from treepref.backends.scripted import EOS, ScriptedPolicy
+
+    return ScriptedPolicy(lambda steps: ["1 + 1 = 2", "1 + 1 = 3", "The answer is 2." + EOS][: 3 - len(steps) % 2])
+
+
+def record(search, difficulty, seed, filt, trees, rows, problems, wall):
+    by_id = {p.id: p for p in problems}
+    q = pair_label_quality(rows, by_id)
+    tokens = sum(t.meta.get("generated_tokens", 0) for t in trees)
+    good_by_problem = {r["problem_id"] for r in rows if classify_pair(r, by_id)[0] == "good"}
+    good = q["good"]
+    return {"search": search, "difficulty": difficulty, "seed": seed, "filters": filt,
+            "problems": len(trees), "generated_tokens": tokens, "pairs": q["pairs"], "good": good,
+            "good_share": q["good_share"], "good_per_1m_tokens": round(good / tokens * 1e6, 1) if tokens else None,
+            "problems_with_good": len(good_by_problem),
+            "tokens_per_good": round(tokens / good, 1) if good else None,
+            "buckets": {k: q[k] for k in q if not k.endswith("_share") and k != "steps"}, "steps": q["steps"],
+            "wall_s": round(wall, 1)}
+
+
+async def run_all(args, policy):
+    records = []
+    budgets = {int(d): int(b) for d, b in (x.split(":") for x in args.budget.split(","))}
+    for difficulty in [int(d) for d in args.difficulty.split(",")]:
+        env = ReasoningEnv(template=policy.chat_prompt, tokenizer=policy, max_depth=difficulty + 3, max_tokens=320,
+                           few_shot=worked_examples(difficulty))
+        sampling = Sampling(temperature=args.temperature, top_p=0.95, max_tokens=args.step_tokens)
+        ctx = SearchContext(env=env, policy=policy, sampling=sampling, rollout_max_tokens=args.rollout_tokens)
+        for seed in [int(s) for s in args.seeds.split(",")]:
+            problems = generate(args.problems, seed=seed, difficulty=difficulty)
+            for name in args.searches.split(","):
+                search, options = SEARCHES[name]
+                cfg = build_config(search, {**options, "token_budget": budgets[difficulty]}, "bench/yield.py")
+                with tempfile.TemporaryDirectory(prefix="yield-") as tmp:
+                    t0 = time.perf_counter()
+                    await run_problems(problems, get_search(search), cfg, ctx, tmp, concurrency=args.concurrency,
+                                       resume=False, progress=False)
+                    wall = time.perf_counter() - t0
+                    from treepref.runner import load_trees
+
+                    trees = load_trees(tmp)
+                for label, filt in (("raw", {}), ("filtered", FILTERS)):
+                    ds, _ = export(trees, "step_pairs", template=policy.chat_prompt, rule=args.rule, **filt)
+                    rec = record(name, difficulty, seed, label, trees, list(ds), problems, wall)
+                    records.append(rec)
+                    print(json.dumps({k: rec[k] for k in ("search", "difficulty", "seed", "filters", "generated_tokens",
+                                                          "pairs", "good", "good_share", "good_per_1m_tokens")}),
+                          flush=True)
+                save(args, records)
+    return records
+
+
+def median(xs):
+    xs = [x for x in xs if x is not None]
+    return round(statistics.median(xs), 3) if xs else None
+
+
+def table(records) -> str:
+    lines = ["| difficulty | search | pairs | tokens | pairs | good | good share | good per 1M tokens | "
+             "problems with a good pair | tokens per good pair |", "|---|---|---|---|---|---|---|---|---|---|"]
+    keys = sorted({(r["difficulty"], r["filters"], r["search"]) for r in records})
+    for d, f, s in keys:
+        rs = [r for r in records if (r["difficulty"], r["filters"], r["search"]) == (d, f, s)]
+        m = {k: median([r[k] for r in rs]) for k in ("generated_tokens", "pairs", "good", "good_share",
+                                                      "good_per_1m_tokens", "problems_with_good", "tokens_per_good")}
+        lines.append(f"| {d} | {s} | {f} | {m['generated_tokens']} | {m['pairs']} | {m['good']} | {m['good_share']} | "
+                     f"**{m['good_per_1m_tokens']}** | {m['problems_with_good']} | {m['tokens_per_good']} |")
+    return "\n".join(lines)
+
+
+def save(args, records) -> None:
+    out = Path(args.out)
+    meta = {"command": "python bench/yield.py " + " ".join(sys.argv[1:]), "machine": platform.platform(),
+            "filters": FILTERS, "searches": SEARCHES}
+    atomic_write_text(out.with_suffix(".json"), json.dumps(records, indent=1))
+    atomic_write_text(out.with_name(out.name + "-meta.json"), json.dumps(meta, indent=1))
+    atomic_write_text(out.with_suffix(".md"), f"# Yield at an equal token budget\n\n`{meta['command']}`\n\n"
+                      f"Medians over seeds; filtered = {FILTERS}.\n\n{table(records)}\n")
+
+
+def main(argv=None) -> int:
+    args = parse_args(argv)
+    if args.backend == "scripted":
+        policy = scripted_policy()
+    elif args.backend == "vllm":
+        policy = make_policy("vllm", args.model, cpu_kv_cache_gib=args.cpu_kv_gib, max_model_len=2048)
+    else:
+        policy = make_policy(args.backend, args.model)
+
+    async def go():
+        try:
+            return await run_all(args, policy)
+        finally:
+            close = getattr(policy, "close", None)
+            if close:
+                close()
+
+    records = asyncio.run(go())
+    print(table(records))
+    return 0
+
+
+if __name__ == "__main__":
+    sys.exit(main())
