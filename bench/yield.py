@@ -4,9 +4,9 @@ Every search runs on the same built-in arithmetic problems (matched worked examp
 per-problem ``token_budget``; flat best-of-N (``sample``) keeps drawing whole solutions until it has spent
 the same budget, and its pairs come from the trie of its samples by the same rules as every tree. Every
 pair of every run is audited by the exact oracle (``treepref.extract.quality.pair_label_quality``): good =
-every prefix step right, chosen right, rejected wrong or off track. Each run is exported twice: with no
-pair filter ("raw") and with the export's pair filters ("filtered", the settings in ``FILTERS``), so the
-cost of each filter is visible.
+every prefix step right, chosen right, rejected wrong or off track. Each run is exported once per pair
+filter setting (``FILTER_SETS``: none, a successful prefix, minimum visits, a margin), so what each filter
+costs and buys is visible side by side.
 
     python bench/yield.py --backend vllm --difficulty 2,3 --seeds 0,1 --problems 64 --cpu-kv-gib 2
     python bench/yield.py --backend scripted --problems 4 --seeds 0 --difficulty 2   # checks the harness
@@ -37,7 +37,7 @@ from treepref.domains.arithmetic import generate, worked_examples  # noqa: E402
 from treepref.envs.reasoning import ReasoningEnv  # noqa: E402
 from treepref.extract import export  # noqa: E402
 from treepref.extract.quality import classify_pair, pair_label_quality  # noqa: E402
-from treepref.runner import run_problems  # noqa: E402
+from treepref.runner import load_trees, run_problems  # noqa: E402
 from treepref.search import build_config, get_search  # noqa: E402
 from treepref.search.base import SearchContext  # noqa: E402
 from treepref.tree import atomic_write_text  # noqa: E402
@@ -45,12 +45,19 @@ from treepref.tree import atomic_write_text  # noqa: E402
 # Search settings compared; each gets ``token_budget`` added. Flat best-of-N draws ``n`` solutions a request.
 SEARCHES = {
     "mcts": ("mcts", {"simulations": 200, "k": 3, "n_rollouts": 2, "c_puct": 1.0, "parallel_simulations": 2}),
+    "mcts_completions": ("mcts", {"simulations": 200, "expansion": "completions", "n_rollouts": 4, "c_puct": 1.0,
+                                  "parallel_simulations": 2}),
     "best_first": ("best_first", {"k": 3, "n_rollouts": 2, "max_expansions": 200, "stop_at_correct": False}),
     "beam": ("beam", {"beam_width": 2, "k": 3, "n_rollouts": 2, "max_depth": 8}),
     "sample": ("sample", {"n": 4}),
 }
-# The pair filters of the "filtered" export (the defaults of docs/formats.md once chosen from this bench).
-FILTERS = {"prefix": "success", "min_visits": 2}
+# Pair filter settings every run is exported with (the export's defaults are chosen from these).
+FILTER_SETS = {
+    "raw": {},
+    "success": {"prefix": "success"},
+    "success+visits2": {"prefix": "success", "min_visits": 2},
+    "success+visits2+margin0.5": {"prefix": "success", "min_visits": 2, "min_margin": 0.5},
+}
 
 
 def parse_args(argv=None):
@@ -69,6 +76,7 @@ def parse_args(argv=None):
     ap.add_argument("--concurrency", type=int, default=64)
     ap.add_argument("--cpu-kv-gib", type=int, default=2)
     ap.add_argument("--out", default=str(Path(__file__).parent / "results" / "yield"))
+    ap.add_argument("--keep", default=None, help="also keep every run's trees under this folder")
     return ap.parse_args(argv)
 
 
@@ -108,14 +116,13 @@ async def run_all(args, policy):
                 search, options = SEARCHES[name]
                 cfg = build_config(search, {**options, "token_budget": budgets[difficulty]}, "bench/yield.py")
                 with tempfile.TemporaryDirectory(prefix="yield-") as tmp:
+                    folder = Path(args.keep) / f"{name}-d{difficulty}-s{seed}" if args.keep else Path(tmp)
                     t0 = time.perf_counter()
-                    await run_problems(problems, get_search(search), cfg, ctx, tmp, concurrency=args.concurrency,
+                    await run_problems(problems, get_search(search), cfg, ctx, folder, concurrency=args.concurrency,
                                        resume=False, progress=False)
                     wall = time.perf_counter() - t0
-                    from treepref.runner import load_trees
-
-                    trees = load_trees(tmp)
-                for label, filt in (("raw", {}), ("filtered", FILTERS)):
+                    trees = load_trees(folder)
+                for label, filt in FILTER_SETS.items():
                     ds, _ = export(trees, "step_pairs", template=policy.chat_prompt, rule=args.rule, **filt)
                     rec = record(name, difficulty, seed, label, trees, list(ds), problems, wall)
                     records.append(rec)
@@ -147,11 +154,11 @@ def table(records) -> str:
 def save(args, records) -> None:
     out = Path(args.out)
     meta = {"command": "python bench/yield.py " + " ".join(sys.argv[1:]), "machine": platform.platform(),
-            "filters": FILTERS, "searches": SEARCHES}
+            "filter_sets": FILTER_SETS, "searches": SEARCHES}
     atomic_write_text(out.with_suffix(".json"), json.dumps(records, indent=1))
     atomic_write_text(out.with_name(out.name + "-meta.json"), json.dumps(meta, indent=1))
     atomic_write_text(out.with_suffix(".md"), f"# Yield at an equal token budget\n\n`{meta['command']}`\n\n"
-                      f"Medians over seeds; filtered = {FILTERS}.\n\n{table(records)}\n")
+                      f"Medians over seeds. Pair filter settings: {FILTER_SETS}.\n\n{table(records)}\n")
 
 
 def main(argv=None) -> int:

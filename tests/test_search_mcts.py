@@ -145,6 +145,18 @@ def test_completions_become_merged_steps_of_the_tree():
     assert tree.prompt_ids(a2) == tree.prompt_ids(a) + tree.token_ids[a2]
 
 
+def test_expansion_by_completions_makes_their_first_steps_the_children():
+    ctx = make_ctx(TINY)
+    tree = run(mcts(PROBLEM, ctx, MCTSConfig(simulations=1, n_rollouts=2, expansion="completions")))
+    assert step_requests(ctx.policy) == []  # no step request: only whole completions
+    a, b = node_by_steps(tree, ["A"]), node_by_steps(tree, ["B"])
+    # completion i takes candidate i first: A then "answer 2" (1), B then "answer 3" (0); both children valued
+    assert {n: (tree.visits[n], tree.value_sum[n]) for n in (0, a, b)} == {0: (2, 1.0), a: (1, 1.0), b: (1, 0.0)}
+    assert tree.meta["stats"]["expansions"] == 1
+    with pytest.raises(ValueError, match="expansion"):
+        MCTSConfig(expansion="beams")
+
+
 def test_an_expansion_whose_samples_all_merged_is_widened():
     asked = []
 

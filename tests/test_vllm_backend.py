@@ -145,3 +145,15 @@ def test_child_prompt_is_parent_ids_plus_step(vllm_policy, prompt, aio, engine_o
         children.append(child)
     aio(vllm_policy.generate(children, Sampling(max_tokens=1)))
     assert sorted(list(out.prompt_token_ids) for _, out in engine_outputs[1:]) == sorted(children)
+
+
+def test_a_sequence_that_ends_on_eos_keeps_no_eos_id(vllm_policy, aio):
+    """vLLM returns the EOS id of a sequence that ended on it; a step's ids must spell its text, as on HF."""
+    prompt = vllm_policy.chat_prompt([{"role": "user", "content": "Say hi in one word."}])
+    [outs] = aio(vllm_policy.generate([prompt], Sampling(n=4, max_tokens=48, temperature=0.7)))
+    ended = [c for c in outs if c.finish_reason == "stop" and c.stop_reason is None]
+    assert ended  # the model ends a one-word answer itself
+    eos = vllm_policy.tokenizer.eos_token_id
+    for c in ended:
+        assert eos not in c.token_ids and "<|im_end|>" not in vllm_policy.decode(c.token_ids)
+        assert len(c.token_logprobs) == len(c.token_ids) and c.logprob == pytest.approx(sum(c.token_logprobs))

@@ -52,7 +52,7 @@ class Completion:
     """One sampled continuation of a prompt."""
 
     text: str  # includes the matched stop string, if any
-    token_ids: tuple[int, ...]
+    token_ids: tuple[int, ...]  # as sampled, without a final end-of-sequence id
     logprob: float  # sum of the generated tokens' log-probs under the policy (temperature 1)
     finish_reason: str  # "stop" (stop string or end of sequence) | "length"
     stop_reason: str | None = None  # the stop string that ended it; None for EOS or length
@@ -105,6 +105,15 @@ class GenerationStats:
         self.generated_tokens += sum(c.n_tokens for r in results for c in r)
         if self.log is not None:
             self.log.append((list(prompts), params))
+
+
+def without_eos(token_ids: Sequence[int], token_logprobs: Sequence[float], eos_ids) -> tuple[tuple, tuple]:
+    """Drop a final end-of-sequence id (and its log-prob): ``Completion.token_ids`` never hold it, on any
+    backend, so a step's ids are its text (vLLM returns the EOS id of a sequence that ended on it)."""
+    ids, lps = tuple(token_ids), tuple(token_logprobs)
+    if ids and ids[-1] in eos_ids:
+        return ids[:-1], lps[:-1] if len(lps) == len(ids) else lps
+    return ids, lps
 
 
 def truncate_at_stop(text: str, stop: Sequence[str]) -> tuple[str, str | None]:

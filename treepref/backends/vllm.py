@@ -34,7 +34,7 @@ import os
 import warnings
 from typing import Any, Sequence
 
-from treepref.backends.base import Coalescer, Completion, GenerationStats, Prompt, Sampling
+from treepref.backends.base import Coalescer, Completion, GenerationStats, Prompt, Sampling, without_eos
 
 logger = logging.getLogger(__name__)
 
@@ -251,8 +251,19 @@ class VLLMPolicy:
                 logprob = math.nan  # logprobs were not requested
             stop_reason = c.stop_reason if isinstance(c.stop_reason, str) else None  # int: a stop token (EOS)
             finish = "length" if c.finish_reason == "length" else "stop"
-            comps.append(Completion(c.text, tuple(c.token_ids), logprob, finish, stop_reason, token_lps))
+            ids = tuple(c.token_ids)
+            if finish == "stop" and stop_reason is None:  # ended on EOS, whose id vLLM keeps: drop it
+                ids, token_lps = without_eos(ids, token_lps, self._eos_ids(c.stop_reason))
+                if token_lps:
+                    logprob = float(sum(token_lps))
+            comps.append(Completion(c.text, ids, logprob, finish, stop_reason, token_lps))
         return comps
+
+    def _eos_ids(self, stop_token) -> set[int]:
+        eos = {self.tokenizer.eos_token_id}
+        if isinstance(stop_token, int):
+            eos.add(stop_token)
+        return eos
 
     # --- metrics and lifetime -----------------------------------------------------------------------------
     def cache_counters(self) -> tuple[float, float]:

@@ -1,8 +1,9 @@
 """Pieces every exporter shares: the pair record, value readers, prompt rendering and tree walks.
 
-Prompts are rendered the way ``ReasoningEnv.render`` renders a state: the chat template applied to the
-problem's messages (with the system message), then every prefix step followed by the delimiter. So a
-pair's prompt is exactly the text the policy continued when it sampled the two steps.
+Prompts are rendered the way ``ReasoningEnv.render_text`` renders a state: the chat template applied to
+the problem's messages (with the system message), then every prefix step followed by the delimiter. So a
+pair's prompt is the text of what the policy continued when it sampled the two steps; the tokens it
+continued are ``Tree.prompt_ids`` (re-tokenising this text can change the step boundary).
 """
 
 from __future__ import annotations

@@ -71,6 +71,10 @@ class MCTSConfig:
     """Free visits of final nodes in a row, after which the next walk skips final nodes and generates."""
     widen: int = 1
     """Extra expansion requests when all ``k`` samples of an expansion merged into one step."""
+    expansion: str = "steps"
+    """"steps": a node's children are ``k`` sampled steps (one request with a stop at the delimiter), valued
+    by ``n_rollouts`` completions beside them; "completions": its children are the first steps of its
+    ``n_rollouts`` completions (``k`` unused), so no sampled token is off a valued path."""
     token_budget: int | None = None
     """Stop starting simulations once the tree has generated this many tokens (None: no limit)."""
 
@@ -91,6 +95,10 @@ class MCTSConfig:
             raise ValueError(f"MCTSConfig.prior_temperature must be > 0, got {self.prior_temperature}")
         if self.free_visits < 0:
             raise ValueError(f"MCTSConfig.free_visits must be >= 0, got {self.free_visits}")
+        if self.expansion not in ("steps", "completions"):
+            raise ValueError(f"MCTSConfig.expansion must be 'steps' or 'completions', got {self.expansion!r}")
+        if self.expansion == "completions" and self.n_rollouts < 1:
+            raise ValueError("MCTSConfig.n_rollouts must be >= 1 with expansion='completions'")
         if self.widen < 0:
             raise ValueError(f"MCTSConfig.widen must be >= 0, got {self.widen}")
         if self.token_budget is not None and self.token_budget < 1:
@@ -189,21 +197,31 @@ class _Search:
             if node in self.pending:
                 await self.pending[node]
                 continue
-            self.pending[node] = asyncio.ensure_future(self._expand(node))
-            outcomes, _ = await asyncio.gather(self._evaluate(node), self.pending[node])
+            self.pending[node] = asyncio.ensure_future(self._grow(node))
+            outcomes = await self.pending[node]
             self._release(path)
             for last, value in outcomes:
                 self._backup(last, value)
             set_priors(tree, tree.children(node), cfg.prior_temperature)
             return "generated"
 
-    async def _expand(self, node: int) -> None:
-        children = await expand(self.tree, self.states, node, self.ctx, self.cfg.k, self.cfg.prior_temperature,
-                                self.cfg.widen)
+    async def _grow(self, node: int) -> list[tuple[int, float]]:
+        """Expand ``node`` and value it; return the completions' (last node, outcome) to back up."""
+        cfg, tree = self.cfg, self.tree
+        if cfg.expansion == "steps":
+            _, outcomes = await asyncio.gather(expand(tree, self.states, node, self.ctx, cfg.k, cfg.prior_temperature,
+                                                      cfg.widen), self._evaluate(node))
+        else:  # the completions' first steps are the children: every sampled token is on a valued path
+            outcomes = await self._evaluate(node)
+            for _ in range(cfg.widen):
+                if len(tree.children(node)) >= 2 or tree.is_final(node):
+                    break
+                outcomes += await self._evaluate(node)
         self.expanded.add(node)
         del self.pending[node]
-        if not children:  # nothing to walk into (every sampled step was empty): value it and move on
+        if not tree.children(node):  # nothing to walk into (every sampled step was empty): move on
             self._mark_spent(node)
+        return outcomes
 
     async def _evaluate(self, node: int) -> list[tuple[int, float]]:
         if self.cfg.n_rollouts == 0:
