@@ -5,8 +5,8 @@ per-problem ``token_budget``; flat best-of-N (``sample``) keeps drawing whole so
 the same budget, and its pairs come from the trie of its samples by the same rules as every tree. Every
 pair of every run is audited by the exact oracle (``treepref.extract.quality.pair_label_quality``): good =
 every prefix step right, chosen right, rejected wrong or off track. Each run is exported once per pair
-filter setting (``FILTER_SETS``: none, a successful prefix, minimum visits, a margin), so what each filter
-costs and buys is visible side by side.
+rule and filter setting (``EXPORTS``: max_min or margin pairs; none, a successful prefix, minimum visits,
+a margin), so what each costs and buys is visible side by side.
 
     python bench/yield.py --backend vllm --difficulty 2,3 --seeds 0,1 --problems 64 --cpu-kv-gib 2
     python bench/yield.py --backend scripted --problems 4 --seeds 0 --difficulty 2   # checks the harness
@@ -51,12 +51,13 @@ SEARCHES = {
     "beam": ("beam", {"beam_width": 2, "k": 3, "n_rollouts": 2, "max_depth": 8}),
     "sample": ("sample", {"n": 4}),
 }
-# Pair filter settings every run is exported with (the export's defaults are chosen from these).
-FILTER_SETS = {
-    "raw": {},
-    "success": {"prefix": "success"},
-    "success+visits2": {"prefix": "success", "min_visits": 2},
-    "success+visits2+margin0.5": {"prefix": "success", "min_visits": 2, "min_margin": 0.5},
+# Export settings every run is exported with: (pair rule, filters). The export's defaults come from these.
+EXPORTS = {
+    "max_min": ("max_min", {}),
+    "max_min+success+visits2": ("max_min", {"prefix": "success", "min_visits": 2}),
+    "margin": ("margin", {}),
+    "margin+success+visits2": ("margin", {"prefix": "success", "min_visits": 2}),
+    "margin+success+visits2+margin0.5": ("margin", {"prefix": "success", "min_visits": 2, "min_margin": 0.5}),
 }
 
 
@@ -69,7 +70,6 @@ def parse_args(argv=None):
     ap.add_argument("--problems", type=int, default=64)
     ap.add_argument("--budget", default="2:800,3:1200", help="tokens per problem, per difficulty (d:tokens,...)")
     ap.add_argument("--searches", default=",".join(SEARCHES))
-    ap.add_argument("--rule", default="max_min")
     ap.add_argument("--temperature", type=float, default=0.9)
     ap.add_argument("--step-tokens", type=int, default=64)
     ap.add_argument("--rollout-tokens", type=int, default=160)
@@ -122,8 +122,8 @@ async def run_all(args, policy):
                                        resume=False, progress=False)
                     wall = time.perf_counter() - t0
                     trees = load_trees(folder)
-                for label, filt in FILTER_SETS.items():
-                    ds, _ = export(trees, "step_pairs", template=policy.chat_prompt, rule=args.rule, **filt)
+                for label, (rule, filt) in EXPORTS.items():
+                    ds, _ = export(trees, "step_pairs", template=policy.chat_prompt, rule=rule, **filt)
                     rec = record(name, difficulty, seed, label, trees, list(ds), problems, wall)
                     records.append(rec)
                     print(json.dumps({k: rec[k] for k in ("search", "difficulty", "seed", "filters", "generated_tokens",
@@ -139,9 +139,10 @@ def median(xs):
 
 
 def table(records) -> str:
-    lines = ["| difficulty | search | pairs | tokens | pairs | good | good share | good per 1M tokens | "
+    lines = ["| difficulty | search | export | tokens | pairs | good | good share | good per 1M tokens | "
              "problems with a good pair | tokens per good pair |", "|---|---|---|---|---|---|---|---|---|---|"]
-    keys = sorted({(r["difficulty"], r["filters"], r["search"]) for r in records})
+    keys = sorted({(r["difficulty"], r["filters"], r["search"]) for r in records},
+                  key=lambda k: (k[0], list(EXPORTS).index(k[1]), k[2]))
     for d, f, s in keys:
         rs = [r for r in records if (r["difficulty"], r["filters"], r["search"]) == (d, f, s)]
         m = {k: median([r[k] for r in rs]) for k in ("generated_tokens", "pairs", "good", "good_share",
@@ -154,11 +155,11 @@ def table(records) -> str:
 def save(args, records) -> None:
     out = Path(args.out)
     meta = {"command": "python bench/yield.py " + " ".join(sys.argv[1:]), "machine": platform.platform(),
-            "filter_sets": FILTER_SETS, "searches": SEARCHES}
+            "exports": EXPORTS, "searches": SEARCHES}
     atomic_write_text(out.with_suffix(".json"), json.dumps(records, indent=1))
     atomic_write_text(out.with_name(out.name + "-meta.json"), json.dumps(meta, indent=1))
     atomic_write_text(out.with_suffix(".md"), f"# Yield at an equal token budget\n\n`{meta['command']}`\n\n"
-                      f"Medians over seeds. Pair filter settings: {FILTER_SETS}.\n\n{table(records)}\n")
+                      f"Medians over seeds. Export settings (rule, filters): {EXPORTS}.\n\n{table(records)}\n")
 
 
 def main(argv=None) -> int:

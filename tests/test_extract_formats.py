@@ -23,10 +23,19 @@ S5, S6 = "5 * 4 = 20. The answer is 20.", "So 5 * 4 = 20. The answer is 20."
 S8 = "3 * 4 = 12, and 2 + 12 = 14. The answer is 14."
 HAS_STEPWISE = importlib.util.find_spec("treepref.extract.stepwise") is not None
 
+# The pair filters are on by default (a successful prefix, two visits); these tests are about rules and
+# formats on hand-built trees, so they export with the filters off unless a test is about a filter.
+RAW = {"prefix": None, "min_visits": None}
+
+
+def raw(fmt: str, kw: dict) -> dict:
+    """``kw`` with the default pair filters off, for the formats that have them."""
+    return {**RAW, **kw} if "prefix" in FORMATS[fmt].filters else kw
+
 
 def rows(fmt, **kw):
     kw.setdefault("template", plain_template)
-    ds, stats = export([example_tree()], fmt, system=None, recipe="r", **kw)
+    ds, stats = export([example_tree()], fmt, system=None, recipe="r", **raw(fmt, kw))
     return ds.to_list(), stats
 
 
@@ -195,7 +204,7 @@ def test_filters_and_dedup():
     t.add(0, S2, n_tokens=1)  # an identical step under the same prefix, with a larger value
     for _ in range(4):
         t.backup(len(t) - 1, 0.0)
-    ds, stats = export([t, t], "step_pairs", template=plain_template, system=None)
+    ds, stats = export([t, t], "step_pairs", template=plain_template, system=None, **RAW)
     assert len(ds) == 2 and stats["dropped"]["duplicates"] == 2
 
 
@@ -294,7 +303,7 @@ def scored_tree() -> Tree:
 
 def srows(fmt, tree=None, **kw):
     kw.setdefault("template", plain_template)
-    ds, stats = export([tree or scored_tree()], fmt, system=None, **kw)
+    ds, stats = export([tree or scored_tree()], fmt, system=None, **raw(fmt, kw))
     return ds.to_list(), stats
 
 
@@ -456,7 +465,7 @@ def test_ids_keep_the_step_boundary(model_dir):
     t.add(s1, S4, token_ids=enc(S4) + [198, 198], terminated=True, reward=0.0)
     for node, v in ((1, 1.0), (2, 0.0), (3, 1.0), (4, 0.0)):
         t.backup(node, v)
-    ds, _ = export([t], "step_pairs", template=template, system=None)
+    ds, _ = export([t], "step_pairs", template=template, system=None, **RAW)
     deep = ds.to_list()[1]
     assert deep["prompt"].endswith(S1 + "\n\n") and deep["prompt_ids"][-2:] == [198, 198]
     assert enc(deep["prompt"])[-1] == 1116  # what tokenising the prompt text gives at the boundary

@@ -18,6 +18,9 @@ TEXTS = ["a", "b", "c", "a b", "x = 1.", "The answer is 1.", "The answer is 2."]
 IDS = st.lists(st.integers(0, 50), min_size=1, max_size=3)
 FAST = settings(max_examples=25, deadline=None, suppress_health_check=[HealthCheck.too_slow])
 
+# The pair filters are on by default; the properties of rules and formats are checked with them off.
+RAW = {"prefix": None, "min_visits": None}
+
 
 @st.composite
 def trees(draw) -> Tree:
@@ -84,7 +87,7 @@ def test_pairs_continue_their_prompt(ts, rule, value):
     if value == "prm" and not any("prm" in s for t in ts for s in t.scores):
         value = "value"
     opts = {"margin_edit": {"margin": 0.1, "edit": 1}, "q_sign": {"threshold": 0.25}}.get(rule, {})
-    ds, stats = export(ts, "step_pairs", template=plain_template, rule=rule, value=value, **opts)
+    ds, stats = export(ts, "step_pairs", template=plain_template, rule=rule, value=value, **opts, **RAW)
     by_id = {t.problem_id: t for t in ts}  # later trees of the same id win: check against any
     assert _unique(ds)
     keys = [(r["problem_id"], tuple(r["prefix_steps"]), frozenset((r["chosen"], r["rejected"]))) for r in ds]
@@ -113,11 +116,11 @@ def test_pairs_continue_their_prompt(ts, rule, value):
 @given(trees())
 def test_on_off_path_chooses_the_successful_step(t):
     ok = success_nodes(t)
-    ds, _ = export([t], "step_apo", template=plain_template, rule="on_off_path")
+    ds, _ = export([t], "step_apo", template=plain_template, rule="on_off_path", **RAW)
     for r in ds:
-        [n] = [n for n in _node_of(t, r["prefix_steps"]) if n in ok][:1] or [None]
-        assert n is not None
-        on = {t.text[c] + "\n\n" for c in t.children(n) if c in ok}
+        parents = [n for n in _node_of(t, r["prefix_steps"]) if n in ok]  # same-text siblings: any of them
+        assert parents
+        on = {t.text[c] + "\n\n" for n in parents for c in t.children(n) if c in ok}
         assert r["chosen"] in on
 
 
@@ -144,7 +147,7 @@ def test_trajectory_and_other_formats(ts):
     assert _unique(ds)
     for r in ds:
         assert r["chosen_reward"] >= 1.0 > r["rejected_reward"] and r["chosen"] != r["rejected"]
-    ds, _ = export(ts, "step_dpo")
+    ds, _ = export(ts, "step_dpo", **RAW)
     for r in ds:
         assert r["full_chosen"].startswith(r["chosen"]) and r["full_rejected"].startswith(r["rejected"])
         assert r["full_chosen_ids"][:len(r["chosen_ids"])] == r["chosen_ids"]
@@ -176,7 +179,7 @@ def test_stepwise_labels_line_up(ts, source):
        st.sampled_from(["success", "value"]), st.sampled_from([None, 1, 2]))
 def test_pair_filters_keep_what_they_say(ts, fmt, prefix, min_visits):
     ds, stats = export(ts, fmt, template=plain_template, rule="margin", prefix=prefix, min_visits=min_visits)
-    every, _ = export(ts, fmt, template=plain_template, rule="margin")
+    every, _ = export(ts, fmt, template=plain_template, rule="margin", **RAW)
     dropped = stats["dropped"]
     assert len(every) - len(ds) == dropped["prefix"] + dropped.get("min_visits", 0)
     assert stats["filters"]["prefix"] == prefix and stats["filters"]["min_visits"] == min_visits

@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import asyncio
+import dataclasses
 import json
 import re
 from fractions import Fraction
@@ -65,19 +66,20 @@ def test_examples_sit_between_the_system_message_and_the_problem():
 def test_exported_prompts_carry_the_examples_the_search_saw():
     env = ReasoningEnv(template=plain_template, few_shot=SHOTS)
     tree = example_tree()
-    ds, _ = export([tree], "step_pairs", template=plain_template, few_shot=SHOTS)
+    ds, _ = export([tree], "step_pairs", template=plain_template, few_shot=SHOTS, prefix=None, min_visits=None)
     assert len(ds) > 0
     problem = Problem(tree.problem_id, tree.prompt, tree.answer)
     for row in ds:
         prefix = tuple(row["prefix_steps"])
-        assert row["prompt"] == env.render(State(problem, prefix))
-        assert row["prompt"] + row["chosen"] == env.render(State(problem, prefix + (row["chosen"][:-2],)))
+        assert row["prompt"] == env.render_text(State(problem, prefix))
+        assert row["prompt"] + row["chosen"] == env.render_text(State(problem, prefix + (row["chosen"][:-2],)))
         assert "What is 1 + 1?" in row["prompt"]
-    plain, _ = export([tree], "step_pairs", template=plain_template)
+    plain, _ = export([tree], "step_pairs", template=plain_template, prefix=None, min_visits=None)
     assert all("What is 1 + 1?" not in r["prompt"] for r in plain)
     # a tree that recorded its setup (as the runner writes them) is exported with it, whatever is asked now
     tree.meta.update(system=env.system, delimiter=env.delimiter, few_shot=shots_to_json(SHOTS))
-    recorded, _ = export([tree], "step_pairs", template=plain_template, system="Other.", delimiter="\n")
+    recorded, _ = export([tree], "step_pairs", template=plain_template, system="Other.", delimiter="\n",
+                         prefix=None, min_visits=None)
     assert [r["prompt"] for r in recorded] == [r["prompt"] for r in ds]
 
 
@@ -94,17 +96,19 @@ def test_the_runner_records_the_examples_in_each_tree(tmp_path):
     assert load_shots(tree.meta["few_shot"]) == SHOTS
     # what the policy was asked holds the examples, in front of the problem
     (prompts, _), = policy.calls
-    assert prompts == [env.prompt(problems[0])]
+    assert [policy.decode(p) for p in prompts] == [env.prompt(problems[0])]  # sent as its token ids
+    prompts = [policy.decode(p) for p in prompts]
     assert prompts[0].index("1 + 1 = 2\n\nThe answer is 2.") < prompts[0].rindex("What is 1 + 1?")
     # exports rebuild that prompt from the tree, even when the examples asked for now differ (a built-in set
     # changed, a file was edited): the recorded ones are what the policy saw
     other = (Shot("What is 2 + 2?", ("2 + 2 = 4", "The answer is 4.")),)
     assert Prompter(plain_template, few_shot=other).for_tree(tree).prompt(tree, ROOT) == prompts[0]
     # and a tree searched without examples gets none
-    env.few_shot = ()
+    bare = dataclasses.replace(env, few_shot=())
+    ctx = dataclasses.replace(ctx, env=bare)
     asyncio.run(run_problems(problems, sample, SampleConfig(n=2), ctx, tmp_path / "plain", progress=False))
     (plain,) = load_trees(tmp_path / "plain")
-    assert Prompter(plain_template, few_shot=SHOTS).for_tree(plain).prompt(plain, ROOT) == env.prompt(problems[0])
+    assert Prompter(plain_template, few_shot=SHOTS).for_tree(plain).prompt(plain, ROOT) == bare.prompt(problems[0])
 
 
 @pytest.mark.parametrize("content, needle", [

@@ -198,20 +198,26 @@ def _export(run: Path, cfg: Config, formats, rule, value, layout, options) -> di
         results[fmt] = {k: stats[k] for k in ("rows", "mean_rows_per_problem", "share_with_rows",
                                               "generated_tokens_per_row") if k in stats}
         if cfg.problems.source == "arithmetic" and fmt in _STEP_PAIR_FORMATS:
-            results[fmt]["label_quality"] = _label_quality(run / "exports" / fmt)
+            results[fmt]["label_quality"] = _label_quality(run / "exports" / fmt, trees, cfg)
     return results
 
 
 _STEP_PAIR_FORMATS = ("step_pairs", "step_apo")
 
 
-def _label_quality(folder: Path) -> dict:
-    """On built-in arithmetic every step can be checked: how many pairs prefer the right step."""
+def _label_quality(folder: Path, trees, cfg: Config) -> dict:
+    """On built-in arithmetic every step can be checked: the oracle's classes of every pair. The problems'
+    expressions and intermediates come from the trees, which record them (older trees: regenerated)."""
     from treepref.extract.quality import pair_label_quality
+    from treepref.problems import Problem, build_problems
     from treepref.runner import write_json
 
+    problems = {t.problem_id: Problem(t.problem_id, t.prompt, t.answer, meta=t.meta["problem_meta"])
+                for t in trees if t.meta.get("problem_meta")}
+    if len(problems) < len(trees):
+        problems = {p.id: p for p in build_problems(cfg.problems.source, **cfg.problems.options)[0]} | problems
     with open(folder / "rows.jsonl", encoding="utf-8") as f:
-        quality = pair_label_quality(json.loads(line) for line in f)
+        quality = pair_label_quality((json.loads(line) for line in f), problems)
     stats = json.loads((folder / "stats.json").read_text(encoding="utf-8"))
     stats["label_quality"] = quality
     write_json(folder / "stats.json", stats)

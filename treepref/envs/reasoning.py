@@ -28,8 +28,9 @@ class ReasoningEnv:
     """Reasoning as an environment.
 
     ``template`` turns chat messages into the prompt text (use the policy's ``chat_prompt`` so the model's
-    own chat template is applied) and ``tokenizer`` (anything with ``encode``/``decode``: pass the policy)
-    turns it into ids once; after that a state's ids grow only by the ids the policy generated.
+    own chat template is applied) and ``tokenizer`` (anything with ``encode``/``decode``; left None, a
+    ``SearchContext`` binds the policy's) turns it into ids once; after that a state's ids grow only by
+    the ids the policy generated.
 
     A state is terminated when a step states a final answer or the model ends the sequence, and truncated
     at ``max_depth`` steps or ``max_tokens`` generated tokens. Answers are read by
@@ -42,7 +43,7 @@ class ReasoningEnv:
     """
 
     template: Callable[[list[dict]], str] = plain_template
-    tokenizer: Tokenizer = PLAIN
+    tokenizer: Tokenizer | None = None  # None: the policy's (``SearchContext`` binds it); alone, the toy PLAIN
     verifier: OutcomeVerifier | None = None
     delimiter: str = "\n\n"
     answer_pattern: str | None = None  # a user's own regex (first group = the answer), tried first
@@ -60,11 +61,15 @@ class ReasoningEnv:
             self.verifier = MathVerifier()
 
     @property
+    def tokens(self) -> Tokenizer:
+        return self.tokenizer if self.tokenizer is not None else PLAIN
+
+    @property
     def stop(self) -> tuple[str, ...]:
         return (self.delimiter,)
 
     def initial(self, problem: Problem) -> State:
-        return State(problem=problem, token_ids=tuple(self.tokenizer.encode(self.prompt(problem))))
+        return State(problem=problem, token_ids=tuple(self.tokens.encode(self.prompt(problem))))
 
     def prompt(self, problem: Problem) -> str:
         return self.template(problem.messages(self.system, shot_messages(self.few_shot, self.delimiter)))
@@ -89,13 +94,13 @@ class ReasoningEnv:
 
     def split(self, text: str, token_ids: Sequence[int], token_logprobs: Sequence[float] = (),
               logprob: float = 0.0) -> list[Piece]:
-        return split_completion(text, token_ids, token_logprobs, logprob, self.delimiter, self.tokenizer.decode)
+        return split_completion(text, token_ids, token_logprobs, logprob, self.delimiter, self.tokens.decode)
 
     async def step(self, state: State, action: str, *, token_ids: Sequence[int] | None = None,
                    ended: bool = False) -> Transition:
         text = self.clean(action)
         if token_ids is None:  # a step given as text: encode it the way it reads inside running text
-            token_ids = step_ids(self.tokenizer, text if ended else text + self.delimiter)
+            token_ids = step_ids(self.tokens, text if ended else text + self.delimiter)
         new = State(state.problem, state.steps + (text,), state.n_tokens + len(token_ids), state.data,
                     state.token_ids + tuple(token_ids))
         answer = self.final_answer(text, ended=ended)

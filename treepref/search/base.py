@@ -32,6 +32,12 @@ class SearchContext:
     sampling: Sampling = field(default_factory=lambda: Sampling(temperature=0.8, max_tokens=96))
     rollout_max_tokens: int = 384  # budget of one Monte Carlo completion (all remaining steps)
 
+    def __post_init__(self) -> None:
+        # An environment that encodes text (its prompts) must use the policy's tokenizer, or the ids it sends
+        # are another vocabulary's: one left without a tokenizer gets the policy's here.
+        if getattr(self.env, "tokenizer", False) is None and hasattr(self.policy, "encode"):
+            self.env = dataclasses.replace(self.env, tokenizer=self.policy)
+
 
 def new_tree(problem: Problem, ctx: SearchContext, search: str, settings: dict) -> tuple[Tree, dict[int, State]]:
     """An empty tree for ``problem`` and the node -> state map the search keeps beside it. The root holds
