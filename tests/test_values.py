@@ -13,7 +13,7 @@ from treepref.backends.scripted import ScriptedPolicy
 from treepref.envs.reasoning import ReasoningEnv
 from treepref.problems import Problem
 from treepref.search.base import SearchContext
-from treepref.tree import ROLLOUT, ROOT, Tree
+from treepref.tree import ROOT, Tree
 from treepref.verifiers import backup
 from treepref.verifiers.monte_carlo import add_path, hard_label, label_path, label_solution, mc_value, soft_label
 from treepref.verifiers.omegaprm import find_first_error

@@ -35,8 +35,10 @@ def _top(items: list[Item], group, limit: int) -> list[Item]:
 PREFIXES = (None, "any", "success", "value")
 
 # Every filter and its default (None: off; pass None or prefix="any" to turn a default off). The sibling-pair
-# defaults come from bench/yield.py (bench/results/yield.md): on MCTS trees at two operations a successful
-# prefix and two visits per non-final side raised the good share (72% -> 76%) without losing a good pair.
+# defaults come from bench/yield.py: with max_min pairs at two operations (64 problems, 600 tokens each,
+# bench/results/yield-d2-budget600-seed0.md) a successful prefix and two visits per non-final side cost MCTS
+# one good pair of 44 (good share 62% -> 62%) and raised flat sampling's good share from 63% to 77% by
+# dropping its single-sample sides (48 -> 20 good pairs): a side valued by one completion is a coin flip.
 # ``prefix_value`` is the threshold of ``prefix="value"`` and nothing else.
 FILTER_DEFAULTS = {"prefix": "success", "prefix_value": 0.5, "min_visits": 2, "min_margin": None,
                    "min_edit": None, "max_per_node": None, "max_per_problem": None}

@@ -14,7 +14,9 @@ Label sources:
   * any other name (``"omegaprm"``, ``"prm"``, ``"judge"``, ...): ``scores[name]`` on each node; the hard label
     is ``score >= threshold``.
 A path is cut at its first unlabelled step (TRL needs a label for every step), and dropped when nothing
-is labelled. Only ``step`` nodes form paths; rollout chains are the evidence behind the labels.
+is labelled. Only ``step`` nodes form paths (older trees kept completions as ``rollout`` chains). In newer
+trees completions are steps too, so a path through a completion ends where its labels do: deduplication
+keeps one row per labelled prefix.
 """
 
 from __future__ import annotations

@@ -95,10 +95,10 @@ async def add_step(tree: Tree, states: dict[int, State], parent: int, ctx: Searc
             tree.samples[c] += 1
             return c
     truncated = tr.truncated or (finish_reason == "length" and not tr.terminated)
-    node = tree.add(parent, step_text, n_tokens=len(tr.state.token_ids) - len(states[parent].token_ids),
-                    logprob=logprob, reward=tr.reward, terminated=tr.terminated, truncated=truncated,
-                    info={"finish_reason": finish_reason, **tr.info},
-                    token_ids=tr.state.token_ids[len(states[parent].token_ids):])
+    ids = tr.state.token_ids[len(states[parent].token_ids):]  # the step's own ids, as the env appended them
+    node = tree.add(parent, step_text, n_tokens=len(ids), logprob=logprob, reward=tr.reward,
+                    terminated=tr.terminated, truncated=truncated, info={"finish_reason": finish_reason, **tr.info},
+                    token_ids=ids)
     states[node] = tr.state
     return node
 
@@ -112,7 +112,7 @@ async def expand(tree: Tree, states: dict[int, State], node: int, ctx: SearchCon
     gives no pair, and its siblings are what the budget should buy. Children that Monte Carlo completions
     added earlier are children too. Priors are set over all of them.
     """
-    for attempt in range(1 + widen):
+    for _ in range(1 + widen):
         results = await ctx.policy.generate([ctx.env.render(states[node])], step_params(ctx, k))
         record_generation(tree, results)
         for c in results[0]:
