@@ -36,7 +36,7 @@ from treepref.backends.base import Sampling  # noqa: E402
 from treepref.domains.arithmetic import generate, worked_examples  # noqa: E402
 from treepref.envs.reasoning import ReasoningEnv  # noqa: E402
 from treepref.extract import export  # noqa: E402
-from treepref.extract.quality import classify_pair, pair_label_quality  # noqa: E402
+from treepref.extract.quality import pair_label_quality  # noqa: E402
 from treepref.runner import load_trees, run_problems  # noqa: E402
 from treepref.search import build_config, get_search  # noqa: E402
 from treepref.search.base import SearchContext  # noqa: E402
@@ -91,17 +91,16 @@ def scripted_policy():
 
 
 def record(search, difficulty, seed, filt, trees, rows, problems, wall):
-    by_id = {p.id: p for p in problems}
-    q = pair_label_quality(rows, by_id)
+    q = pair_label_quality(rows, {p.id: p for p in problems})
     tokens = sum(t.meta.get("generated_tokens", 0) for t in trees)
-    good_by_problem = {r["problem_id"] for r in rows if classify_pair(r, by_id)[0] == "good"}
     good = q["good"]
     return {"search": search, "difficulty": difficulty, "seed": seed, "filters": filt,
             "problems": len(trees), "generated_tokens": tokens, "pairs": q["pairs"], "good": good,
             "good_share": q["good_share"], "good_per_1m_tokens": round(good / tokens * 1e6, 1) if tokens else None,
-            "problems_with_good": len(good_by_problem),
+            "problems_with_good": q["problems_with_good"],
             "tokens_per_good": round(tokens / good, 1) if good else None,
-            "buckets": {k: q[k] for k in q if not k.endswith("_share") and k != "steps"}, "steps": q["steps"],
+            "buckets": {k: q[k] for k in q if not k.endswith("_share") and k not in ("steps", "problems_with_good")},
+            "steps": q["steps"],
             "wall_s": round(wall, 1)}
 
 

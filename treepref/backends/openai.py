@@ -233,17 +233,19 @@ class OpenAIPolicy:
         logprob = float(sum(token_lps)) if token_lps else (math.nan if not params.logprobs else 0.0)
         # Per-token log-probs only where they line up with the ids (they are the server's tokens).
         aligned = tuple(map(float, token_lps)) if len(token_lps) == len(tokens) == len(ids) else ()
-        if finish == "stop" and stop_reason is None and self._tokenizer_name_or_model():  # ended on EOS
+        if finish == "stop" and stop_reason is None and (eos := self._eos_id()) is not None:  # ended on EOS
             n = len(ids)
-            ids, aligned = without_eos(ids, aligned, {self.tokenizer.eos_token_id})
+            ids, aligned = without_eos(ids, aligned, {eos})
             if len(ids) < n and token_lps:
                 logprob = float(sum(token_lps[:-1]))
         return Completion(text, tuple(ids), logprob, finish, stop_reason, aligned)
 
-    def _tokenizer_name_or_model(self) -> bool:
-        """Whether a local tokenizer can be had (it names the EOS id)."""
-        return self._tokenizer is not None or self._tokenizer_name is not None or bool(
-            self.model and os.path.isdir(self.model))
+    def _eos_id(self) -> int | None:
+        """The EOS id by the local tokenizer; None without one (then ids cannot be told from EOS)."""
+        try:
+            return self.tokenizer.eos_token_id
+        except RuntimeError:
+            return None
 
     def _encode_or_placeholder(self, text: str, n_tokens: int) -> list[int]:
         try:

@@ -67,7 +67,9 @@ def export(trees: list[Tree], fmt: str, *, template: Template | str | None = Non
     * other keywords: the rule's options (``margin``, ``edit``, ``threshold``), stepwise's ``threshold`` and
       ``paths``, and filters (``min_margin``, ``min_edit``, ``max_per_node``, ``max_per_problem``; for the
       sibling-pair formats also ``prefix`` = None | ``"any"`` | ``"success"`` | ``"value"`` with
-      ``prefix_value`` (0.5), and ``min_visits``; see ``stats.apply_filters``). Every filter is off by default.
+      ``prefix_value`` (0.5), and ``min_visits``; see ``stats.apply_filters``). The sibling-pair formats filter
+      by default with ``prefix="success"`` and ``min_visits=2`` (``stats.FILTER_DEFAULTS``; None turns one
+      off); every other filter is off by default.
 
     ``stats`` is ``stats.export_stats`` plus the settings used (``filters``: every filter of the format with
     its setting, None = off) and what deduplication and each filter dropped.

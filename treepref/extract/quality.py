@@ -95,10 +95,12 @@ def pair_label_quality(rows: Iterable[dict], problems: Mapping[str, Problem], *,
     two sides a string ending in ``delimiter`` or a list of messages). Each prefix step is classified after
     the steps before it, then chosen and rejected after the whole prefix. ``steps`` counts the classes of
     chosen, rejected and prefix steps (every prefix step of every pair, so a shared prefix counts once per
-    pair). A row whose problem is not in ``problems`` raises ValueError.
+    pair). ``problems_with_good`` counts the problems with at least one good pair. A row whose problem is not
+    in ``problems`` raises ValueError.
     """
     counts: dict = {"pairs": 0, **{b: 0 for b in BUCKETS}}
     steps = {side: dict.fromkeys(STEP_CLASSES, 0) for side in ("chosen", "rejected", "prefix")}
+    good_problems: set = set()
     for row in rows:
         bucket, prefix_cls, chosen, rejected = classify_pair(row, problems, read_answer=read_answer,
                                                              delimiter=delimiter)
@@ -108,11 +110,14 @@ def pair_label_quality(rows: Iterable[dict], problems: Mapping[str, Problem], *,
         steps["rejected"][rejected] += 1
         counts["pairs"] += 1
         counts[bucket] += 1
+        if bucket == "good":
+            good_problems.add(row["problem_id"])
     counts["uncheckable"] = sum(counts[b] for b in UNCHECKABLE)
     n = counts["pairs"]
     for b in (*BUCKETS, "uncheckable"):
         counts[f"{b}_share"] = counts[b] / n if n else None
     counts["steps"] = steps
+    counts["problems_with_good"] = len(good_problems)
     return counts
 
 

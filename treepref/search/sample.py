@@ -2,11 +2,11 @@
 
 ``n`` whole solutions are sampled from the root in one request (no step stop), again until ``token_budget``
 is spent when one is set. Each is cut into steps in token space and stored as a chain of ``step`` nodes
-ending in its outcome, through the same ``add_completion`` the searches use for their Monte Carlo
-completions. Chains share the nodes of identical leading steps (a trie; ``samples`` counts the solutions
-through a node), so pairs are taken where solutions diverge, by the same rules as any tree. Each
-solution's outcome is backed up from its last node, so ``Tree.value`` of a node is the mean outcome of the
-solutions through it.
+ending in its outcome: they are the searches' Monte Carlo completions (``rollouts``) from the root, so the
+root's ``mc_correct``/``mc_total`` count them. Chains share the nodes of identical leading steps (a trie;
+``samples`` counts the solutions through a node), so pairs are taken where solutions diverge, by the same
+rules as any tree. Each solution's outcome is backed up from its last node, so ``Tree.value`` of a node is
+the mean outcome of the solutions through it.
 """
 
 from __future__ import annotations
@@ -14,8 +14,7 @@ from __future__ import annotations
 from dataclasses import dataclass
 
 from treepref.problems import Problem
-from treepref.search.base import (SearchContext, add_completion, leaf_value, new_tree, over_budget,
-                                  record_generation, settings_of)
+from treepref.search.base import SearchContext, new_tree, over_budget, rollouts, settings_of
 from treepref.tree import ROOT, Tree
 
 
@@ -42,16 +41,11 @@ async def sample(problem: Problem, ctx: SearchContext, cfg: SampleConfig | None 
     """Sample solutions for ``problem`` and return them as a trie of step chains."""
     cfg = cfg or SampleConfig()
     tree, states = new_tree(problem, ctx, "sample", settings_of(cfg))
-    params = ctx.sampling.with_(n=cfg.n, stop=(), max_tokens=ctx.rollout_max_tokens)
     leaves = []
-    while True:
-        results = await ctx.policy.generate([ctx.env.render(states[ROOT])], params)
-        record_generation(tree, results)
-        for c in results[0]:
-            leaf = await add_completion(tree, states, ROOT, ctx, c)
-            if leaf != ROOT:
-                value = leaf_value(tree, leaf, cfg.truncated_reward)
-                tree.backup(leaf, cfg.truncated_reward if value is None else value)
+    while True:  # n completions from the root, exactly the Monte Carlo completions of a search
+        for leaf, value in await rollouts(tree, states, ROOT, ctx, cfg.n, cfg.truncated_reward):
+            if leaf != ROOT:  # an empty completion adds nothing
+                tree.backup(leaf, value)
                 leaves.append(leaf)
         if cfg.token_budget is None or over_budget(tree, cfg.token_budget):
             break
