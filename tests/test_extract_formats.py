@@ -40,10 +40,12 @@ def rows(fmt, **kw):
 
 
 def pair(prompt, chosen, rejected, prefix, cv, rv, depth, nc, nr, strategy, weight=1.0):
+    # In the example tree the depth-2 steps state answers (terminated); the depth-1 steps do not.
+    final = depth == 2
     return {"problem_id": "p1", "recipe": "r", "prompt": prompt, "chosen": chosen, "rejected": rejected,
             "question": Q, "prefix_steps": prefix, "chosen_value": cv, "rejected_value": rv,
             "margin": cv - rv, "depth": depth, "chosen_visits": nc, "rejected_visits": nr,
-            "strategy": strategy, "weight": weight, "prompt_ids": [], "chosen_ids": [], "rejected_ids": []}
+            "chosen_final": final, "rejected_final": final, "strategy": strategy, "weight": weight, "prompt_ids": [], "chosen_ids": [], "rejected_ids": []}
 
 
 def test_step_pairs_max_min():
@@ -102,10 +104,12 @@ def test_step_dpo():
     assert got == [
         {**base, "initial_reason_steps": "", "chosen": S1 + "\n\n", "rejected": S2 + "\n\n",
          "full_chosen": f"{S1}\n\n{S3}\n\n", "full_rejected": f"{S2}\n\n{S5}\n\n",
-         "chosen_value": 0.75, "rejected_value": 0.0, "margin": 0.75, "depth": 1},
+         "chosen_value": 0.75, "rejected_value": 0.0, "margin": 0.75, "depth": 1,
+         "chosen_final": False, "rejected_final": False, "full_chosen_final": True, "full_rejected_final": True},
         {**base, "initial_reason_steps": S1 + "\n\n", "chosen": S3 + "\n\n", "rejected": S4 + "\n\n",
          "full_chosen": S3 + "\n\n", "full_rejected": S4 + "\n\n",
-         "chosen_value": 1.0, "rejected_value": 0.0, "margin": 1.0, "depth": 2},
+         "chosen_value": 1.0, "rejected_value": 0.0, "margin": 1.0, "depth": 2,
+         "chosen_final": True, "rejected_final": True, "full_chosen_final": True, "full_rejected_final": True},
     ]
     got = [{k: r[k] for k in ("prompt", "initial_reason_steps", "chosen")} for r in got]
     assert got[1] == {"prompt": Q, "initial_reason_steps": S1 + "\n\n", "chosen": S3 + "\n\n"}
@@ -126,13 +130,15 @@ def test_ranked_lists():
     got, _ = rows("ranked_lists")
     assert got == [
         {**base, "prompt": P0, "responses": [[S1, S3], [S2, S5]], "scores": [0.75, 0.0],
-         "step_rewards": [[0.75, 1.0], [0.0, 0.0]], "prefix_steps": [], "depth": 1, "strategy": "ranked_paths"},
+         "step_rewards": [[0.75, 1.0], [0.0, 0.0]], "prefix_steps": [], "depth": 1, "strategy": "ranked_paths",
+         "responses_final": [True, True]},
         {**base, "prompt": P0 + S1 + "\n\n", "responses": [[S3], [S4]], "scores": [1.0, 0.0],
-         "step_rewards": [[1.0], [0.0]], "prefix_steps": [S1], "depth": 2, "strategy": "ranked_paths"},
+         "step_rewards": [[1.0], [0.0]], "prefix_steps": [S1], "depth": 2, "strategy": "ranked_paths",
+         "responses_final": [True, True]},
     ]
     got, _ = rows("ranked_lists", responses="siblings", value="prm")
-    assert [(r["responses"], r["scores"], r["strategy"]) for r in got] == [
-        ([[S1], [S2]], [0.9, 0.2], "ranked_siblings")]
+    assert [(r["responses"], r["scores"], r["strategy"], r["responses_final"]) for r in got] == [
+        ([[S1], [S2]], [0.9, 0.2], "ranked_siblings", [False, False])]
 
 
 def test_refine_pairs():
@@ -152,6 +158,7 @@ def test_trajectory_pairs():
     assert got == [{"problem_id": "p1", "recipe": "r", "prompt": P0, "chosen": c, "rejected": r,
                     "question": Q, "chosen_reward": 1.0, "rejected_reward": 0.0, "margin": 1.0,
                     "chosen_steps": cs, "rejected_steps": rs, "strategy": "outcome",
+                    "chosen_final": True, "rejected_final": True,
                     "prompt_ids": [], "chosen_ids": [], "rejected_ids": []}
                    for c, cs in good for r, rs in bad]
     got, _ = rows("trajectory_pairs", max_per_problem=2)

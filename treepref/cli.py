@@ -1,4 +1,5 @@
-"""Command line: ``treepref generate`` searches and writes trees; ``treepref extract`` turns trees into data.
+"""Command line: ``treepref generate`` searches and writes trees; ``treepref extract`` turns trees into data;
+``treepref train`` trains a policy or a verifier on that data.
 
 A run folder holds ``config.yaml`` (the resolved config), ``trees/`` (one JSON file per problem),
 ``problem_errors.jsonl`` (rows of the problems file that could not be read), ``errors.jsonl`` (problems whose
@@ -39,6 +40,12 @@ def main(argv: list[str] | None = None) -> int:
     ext.add_argument("--set", dest="overrides", action="append", default=[], metavar="KEY=VALUE",
                      help="extract option, e.g. --set min_margin=0.3")
 
+    tr = sub.add_parser("train", help="train on exported data: step-DPO, Step-APO, TPO, a verifier or a PRM")
+    tr.add_argument("--config", "-c", required=True, help="YAML recipe, e.g. configs/train-step-dpo.yaml")
+    tr.add_argument("--output", "-o", help="output folder (default: output of the config)")
+    tr.add_argument("--set", dest="overrides", action="append", default=[], metavar="KEY=VALUE",
+                    help="override a config value, e.g. --set train.max_steps=2")
+
     show = sub.add_parser("show", help="print a run's summary and one tree as an outline")
     show.add_argument("run")
     show.add_argument("--problem", help="problem id (default: the first tree)")
@@ -49,10 +56,19 @@ def main(argv: list[str] | None = None) -> int:
             return _generate(args)
         if args.command == "extract":
             return _extract(args)
+        if args.command == "train":
+            return _train(args)
         return _show(args)
     except ConfigError as exc:
         print(f"treepref: config error: {exc}", file=sys.stderr)
         return 2
+    except UserInputError as exc:
+        print(f"treepref: {args.command} error: {exc}", file=sys.stderr)
+        return 2
+
+
+class UserInputError(ValueError):
+    """A user's data or option is wrong: one line, no traceback."""
 
 
 # -- generate -------------------------------------------------------------------------------------------
@@ -169,9 +185,32 @@ def _extract(args) -> int:
     rule = args.rule or cfg.extract.rule
     if rule is not None and rule not in RULES:
         raise ConfigError(f"--rule: unknown rule {rule!r} (known: {', '.join(sorted(RULES))})")
-    result = _export(run, cfg, formats, rule, args.value or cfg.extract.value, args.layout or cfg.extract.layout,
-                     options)
+    try:
+        result = _export(run, cfg, formats, rule, args.value or cfg.extract.value,
+                         args.layout or cfg.extract.layout, options)
+    except ValueError as exc:  # an option a format does not take, a value no tree has, ...
+        raise UserInputError(str(exc)) from None
     print(json.dumps(result, indent=2))
+    return 0
+
+
+# -- train ----------------------------------------------------------------------------------------------
+def _train(args) -> int:
+    from treepref.train.config import load_train_config
+    from treepref.train.data import TrainDataError, load_rows
+
+    cfg = load_train_config(args.config, args.overrides)
+    if args.output:
+        cfg.output = args.output
+    try:
+        load_rows(cfg.data, cfg.method, cfg.format)  # columns checked before a model loads
+        from treepref.train.trainer import train
+
+        summary = train(cfg)
+    except TrainDataError as exc:
+        raise UserInputError(str(exc)) from None
+    print(f"treepref: trained {summary['method']} on {summary['examples']} examples for {summary['steps']} steps "
+          f"(loss {summary['train_loss']:.4f}); wrote {summary['model']}")
     return 0
 
 

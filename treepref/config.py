@@ -92,6 +92,11 @@ class Config:
 
 def load_config(path: str | Path, overrides: list[str] | None = None) -> Config:
     """Read, override (``section.key=value``, value parsed as YAML) and validate a config file."""
+    return config_from_dict(read_yaml(path, overrides), str(path))
+
+
+def read_yaml(path: str | Path, overrides: list[str] | None = None) -> dict:
+    """A config file's mapping with ``section.key=value`` overrides (values parsed as YAML) applied."""
     import yaml
 
     path = Path(path)
@@ -108,7 +113,7 @@ def load_config(path: str | Path, overrides: list[str] | None = None) -> Config:
         if not sep:
             raise ConfigError(f"override {item!r}: expected section.key=value")
         _set_path(data, key.split("."), yaml.safe_load(raw), f"override {item!r}")
-    return config_from_dict(data, str(path))
+    return data
 
 
 def config_from_dict(data: dict, source: str = "<dict>") -> Config:
@@ -128,9 +133,15 @@ def _set_path(data: dict, keys: list[str], value: Any, where: str) -> None:
 
 
 def _build(cls, data: Any, source: str, prefix: str):
+    return build_section(cls, data, source, prefix, skip=("source",) if cls is Config else ())
+
+
+def build_section(cls, data: Any, source: str, prefix: str, *, skip: tuple[str, ...] = ()):
+    """``cls`` (a dataclass, nested sections too) from a mapping: unknown keys and wrong types are errors
+    naming the file and the key. ``skip``: fields a file may not set."""
     if not isinstance(data, dict):
         raise ConfigError(f"{source}: {prefix.rstrip('.') or 'config'} must be a mapping, got {type(data).__name__}")
-    fields = {f.name: f for f in dataclasses.fields(cls) if not (cls is Config and f.name == "source")}
+    fields = {f.name: f for f in dataclasses.fields(cls) if f.name not in skip}
     hints = typing.get_type_hints(cls)
     unknown = sorted(set(data) - set(fields))
     if unknown:

@@ -120,6 +120,7 @@ def _pair_row(tree: Tree, ctx: Context, p: Pair) -> dict:
             "depth": tree.depth[p.parent] + 1,
             "chosen_visits": vc,
             "rejected_visits": vr,
+            **_finals(tree, p.chosen, p.rejected),
             "strategy": p.strategy,
             "weight": visit_weight(vc, vr, ctx.weight_k) if ctx.weight == "visits" else 1.0,
             **ids}
@@ -174,6 +175,9 @@ def step_dpo(tree: Tree, ctx: Context) -> list[Item]:
                "rejected_value": p.rejected_value,
                "margin": p.margin,
                "depth": tree.depth[p.parent] + 1,
+               **_finals(tree, p.chosen, p.rejected),
+               "full_chosen_final": bool(tree.terminated[full_c[-1]]),
+               "full_rejected_final": bool(tree.terminated[full_r[-1]]),
                "strategy": p.strategy,
                # prompt_ids: the chat-templated question and the prefix steps, as the policy saw them
                **_row_ids(tree, p.parent, {"chosen_ids": [p.chosen], "rejected_ids": [p.rejected],
@@ -206,6 +210,7 @@ def ranked_lists(tree: Tree, ctx: Context) -> list[Item]:
                "question": problem_of(tree).question,
                "prefix_steps": tree.steps(parent),
                "depth": tree.depth[parent] + 1,
+               "responses_final": [bool(tree.terminated[path[-1]]) for path in paths],
                "strategy": f"ranked_{ctx.responses}",
                **_row_ids(tree, parent, {}, {"responses_ids": paths})}
         key = (tree.problem_id, tuple(tree.steps(parent)))
@@ -273,6 +278,7 @@ def trajectory_pairs(tree: Tree, ctx: Context) -> list[Item]:
                "margin": ra - rb,
                "chosen_steps": tree.steps(a),
                "rejected_steps": tree.steps(b),
+               **_finals(tree, a, b),
                "strategy": "outcome",
                **_row_ids(tree, ROOT, {"chosen_ids": tree.path(a), "rejected_ids": tree.path(b)})}
         out.append(Item(row, (tree.problem_id, ta, tb), (tree.problem_id, ROOT), ra - rb, (ta, tb)))
@@ -323,6 +329,12 @@ def stepwise(tree: Tree, ctx: Context) -> list[Item]:
     return out
 
 
+def _finals(tree: Tree, chosen: int, rejected: int) -> dict:
+    """Whether each side ends its solution (terminated: it states an answer, or the policy stopped). A
+    trainer appends EOS after exactly these sides; a step in mid-solution gets none."""
+    return {"chosen_final": bool(tree.terminated[chosen]), "rejected_final": bool(tree.terminated[rejected])}
+
+
 def _float(v: Any) -> float | None:
     return None if v is None else float(v)
 
@@ -345,19 +357,21 @@ _STEP_PAIR_FILTERS = ("prefix", "prefix_value", "min_visits") + _PAIR_FILTERS
 _ID = ("problem_id", "recipe")
 _PAIR_IDS = ("prompt_ids", "chosen_ids", "rejected_ids")
 _PAIR_COLUMNS = _ID + ("prompt", "chosen", "rejected", "question", "prefix_steps", "chosen_value",
-                       "rejected_value", "margin", "depth", "chosen_visits", "rejected_visits", "strategy",
-                       "weight") + _PAIR_IDS
+                       "rejected_value", "margin", "depth", "chosen_visits", "rejected_visits",
+                       "chosen_final", "rejected_final", "strategy", "weight") + _PAIR_IDS
 
 FORMATS: dict[str, Format] = {
     "step_pairs": Format(step_pairs, _PAIR_COLUMNS, "max_min", _STEP_PAIR_FILTERS),
     "step_dpo": Format(step_dpo, _ID + ("prompt", "initial_reason_steps", "chosen", "rejected", "full_chosen",
                                         "full_rejected", "answer", "chosen_value", "rejected_value", "margin",
-                                        "depth", "strategy") + _PAIR_IDS + ("full_chosen_ids", "full_rejected_ids"),
+                                        "depth", "chosen_final", "rejected_final", "full_chosen_final",
+                                        "full_rejected_final", "strategy")
+                       + _PAIR_IDS + ("full_chosen_ids", "full_rejected_ids"),
                        "max_min", _STEP_PAIR_FILTERS, ("standard",)),
     "step_apo": Format(step_apo, _PAIR_COLUMNS + ("q_chosen", "q_rejected"), "q_sign", _STEP_PAIR_FILTERS),
     "ranked_lists": Format(ranked_lists, _ID + ("prompt", "responses", "scores", "step_rewards", "question",
-                                                "prefix_steps", "depth", "strategy", "prompt_ids",
-                                                "responses_ids"),
+                                                "prefix_steps", "depth", "responses_final", "strategy",
+                                                "prompt_ids", "responses_ids"),
                            None, ("min_margin", "max_per_problem")),
     "stepwise": Format(stepwise, ("prompt", "completions", "labels", "soft_labels", "prompt_ids",
                                   "completions_ids") + _ID,
@@ -368,7 +382,8 @@ FORMATS: dict[str, Format] = {
     "trees": Format(trees, _ID + ("prompt", "answer", "meta", "nodes", "stats"), None, (), ("standard",)),
     "trajectory_pairs": Format(trajectory_pairs, _ID + ("prompt", "chosen", "rejected", "question",
                                                         "chosen_reward", "rejected_reward", "margin",
-                                                        "chosen_steps", "rejected_steps", "strategy")
+                                                        "chosen_steps", "rejected_steps", "chosen_final",
+                                                        "rejected_final", "strategy")
                                + _PAIR_IDS,
                                None, ("min_margin", "min_edit", "max_per_problem")),
 }

@@ -1,0 +1,239 @@
+"""Loading back the verifiers ``treepref train`` saves: tiny random Llama heads built from a config, saved the way
+the trainer saves them (weights, the SmolLM2 tokenizer, ``treepref-train.json``), checked against direct
+forwards of the same model on ids built by hand."""
+
+from __future__ import annotations
+
+import asyncio
+import json
+
+import pytest
+import torch
+
+from treepref.problems import Problem
+from treepref.tokens import step_ids
+from treepref.verifiers.trained import TrainedPRM, TrainedVerifier, load_trained
+
+P1 = Problem(id="a", prompt="What is 12 + 7?", answer="19")
+P2 = Problem(id="b", prompt="Compute 3 * (4 + 1).", answer="15")
+S1 = ["12 + 7 = 19.", "So the total is 19.", "The answer is 19."]
+S2 = ["4 + 1 = 5, and 3 * 5 = 15.", "The answer is 15."]
+
+
+@pytest.fixture(scope="module", autouse=True)
+def one_thread():
+    before = torch.get_num_threads()
+    torch.set_num_threads(1)  # tiny models: threads only contend on a shared machine
+    yield
+    torch.set_num_threads(before)
+
+
+@pytest.fixture(scope="module")
+def tok(model_dir):
+    from transformers import AutoTokenizer
+
+    return AutoTokenizer.from_pretrained(model_dir)
+
+
+def _save(folder, model, tok, method):
+    model.save_pretrained(str(folder))
+    tok.save_pretrained(str(folder))
+    if method is not None:
+        (folder / "treepref-train.json").write_text(json.dumps({"method": method, "steps": 1}))
+    return folder
+
+
+def _config(tok, **kw):
+    from transformers import LlamaConfig
+
+    # A large init range so different read positions give clearly different scores.
+    return LlamaConfig(vocab_size=len(tok), hidden_size=16, intermediate_size=32, num_hidden_layers=2,
+                       num_attention_heads=2, num_key_value_heads=1, tie_word_embeddings=True,
+                       pad_token_id=tok.pad_token_id, initializer_range=0.2, **kw)
+
+
+@pytest.fixture(scope="module")
+def verifier_dir(tok, tmp_path_factory):
+    from transformers import LlamaForSequenceClassification
+
+    torch.manual_seed(0)
+    model = LlamaForSequenceClassification(_config(tok, num_labels=1)).eval()
+    return _save(tmp_path_factory.mktemp("verifier") / "model", model, tok, "verifier")
+
+
+@pytest.fixture(scope="module")
+def prm_dir(tok, tmp_path_factory):
+    from transformers import LlamaForTokenClassification
+
+    torch.manual_seed(1)
+    model = LlamaForTokenClassification(_config(tok, num_labels=2)).eval()
+    return _save(tmp_path_factory.mktemp("prm") / "model", model, tok, "prm")
+
+
+@pytest.fixture(scope="module")
+def verifier(verifier_dir):
+    return TrainedVerifier(verifier_dir, batch_size=4)
+
+
+@pytest.fixture(scope="module")
+def prm(prm_dir):
+    return TrainedPRM(prm_dir, batch_size=4)
+
+
+def _chat_ids(tok, question):
+    """The default prompt, built another way: the template as text, then encoded."""
+    text = tok.apply_chat_template([{"role": "user", "content": question}], tokenize=False,
+                                   add_generation_prompt=True)
+    return tok.encode(text)
+
+
+def _nested(rows, expected, tol=1e-5):
+    assert [len(r) for r in rows] == [len(r) for r in expected]
+    assert [x for r in rows for x in r] == pytest.approx([x for r in expected for x in r], rel=1e-4, abs=tol)
+
+
+def _forward(model, ids):
+    with torch.inference_mode():
+        return model(input_ids=torch.tensor([ids])).logits[0].float()
+
+
+# -- pairwise verifier ------------------------------------------------------------------------------
+def test_verifier_score_ids_is_the_last_token_logit(verifier, tok):
+    seq = _chat_ids(tok, P1.question) + step_ids(tok, S1[0] + "\n\n")
+    assert seq[-2:] == [198, 198]  # the delimiter as a model writes it
+    (got,) = verifier.score_ids([seq])
+    assert got == pytest.approx(_forward(verifier.model, seq)[0].item(), abs=1e-5)
+    # Hand-check the read position: the head's per-token logit at the last token (no padding here).
+    with torch.inference_mode():
+        hidden = verifier.model.model(input_ids=torch.tensor([seq])).last_hidden_state[0]
+        per_token = verifier.model.score(hidden)[:, 0]
+    assert got == pytest.approx(per_token[-1].item(), abs=1e-5)
+    assert abs(got - per_token[-2].item()) > 1e-3  # the check can tell positions apart
+    assert verifier.score_ids([]) == []
+
+
+def test_verifier_right_padding_and_order(verifier, tok):
+    short = _chat_ids(tok, P1.question)[:12] + [7684, 601, 30, 198, 198]
+    long = _chat_ids(tok, P2.question) + step_ids(tok, S2[0] + "\n\n") + step_ids(tok, S2[1] + "\n\n")
+    alone = verifier.score_ids([short])[0], verifier.score_ids([long])[0]
+    together = verifier.score_ids([long, short, long])  # one batch, short row right-padded
+    assert together == pytest.approx([alone[1], alone[0], alone[1]], abs=1e-5)
+    many = verifier.score_ids([short, long] * 5)  # several batches of 4, sorted by length, order restored
+    assert many == pytest.approx(list(alone) * 5, abs=1e-5)
+
+
+def test_verifier_refuses_rows_it_would_misread(verifier):
+    with pytest.raises(ValueError, match="pad id"):
+        verifier.score_ids([[5, 6, verifier.pad_id]])
+    with pytest.raises(ValueError, match="empty"):
+        verifier.score_ids([[5, 6], []])
+
+
+def test_verifier_text_path_ids_and_scores(verifier, tok):
+    seen = []
+
+    class Recording(TrainedVerifier):
+        def score_ids(self, sequences):
+            seen.extend(map(list, sequences))
+            return super().score_ids(sequences)
+
+    rec = Recording(verifier.folder)
+    out = asyncio.run(rec([P1, P2, P1], [S1, S2, []]))
+    assert [len(r) for r in out] == [3, 2, 0]
+    by_hand = []
+    for p, steps in ((P1, S1), (P2, S2)):
+        ids = _chat_ids(tok, p.question)
+        for s in steps:
+            ids = ids + step_ids(tok, s + "\n\n")
+            by_hand.append(ids)
+    assert seen == by_hand
+    logits = verifier.score_ids(by_hand)
+    assert out[0] + out[1] == pytest.approx([1 / (1 + torch.exp(torch.tensor(-x)).item()) for x in logits],
+                                            abs=1e-6)
+    assert all(0.0 < x < 1.0 for r in out for x in r)
+
+
+def test_verifier_uses_render(verifier_dir, tok):
+    calls = []
+    prompt = [1, 4093, 198, 1780, 314]
+
+    def render(problem):
+        calls.append(problem.id)
+        return tuple(prompt)
+
+    v = TrainedVerifier(verifier_dir, render=render)
+    out = asyncio.run(v([P2], [S2]))
+    assert calls == ["b"]
+    first, second = (step_ids(tok, s + "\n\n") for s in S2)
+    hand = [prompt + first, prompt + first + second]
+    expected = [1 / (1 + torch.exp(-torch.tensor(x)).item()) for x in v.score_ids(hand)]
+    assert out[0] == pytest.approx(expected, abs=1e-6)
+
+
+# -- stepwise PRM -----------------------------------------------------------------------------------
+def test_prm_score_ids_reads_each_steps_last_token(prm, tok):
+    prompt = _chat_ids(tok, P1.question)
+    steps = [step_ids(tok, s + "\n\n") for s in S1]
+    got = prm.score_ids(prompt, steps)
+    ids = prompt + [t for s in steps for t in s]
+    logits = _forward(prm.model, ids)
+    ends, at = [], len(prompt)
+    for s in steps:  # step k ends at len(prompt) + l_1 + ... + l_k - 1
+        at += len(s)
+        ends.append(at - 1)
+    assert all(ids[e] == 198 for e in ends)  # each step's last token is the second "\n" of its delimiter
+    expected = [logits[e].softmax(-1)[1].item() for e in ends]
+    assert got == pytest.approx(expected, abs=1e-5)
+    off_by_one = [logits[e - 1].softmax(-1)[1].item() for e in ends]
+    assert max(abs(a - b) for a, b in zip(got, off_by_one)) > 1e-3  # the check can tell positions apart
+    assert prm.score_ids(prompt, []) == []
+
+
+def test_prm_batching_padding_and_order(prm, tok):
+    rows = [(_chat_ids(tok, P1.question), [step_ids(tok, s + "\n\n") for s in S1]),
+            ([1, 2, 3], [[7684, 198, 198]]),
+            (_chat_ids(tok, P2.question), []),
+            (_chat_ids(tok, P2.question), [step_ids(tok, s + "\n\n") for s in S2])]
+    alone = [prm.score_ids(p, s) for p, s in rows]
+    assert alone[2] == []
+    _nested(prm.score_many(rows), alone)
+    _nested(prm.score_many(rows * 3), alone * 3)
+    with pytest.raises(ValueError, match="step 1 has no token ids"):
+        prm.score_many([([1, 2], [[5], []])])
+
+
+def test_prm_text_path(prm, prm_dir, tok):
+    out = asyncio.run(prm([P1, P2, P2], [S1, S2, []]))
+    hand = [prm.score_ids(_chat_ids(tok, p.question), [step_ids(tok, s + "\n\n") for s in steps])
+            for p, steps in ((P1, S1), (P2, S2))]
+    _nested(out, hand + [[]], 1e-6)
+    rendered = TrainedPRM(prm_dir, render=lambda p: [1, 2, 3, 4])
+    got = asyncio.run(rendered([P2], [S2]))[0]
+    assert got == pytest.approx(prm.score_ids([1, 2, 3, 4], [step_ids(tok, s + "\n\n") for s in S2]), abs=1e-6)
+    with pytest.raises(ValueError, match="2 problems but 1"):
+        asyncio.run(prm([P1, P2], [S1]))
+
+
+# -- loading ----------------------------------------------------------------------------------------
+def test_load_trained_dispatch_and_errors(verifier_dir, prm_dir, tok, tmp_path):
+    assert type(load_trained(verifier_dir)) is TrainedVerifier
+    assert type(load_trained(prm_dir, batch_size=2)) is TrainedPRM
+    assert type(load_trained(prm_dir.parent)) is TrainedPRM  # the run's output folder: OUT/model inside
+
+    bare = tmp_path / "bare"
+    bare.mkdir()
+    for name in ("config.json", "model.safetensors"):
+        (bare / name).write_bytes((verifier_dir / name).read_bytes())
+    with pytest.raises(ValueError, match="treepref-train.json") as err:
+        load_trained(bare)
+    assert str(bare) in str(err.value)
+
+    policy = tmp_path / "policy"
+    policy.mkdir()
+    (policy / "treepref-train.json").write_text(json.dumps({"method": "dpo"}))
+    with pytest.raises(ValueError, match="'dpo'") as err:
+        load_trained(policy)
+    assert str(policy) in str(err.value)
+
+    with pytest.raises(ValueError, match="method 'prm'"):
+        TrainedVerifier(prm_dir)  # the wrong class for the folder

@@ -1,0 +1,71 @@
+"""Padding examples into tensors. Right padding, so a row's positions do not depend on its batch-mates, and
+one completion mask per sequence: the tokens whose log-probs count (a pair's step, never its prompt)."""
+
+from __future__ import annotations
+
+from typing import Sequence
+
+import torch
+
+from treepref.train.data import ListExample, PairExample, StepExample
+
+
+def pad(seqs: Sequence[Sequence[int]], starts: Sequence[int], pad_id: int) -> dict[str, torch.Tensor]:
+    """``input_ids``, ``attention_mask`` and ``completion_mask`` (1 from ``starts[i]`` to the end of row i)."""
+    width = max(len(s) for s in seqs)
+    ids = torch.full((len(seqs), width), pad_id, dtype=torch.long)
+    attn = torch.zeros((len(seqs), width), dtype=torch.long)
+    comp = torch.zeros((len(seqs), width), dtype=torch.long)
+    for i, (s, start) in enumerate(zip(seqs, starts)):
+        ids[i, :len(s)] = torch.tensor(list(s), dtype=torch.long)
+        attn[i, :len(s)] = 1
+        comp[i, start:len(s)] = 1
+    return {"input_ids": ids, "attention_mask": attn, "completion_mask": comp}
+
+
+def pair_batch(batch: Sequence[PairExample], pad_id: int) -> dict[str, torch.Tensor]:
+    """Chosen sequences first, then rejected ones: rows ``i`` and ``B + i`` are one pair."""
+    seqs = [e.prompt + e.chosen for e in batch] + [e.prompt + e.rejected for e in batch]
+    starts = [len(e.prompt) for e in batch] * 2
+    out = pad(seqs, starts, pad_id)
+    out["last"] = torch.tensor([len(s) - 1 for s in seqs])
+    out["weight"] = torch.tensor([e.weight for e in batch], dtype=torch.float32)
+    if batch[0].ref is not None:
+        out["ref"] = torch.tensor([e.ref[0] for e in batch] + [e.ref[1] for e in batch], dtype=torch.float32)
+    if batch[0].q_chosen is not None:
+        out["q"] = torch.tensor([e.q_chosen for e in batch] + [e.q_rejected for e in batch], dtype=torch.float32)
+    return out
+
+
+def list_batch(batch: Sequence[ListExample], pad_id: int) -> dict[str, torch.Tensor]:
+    """Every response of every list as one row; ``index`` [B, K] gives each list's rows (-1: no response)."""
+    k = max(len(e.responses) for e in batch)
+    seqs, starts, refs = [], [], []
+    index = torch.full((len(batch), k), -1, dtype=torch.long)
+    scores = torch.zeros((len(batch), k), dtype=torch.float32)
+    for b, e in enumerate(batch):
+        for j, r in enumerate(e.responses):
+            index[b, j] = len(seqs)
+            seqs.append(e.prompt + r)
+            starts.append(len(e.prompt))
+            scores[b, j] = e.scores[j]
+            if e.ref is not None:
+                refs.append(e.ref[j])
+    out = pad(seqs, starts, pad_id)
+    out.update(index=index, scores=scores, mask=index >= 0)
+    if refs:
+        out["ref"] = torch.tensor(refs, dtype=torch.float32)
+    return out
+
+
+def step_batch(batch: Sequence[StepExample], pad_id: int) -> dict[str, torch.Tensor]:
+    """PRM rows; ``rows``/``positions``/``labels`` list every labelled step of the batch."""
+    out = pad([e.ids for e in batch], [0] * len(batch), pad_id)
+    rows = [b for b, e in enumerate(batch) for _ in e.positions]
+    out["rows"] = torch.tensor(rows, dtype=torch.long)
+    out["positions"] = torch.tensor([p for e in batch for p in e.positions], dtype=torch.long)
+    out["labels_"] = torch.tensor([x for e in batch for x in e.labels], dtype=torch.float32)
+    return out
+
+
+COLLATE = {"dpo": pair_batch, "step_apo": pair_batch, "verifier": pair_batch, "tpo": list_batch, "prm": step_batch}

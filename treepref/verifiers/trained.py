@@ -1,0 +1,270 @@
+"""Verifiers trained by ``treepref train``, loaded back as value sources (generate → train → generate again).
+
+``treepref train`` saves a trained verifier as an ordinary Hugging Face folder ``OUT/model/`` holding the
+weights, the tokenizer and ``treepref-train.json`` (its ``"method"`` says which kind it is):
+
+* ``method: "verifier"`` — a pairwise verifier: a sequence-classification head with one logit, trained with a
+  Bradley–Terry loss on ``prompt_ids + step_ids`` (no EOS). A path's score is the logit at its last token
+  (the head pools the last token that is not ``config.pad_token_id``). :class:`TrainedVerifier`.
+* ``method: "prm"`` — a stepwise PRM: a 2-class token-classification head on ``prompt_ids`` followed by every
+  step's ids; step i is labelled at its own last token and P(good) = softmax(logits)[1] there.
+  :class:`TrainedPRM`.
+
+:func:`load_trained` picks the class from the summary.
+
+Two ways in:
+
+* **Token ids** (exact): ``score_ids`` takes the ids the policy saw — a tree's ``Tree.prompt_ids(node)``
+  is the prompt followed by every step's ids down to ``node``; the root's ``Tree.token_ids[ROOT]`` is the
+  prompt and ``Tree.token_ids[i]`` the ids step ``i`` was generated with. These are what the verifier was
+  trained on, so the scores are the trained model's scores on the policy's own tokens.
+* **Text** (the ``StepScorer`` protocol of ``verifiers.prm``: ``await scorer(problems, steps)``): the text
+  is *re-encoded*. The prompt comes from ``render`` (below) and each step from
+  ``tokens.step_ids(tokenizer, step + "\\n\\n")``, the running-text encoding, so the delimiter is the two
+  "\\n" tokens (198, 198 for SmolLM2) a model writes rather than the single token of a text ending in
+  "\\n\\n". The ids are usually but not always the ones the policy generated (a sampled tokenisation need
+  not be the canonical one, and a finished solution's last step was generated without a delimiter), so
+  text scores are close to, not equal to, the id scores.
+
+``render`` is a callable ``Problem -> list[int]`` giving the prompt ids the policy saw. The default applies
+the saved tokenizer's chat template to ``[{"role": "user", "content": problem.question}]`` with the
+generation prompt on; that is *not* the prompt of a ``ReasoningEnv`` (which adds its system prompt and any
+few-shot turns). To score with the policy's prompt, pass the environment's rendering of the root::
+
+    env = ReasoningEnv(template=policy.chat_prompt, tokenizer=policy, ...)   # the env the search used
+    verifier = load_trained("OUT/model", render=lambda p: list(env.render(env.initial(p))))
+
+(``env.initial(problem)`` is the root state, ``env.render(state)`` its token ids; give the env the policy's
+tokenizer, since without one it encodes with the toy ``PLAIN`` tokenizer.)
+
+Models load in float32. Batches are right-padded and sorted by length (a row's positions and, under causal
+attention, its scores do not depend on its batch-mates), run without gradients, and in the async path in a
+worker thread (``asyncio.to_thread``) behind a lock, one model call at a time.
+"""
+
+from __future__ import annotations
+
+import asyncio
+import json
+import math
+import threading
+from pathlib import Path
+from typing import Callable, Sequence
+
+from treepref.problems import Problem
+
+SUMMARY = "treepref-train.json"  # the name ``train.trainer`` writes (not imported: that module imports torch)
+Render = Callable[[Problem], Sequence[int]]
+
+
+def read_method(folder: str | Path) -> str | None:
+    """The ``"method"`` in ``folder``'s ``treepref-train.json``, or None when the folder has no summary."""
+    path = Path(folder) / SUMMARY
+    if not path.is_file():
+        return None
+    try:
+        summary = json.loads(path.read_text(encoding="utf-8"))
+    except (OSError, json.JSONDecodeError) as exc:
+        raise ValueError(f"{folder}: {SUMMARY} is not readable JSON ({exc})") from None
+    method = summary.get("method") if isinstance(summary, dict) else None
+    if not isinstance(method, str):
+        raise ValueError(f"{folder}: {SUMMARY} has no \"method\"")
+    return method
+
+
+def _sigmoid(x: float) -> float:
+    if x >= 0:
+        return 1.0 / (1.0 + math.exp(-x))
+    z = math.exp(x)
+    return z / (1.0 + z)
+
+
+class _Trained:
+    """Loading, prompt rendering, step encoding and right-padded batching shared by both kinds."""
+
+    method: str
+    _auto: str  # the transformers Auto class the folder is loaded with
+    _labels: int  # the head's number of outputs
+
+    def __init__(self, folder: str | Path, *, device: str = "cpu", batch_size: int = 16,
+                 render: Render | None = None) -> None:
+        import torch
+        import transformers
+
+        self.folder = Path(folder)
+        if not (self.folder / "config.json").is_file():
+            raise ValueError(f"{self.folder}: not a Hugging Face model folder (no config.json)")
+        method = read_method(self.folder)
+        if method is not None and method != self.method:
+            raise ValueError(f"{self.folder}: trained with method {method!r}, but {type(self).__name__} loads "
+                             f"method {self.method!r} (load_trained picks the class for you)")
+        self.device = device
+        self.batch_size = max(1, int(batch_size))
+        self.render = render
+        self.tokenizer = transformers.AutoTokenizer.from_pretrained(str(self.folder))
+        auto = getattr(transformers, self._auto)
+        self.model = auto.from_pretrained(str(self.folder), dtype=torch.float32).to(device).eval()
+        if self.model.config.num_labels != self._labels:
+            raise ValueError(f"{self.folder}: the head has {self.model.config.num_labels} labels; "
+                             f"{type(self).__name__} reads {self._labels}")
+        if self.model.config.pad_token_id is None:  # the trainer always sets it; a hand-made folder may not
+            tok = self.tokenizer
+            pad = tok.pad_token_id if tok.pad_token_id is not None else tok.eos_token_id
+            self.model.config.pad_token_id = pad if pad is not None else 0
+        self.pad_id = int(self.model.config.pad_token_id)
+        self._lock = threading.Lock()
+
+    # -- text → ids --------------------------------------------------------------------------------
+    def prompt_ids(self, problem: Problem) -> list[int]:
+        """The prompt ids of ``problem``: ``render(problem)``, or the saved chat template on its question."""
+        if self.render is not None:
+            return [int(t) for t in self.render(problem)]
+        messages = [{"role": "user", "content": problem.question}]
+        try:
+            out = self.tokenizer.apply_chat_template(messages, tokenize=True, add_generation_prompt=True)
+        except ValueError as exc:  # no chat template saved
+            raise ValueError(f"{self.folder}: the tokenizer has no chat template ({exc}); pass render=") from None
+        if not isinstance(out, list):  # newer transformers return a BatchEncoding
+            out = out["input_ids"]
+        if out and isinstance(out[0], list):
+            out = out[0]
+        return [int(t) for t in out]
+
+    def step_ids(self, text: str) -> list[int]:
+        """A step's text as running-text ids, its "\\n\\n" delimiter included."""
+        from treepref.tokens import step_ids
+
+        return step_ids(self.tokenizer, text + "\n\n")
+
+    # -- batching ----------------------------------------------------------------------------------
+    def _run(self, seqs: Sequence[Sequence[int]], read) -> list:
+        """``read(logits_row, length)`` of every sequence, in batches of similar length, in input order."""
+        import torch
+
+        out: list = [None] * len(seqs)
+        order = sorted(range(len(seqs)), key=lambda i: len(seqs[i]))
+        for start in range(0, len(order), self.batch_size):
+            chunk = order[start:start + self.batch_size]
+            width = max(len(seqs[i]) for i in chunk)
+            ids = torch.full((len(chunk), width), self.pad_id, dtype=torch.long)
+            mask = torch.zeros((len(chunk), width), dtype=torch.long)
+            for k, i in enumerate(chunk):
+                ids[k, :len(seqs[i])] = torch.tensor(list(seqs[i]), dtype=torch.long)
+                mask[k, :len(seqs[i])] = 1
+            with self._lock, torch.inference_mode():
+                logits = self.model(input_ids=ids.to(self.device), attention_mask=mask.to(self.device)).logits
+                logits = logits.float().cpu()
+            for k, i in enumerate(chunk):
+                out[i] = read(logits[k], len(seqs[i]))
+        return out
+
+    # -- the StepScorer protocol -------------------------------------------------------------------
+    async def __call__(self, problems: list[Problem], steps: list[list[str]]) -> list[list[float]]:
+        if len(problems) != len(steps):
+            raise ValueError(f"{len(problems)} problems but {len(steps)} step lists")
+        return await asyncio.to_thread(self.score_texts, problems, steps)
+
+    def score_texts(self, problems: Sequence[Problem], steps: Sequence[Sequence[str]]) -> list[list[float]]:
+        raise NotImplementedError
+
+
+class TrainedVerifier(_Trained):
+    """A pairwise verifier from ``treepref train --method verifier``: one logit per path.
+
+    ``score_ids(sequences)`` gives the raw logit of each sequence (prompt ids followed by the step ids of a
+    path prefix, no EOS: what the verifier was trained on). Awaited as a ``StepScorer``, it scores every
+    prefix path of each solution, ``steps[:1]``, ``steps[:2]``, ..., as ``sigmoid(logit)`` in (0, 1).
+    See the module docstring for ``render`` and for ids versus text.
+    """
+
+    method = "verifier"
+    _auto = "AutoModelForSequenceClassification"
+    _labels = 1
+
+    def score_ids(self, sequences: Sequence[Sequence[int]]) -> list[float]:
+        """The raw logit of each token-id sequence, read at its last token."""
+        for n, s in enumerate(sequences):
+            if not s:
+                raise ValueError(f"sequence {n} is empty")
+            if int(s[-1]) == self.pad_id:
+                # The head pools the last token that is not the pad id, so this row would be read early
+                # (the trainer refuses such examples for the same reason).
+                raise ValueError(f"sequence {n} ends in the pad id {self.pad_id}; its score would be misread")
+        return self._run(sequences, self._read)
+
+    @staticmethod
+    def _read(logits, length: int) -> float:
+        return float(logits[0])  # already pooled at the last non-pad token: [num_labels]
+
+    def prefix_ids(self, problem: Problem, steps: Sequence[str]) -> list[list[int]]:
+        """The ids of every prefix path of ``steps`` (re-encoded text), shortest first."""
+        ids, out = self.prompt_ids(problem), []
+        for step in steps:
+            ids = ids + self.step_ids(step)
+            out.append(ids)
+        return out
+
+    def score_texts(self, problems: Sequence[Problem], steps: Sequence[Sequence[str]]) -> list[list[float]]:
+        rows = [self.prefix_ids(p, s) if s else [] for p, s in zip(problems, steps)]
+        flat = [seq for row in rows for seq in row]
+        logits = iter(self.score_ids(flat))
+        return [[_sigmoid(next(logits)) for _ in row] for row in rows]
+
+
+class TrainedPRM(_Trained):
+    """A stepwise PRM from ``treepref train --method prm``: P(good) at the last token of every step.
+
+    ``score_ids(prompt_ids, steps_ids)`` reads softmax(logits)[1] at each step's last token of
+    ``prompt_ids + steps_ids[0] + steps_ids[1] + ...`` (each step's ids as generated, its "\\n\\n" included);
+    ``score_many`` does the same for many rows in batches. Awaited as a ``StepScorer`` it scores step texts.
+    See the module docstring for ``render`` and for ids versus text.
+    """
+
+    method = "prm"
+    _auto = "AutoModelForTokenClassification"
+    _labels = 2
+
+    def score_ids(self, prompt_ids: Sequence[int], steps_ids: Sequence[Sequence[int]]) -> list[float]:
+        return self.score_many([(prompt_ids, steps_ids)])[0]
+
+    def score_many(self, rows: Sequence[tuple[Sequence[int], Sequence[Sequence[int]]]]) -> list[list[float]]:
+        seqs, positions = [], []
+        for n, (prompt, steps) in enumerate(rows):
+            ids, pos = [int(t) for t in prompt], []
+            for k, s in enumerate(steps):
+                if not s:
+                    raise ValueError(f"row {n}: step {k} has no token ids")
+                ids += [int(t) for t in s]
+                pos.append(len(ids) - 1)
+            seqs.append(ids)
+            positions.append(pos)
+        out: list[list[float]] = [[] for _ in rows]
+        live = [n for n, pos in enumerate(positions) if pos]
+        if live:
+            scores = self._run([seqs[n] for n in live], lambda logits, _len: logits)
+            for n, logits in zip(live, scores):
+                out[n] = logits[positions[n]].softmax(-1)[:, 1].tolist()
+        return out
+
+    def score_texts(self, problems: Sequence[Problem], steps: Sequence[Sequence[str]]) -> list[list[float]]:
+        rows = [(self.prompt_ids(p), [self.step_ids(t) for t in s]) if s else ([], []) for p, s in zip(problems, steps)]
+        return self.score_many(rows)
+
+
+def load_trained(folder: str | Path, **options) -> TrainedVerifier | TrainedPRM:
+    """The trained verifier in ``folder`` (``OUT/model``, or ``OUT`` itself), by its summary's ``"method"``.
+
+    ``options`` go to the class (``device``, ``batch_size``, ``render``). A folder without
+    ``treepref-train.json``, or trained with another method (a policy), is a ``ValueError`` naming it.
+    """
+    folder = Path(folder)
+    if not (folder / SUMMARY).is_file() and (folder / "model" / SUMMARY).is_file():
+        folder = folder / "model"  # the run's output folder: the model is saved under it
+    method = read_method(folder)
+    if method is None:
+        raise ValueError(f"{folder}: no {SUMMARY}; not a folder saved by `treepref train`")
+    classes = {"verifier": TrainedVerifier, "prm": TrainedPRM}
+    if method not in classes:
+        raise ValueError(f"{folder}: trained with method {method!r}, not a verifier "
+                         f"(load_trained reads {' or '.join(map(repr, classes))})")
+    return classes[method](folder, **options)
