@@ -91,3 +91,17 @@ def test_config_errors_exit_cleanly(tmp_path, capsys):
     assert main(["generate", "-c", str(bad)]) == 2
     err = capsys.readouterr().err
     assert "simulations" in err and str(bad) in err
+
+
+def test_an_extract_option_a_format_does_not_take_is_one_line(run_dir, capsys):
+    out, _ = run_dir
+    capsys.readouterr()
+    assert main(["extract", str(out), "--format", "ranked_lists", "--set", "prefix=null"]) == 2
+    err = capsys.readouterr().err.strip()
+    assert err.startswith("treepref: extract error: unknown option 'prefix' for format 'ranked_lists'")
+    assert "\n" not in err and "Traceback" not in err
+
+
+def test_evaluate_rejects_a_missing_model_folder_in_one_line(tmp_path, capsys):
+    assert main(["evaluate", "--model", str(tmp_path / "nope")]) == 2
+    assert capsys.readouterr().err.strip() == f"treepref: evaluate error: {tmp_path / 'nope'}: no such model folder"

@@ -271,9 +271,9 @@ def test_every_recipe_validates():
 
 
 # -- the real model on a real export --------------------------------------------------------------------
-@pytest.mark.slow
-@pytest.mark.vllm
-def test_real_smollm2_trains_two_steps_on_a_real_export(vllm_policy, aio, model_dir, tmp_path):
+@pytest.fixture(scope="module")
+def real_run(vllm_policy, aio, tmp_path_factory):
+    """A small real run (MCTS with the embedded SmolLM2 on vLLM-CPU) with every export the recipes read."""
     from treepref.backends.base import Sampling
     from treepref.domains.arithmetic import generate, worked_examples
     from treepref.envs.reasoning import ReasoningEnv
@@ -282,18 +282,41 @@ def test_real_smollm2_trains_two_steps_on_a_real_export(vllm_policy, aio, model_
     from treepref.search import build_config, get_search
     from treepref.search.base import SearchContext
 
+    run = tmp_path_factory.mktemp("run")
     env = ReasoningEnv(template=vllm_policy.chat_prompt, max_depth=4, max_tokens=200, few_shot=worked_examples(1))
     ctx = SearchContext(env=env, policy=vllm_policy, sampling=Sampling(temperature=1.0, top_p=0.95, max_tokens=48),
                         rollout_max_tokens=96)
     cfg = build_config("mcts", {"simulations": 6, "k": 3, "n_rollouts": 2}, "test")
-    aio(run_problems(generate(4, seed=3, difficulty=1), get_search("mcts"), cfg, ctx,
-                                        tmp_path / "run", progress=False))
-    trees = load_trees(tmp_path / "run")
-    stats = write_export(trees, tmp_path / "export", "step_pairs", template=vllm_policy.chat_prompt, rule="margin",
-                         prefix=None, min_visits=None)
-    assert stats["rows"] > 0
-    s = run("dpo", str(tmp_path / "export"), model_dir, tmp_path / "out", max_steps=2, batch_size=1,
+    aio(run_problems(generate(4, seed=3, difficulty=1), get_search("mcts"), cfg, ctx, run, progress=False))
+    trees = load_trees(run)
+    loose = {"prefix": None, "min_visits": None}
+    for fmt, kw in {"step_pairs": {"rule": "margin", **loose}, "step_apo": {"rule": "q_sign", "threshold": 0.5, **loose},
+                    "ranked_lists": {}, "stepwise": {}, "trajectory_pairs": {}}.items():
+        stats = write_export(trees, run / "exports" / fmt, fmt, template=vllm_policy.chat_prompt, **kw)
+        assert stats["rows"] > 0, fmt
+    return run
+
+
+@pytest.mark.slow
+@pytest.mark.vllm
+def test_real_smollm2_trains_two_steps_on_a_real_export(real_run, model_dir, tmp_path):
+    s = run("dpo", str(real_run), model_dir, tmp_path / "out", max_steps=2, batch_size=1,
             learning_rate=1e-5, max_length=1024, loss={"beta": 0.1})
     assert s["steps"] == 2 and s["retokenized_rows"] == 0 and s["examples"] > 0
     first = s["log"][0]
     assert first["loss"] == pytest.approx(0.6931, abs=1e-3)  # policy == reference at the first step: log 2
+
+
+@pytest.mark.slow
+@pytest.mark.vllm
+@pytest.mark.parametrize("recipe", ["train-step-dpo", "train-step-apo", "train-tpo", "train-verifier", "train-prm"])
+def test_every_recipe_runs_on_a_real_export(real_run, tiny, tmp_path, recipe, capsys):
+    """Each recipe through the CLI on a real run's exports (the tiny model keeps it fast; the real one is above)."""
+    from treepref.cli import main
+
+    out = tmp_path / "out"
+    assert main(["train", "-c", f"configs/{recipe}.yaml", "-o", str(out), "--set", f"data={real_run}",
+                 "--set", f"model={tiny}", "--set", "train.max_steps=2", "--set", "train.progress=false"]) == 0
+    summary = json.loads((out / "model" / "treepref-train.json").read_text())
+    assert summary["steps"] == 2 and summary["retokenized_rows"] == 0
+    assert "wrote" in capsys.readouterr().out

@@ -6,6 +6,7 @@ from __future__ import annotations
 
 import asyncio
 import json
+import math
 
 import pytest
 import torch
@@ -237,3 +238,22 @@ def test_load_trained_dispatch_and_errors(verifier_dir, prm_dir, tok, tmp_path):
 
     with pytest.raises(ValueError, match="method 'prm'"):
         TrainedVerifier(prm_dir)  # the wrong class for the folder
+
+
+def test_node_scores_inside_a_search_read_the_trees_own_ids(verifier, prm, tok):
+    """``score_node(tree, node)`` (the search hook) scores the ids the tree recorded, nothing re-encoded."""
+    import asyncio
+
+    from treepref.tree import ROOT, Tree
+
+    tree = Tree("p", "What is 2 + 3?", "5")
+    tree.token_ids[ROOT] = _chat_ids(tok, "What is 2 + 3?")
+    a = tree.add(ROOT, "2 + 3 = 5", token_ids=tok.encode("2 + 3 = 5") + [198, 198])
+    b = tree.add(a, "The answer is 5.", token_ids=tok.encode("The answer is 5."), terminated=True)
+    got_v = asyncio.run(verifier.score_node(tree, b))
+    assert got_v == pytest.approx(1 / (1 + math.exp(-verifier.score_ids([tree.prompt_ids(b)])[0])), abs=1e-6)
+    got_p = asyncio.run(prm.score_node(tree, b))
+    assert got_p == pytest.approx(prm.score_ids(tree.token_ids[ROOT], [tree.token_ids[a], tree.token_ids[b]])[-1],
+                                  abs=1e-6)
+    assert asyncio.run(prm.score_node(tree, a)) == pytest.approx(
+        prm.score_ids(tree.token_ids[ROOT], [tree.token_ids[a]])[0], abs=1e-6)

@@ -1,5 +1,6 @@
 """Command line: ``treepref generate`` searches and writes trees; ``treepref extract`` turns trees into data;
-``treepref train`` trains a policy or a verifier on that data.
+``treepref train`` trains a policy or a verifier on that data; ``treepref evaluate`` measures a policy (and a
+trained verifier or PRM) on held-out problems.
 
 A run folder holds ``config.yaml`` (the resolved config), ``trees/`` (one JSON file per problem),
 ``problem_errors.jsonl`` (rows of the problems file that could not be read), ``errors.jsonl`` (problems whose
@@ -46,6 +47,17 @@ def main(argv: list[str] | None = None) -> int:
     tr.add_argument("--set", dest="overrides", action="append", default=[], metavar="KEY=VALUE",
                     help="override a config value, e.g. --set train.max_steps=2")
 
+    ev = sub.add_parser("evaluate", help="held-out accuracy of a policy, and best-of-N reranking by verifiers")
+    ev.add_argument("--model", help="policy folder (default: the embedded SmolLM2), e.g. runs/train-step-dpo/model")
+    ev.add_argument("--verifier", help="a pairwise verifier folder written by treepref train")
+    ev.add_argument("--prm", help="a PRM folder written by treepref train")
+    ev.add_argument("--problems", default="arithmetic", help="problem source (as problems.source of a recipe)")
+    ev.add_argument("--set", dest="overrides", action="append", default=[], metavar="KEY=VALUE",
+                    help="problem option, e.g. --set difficulty=1 --set count=64 --set seed=999")
+    ev.add_argument("--n", type=int, default=8, help="samples per problem for reranking")
+    ev.add_argument("--backend", default="vllm", choices=["vllm", "hf"])
+    ev.add_argument("--output", "-o", help="write the report here as JSON")
+
     show = sub.add_parser("show", help="print a run's summary and one tree as an outline")
     show.add_argument("run")
     show.add_argument("--problem", help="problem id (default: the first tree)")
@@ -58,6 +70,8 @@ def main(argv: list[str] | None = None) -> int:
             return _extract(args)
         if args.command == "train":
             return _train(args)
+        if args.command == "evaluate":
+            return _evaluate(args)
         return _show(args)
     except ConfigError as exc:
         print(f"treepref: config error: {exc}", file=sys.stderr)
@@ -267,6 +281,57 @@ def _system(cfg: Config):
     from treepref.envs.reasoning import DEFAULT_SYSTEM
 
     return DEFAULT_SYSTEM if cfg.env.system == "default" else cfg.env.system
+
+
+# -- evaluate -------------------------------------------------------------------------------------------
+def _evaluate(args) -> int:
+    import yaml
+
+    from treepref.problems import build_problems
+
+    options = {"seed": 999, "count": 64, "difficulty": 1}  # held out: the demo generates from seed 0
+    for item in args.overrides:
+        key, sep, raw = item.partition("=")
+        if not sep:
+            raise ConfigError(f"--set {item!r}: expected key=value")
+        options[key] = yaml.safe_load(raw)
+    if args.problems != "arithmetic":
+        options = {k: v for k, v in options.items() if k != "difficulty"}
+    for folder in (args.model, args.verifier, args.prm):
+        if folder is not None and not Path(folder).is_dir():
+            raise UserInputError(f"{folder}: no such model folder")
+    try:
+        problems, errors = build_problems(args.problems, **options)
+    except (TypeError, ValueError) as exc:
+        raise UserInputError(f"--problems {args.problems}: {exc}") from None
+    for e in errors[:20]:
+        print(f"treepref: skipped bad problem: {e}", file=sys.stderr)
+    if not problems:
+        raise UserInputError("no problems to evaluate on")
+    from treepref.train.evaluate import evaluate
+
+    backend_options = {"max_model_len": 2048} if args.backend == "vllm" else {}
+    report = asyncio.run(evaluate(args.model, problems=problems, n=args.n, verifier=args.verifier, prm=args.prm,
+                                  backend=args.backend, backend_options=backend_options))
+    report["problem_source"] = {"source": args.problems, **options}
+    if args.output:
+        from treepref.runner import write_json
+
+        write_json(Path(args.output), report)
+    print(f"treepref: {len(problems)} problems, {args.n} samples each, model {args.model or 'embedded SmolLM2'}")
+    for name, r in report["policy"].items():
+        print(f"treepref: policy {name}: {_acc(r)}")
+    for name, r in report["rerank"].items():
+        print(f"treepref: best-of-{args.n} by {name}: {_acc(r)}")
+    return 0
+
+
+def _acc(r) -> str:
+    if not isinstance(r, dict) or "accuracy" not in r:
+        return str(r)
+    lo, hi = r.get("ci95", (None, None))
+    ci = f" [{lo:.3f}, {hi:.3f}]" if lo is not None else ""
+    return f"{r['accuracy']:.3f}{ci}"
 
 
 # -- show -----------------------------------------------------------------------------------------------

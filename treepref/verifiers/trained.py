@@ -167,6 +167,15 @@ class _Trained:
     def score_texts(self, problems: Sequence[Problem], steps: Sequence[Sequence[str]]) -> list[list[float]]:
         raise NotImplementedError
 
+    # -- inside a search ---------------------------------------------------------------------------
+    async def score_node(self, tree, node: int) -> float:
+        """A node's score in (0, 1) from the ids the policy generated (exact): the search hook
+        ``scorer(tree, node)`` (e.g. ``BeamConfig(scorer=load_trained(folder).score_node)``)."""
+        return await asyncio.to_thread(self.score_node_sync, tree, node)
+
+    def score_node_sync(self, tree, node: int) -> float:
+        raise NotImplementedError
+
 
 class TrainedVerifier(_Trained):
     """A pairwise verifier from ``treepref train --method verifier``: one logit per path.
@@ -195,6 +204,10 @@ class TrainedVerifier(_Trained):
     @staticmethod
     def _read(logits, length: int) -> float:
         return float(logits[0])  # already pooled at the last non-pad token: [num_labels]
+
+    def score_node_sync(self, tree, node: int) -> float:
+        """sigmoid of the logit on ``Tree.prompt_ids(node)``: the prompt and every step down to ``node``."""
+        return _sigmoid(self.score_ids([tree.prompt_ids(node)])[0])
 
     def prefix_ids(self, problem: Problem, steps: Sequence[str]) -> list[list[int]]:
         """The ids of every prefix path of ``steps`` (re-encoded text), shortest first."""
@@ -226,6 +239,13 @@ class TrainedPRM(_Trained):
 
     def score_ids(self, prompt_ids: Sequence[int], steps_ids: Sequence[Sequence[int]]) -> list[float]:
         return self.score_many([(prompt_ids, steps_ids)])[0]
+
+    def score_node_sync(self, tree, node: int) -> float:
+        """P(good) of ``node``'s step, read after the prompt and every step above it (the tree's ids)."""
+        from treepref.tree import ROOT
+
+        steps = [tree.token_ids[n] for n in tree.path(node)]
+        return self.score_ids(tree.token_ids[ROOT], steps)[-1]
 
     def score_many(self, rows: Sequence[tuple[Sequence[int], Sequence[Sequence[int]]]]) -> list[list[float]]:
         seqs, positions = [], []
