@@ -141,12 +141,24 @@ def test_pair_methods_raise_chosen_over_rejected(tok, tiny, tmp_path, method, lo
     assert s["steps"] == 8 and [r for r in s["log"] if "loss" in r][-1]["rewards/accuracy"] == 1.0
 
 
-def test_tpo_orders_a_ranked_list(tok, tiny, tmp_path):
+def test_adaptive_tpo_weights_pairs_by_how_different_they_are(tok):
+    from treepref.train.batches import distinctness
+    from treepref.train.data import ListExample
+
+    ex = ListExample([1], [[5, 6, 7], [5, 6, 8], [9]], [1.0, 0.5, 0.0])
+    d = distinctness([ex], 3)[0]
+    # {5,6,7} vs {5,6,8}: 2 shared of 4 -> 1 - 2/4; vs {9}: nothing shared -> 1; a response with itself -> 0
+    assert d[0, 1] == pytest.approx(0.5) and d[0, 2] == 1.0 and d[1, 2] == 1.0 and d[0, 0] == 0.0
+
+
+@pytest.mark.parametrize("weighting", ["uniform", "lambda", "adaptive"])
+def test_tpo_orders_a_ranked_list(tok, tiny, tmp_path, weighting):
     p = prompt_ids(tok, "What is 4 * 2?")
     steps = ["4 * 2 = 8", "4 * 2 = 6", "4 * 2 = 42"]
     row = {"prompt_ids": p, "responses_ids": [step_ids(tok, s + "\n\n") for s in steps], "scores": [1.0, 0.5, 0.0],
            "responses_final": [False, False, False], "responses": [[s] for s in steps]}
-    s = run("tpo", write_jsonl(tmp_path / "lists.jsonl", [row]), tiny, tmp_path / "out", batch_size=1)
+    s = run("tpo", write_jsonl(tmp_path / "lists.jsonl", [row]), tiny, tmp_path / "out", batch_size=1,
+            loss={"tpo_weighting": weighting})
     before, after = load_causal(tiny), load_causal(s["model"])
     h = [seq_logp(after, p, r) - seq_logp(before, p, r) for r in row["responses_ids"]]
     assert h[0] > h[1] > h[2], h  # the implicit rewards follow the ranking

@@ -52,9 +52,24 @@ def list_batch(batch: Sequence[ListExample], pad_id: int) -> dict[str, torch.Ten
             if e.ref is not None:
                 refs.append(e.ref[j])
     out = pad(seqs, starts, pad_id)
-    out.update(index=index, scores=scores, mask=index >= 0)
+    out.update(index=index, scores=scores, mask=index >= 0, distinct=distinctness(batch, k))
     if refs:
         out["ref"] = torch.tensor(refs, dtype=torch.float32)
+    return out
+
+
+def distinctness(batch: Sequence[ListExample], k: int) -> torch.Tensor:
+    """[B, K, K]: 1 - Jaccard similarity of two responses' token sets (0 for identical token sets). The
+    ``adaptive`` TPO weighting multiplies each pair by it, so two responses that say nearly the same thing
+    (a shared prefix, a changed digit) count less than two different ways on: our reading of TPO's
+    adaptive step reward, which scales a pair's reward margin by how different its steps are."""
+    out = torch.zeros((len(batch), k, k), dtype=torch.float32)
+    for b, e in enumerate(batch):
+        sets = [set(r) for r in e.responses]
+        for i, a in enumerate(sets):
+            for j, c in enumerate(sets):
+                union = len(a | c)
+                out[b, i, j] = 1.0 - (len(a & c) / union if union else 1.0)
     return out
 
 

@@ -20,7 +20,8 @@ class LossSection:
     label_smoothing: float = 0.0  # dpo: conservative-DPO ε for every pair
     weighting: str = "none"  # dpo/step_apo: none | weight (the export's weight as loss weight) |
     #                          smoothing (ε = (1 - weight) / 2 per pair: MCTS-DPO's visit confidence)
-    tpo_weighting: str = "uniform"  # tpo: uniform | lambda (LiPO-λ)
+    tpo_weighting: str = "uniform"  # tpo: uniform | lambda (LiPO-λ) | adaptive (pairs of near-identical
+    #                                 responses count less: 1 - Jaccard similarity of their tokens)
     labels: str = "hard"  # prm: hard (labels) | soft (soft_labels)
 
 
@@ -85,8 +86,9 @@ def _validate(cfg: TrainConfig) -> None:
         raise ConfigError(f"{src}: loss.weighting must be one of {', '.join(WEIGHTINGS)}, got {loss.weighting!r}")
     if loss.weighting != "none" and cfg.method not in ("dpo", "step_apo"):
         raise ConfigError(f"{src}: loss.weighting is read by dpo and step_apo only")
-    if loss.tpo_weighting not in ("uniform", "lambda"):
-        raise ConfigError(f"{src}: loss.tpo_weighting must be uniform or lambda, got {loss.tpo_weighting!r}")
+    if loss.tpo_weighting not in ("uniform", "lambda", "adaptive"):
+        raise ConfigError(f"{src}: loss.tpo_weighting must be uniform, lambda or adaptive, "
+                          f"got {loss.tpo_weighting!r}")
     if loss.labels not in ("hard", "soft"):
         raise ConfigError(f"{src}: loss.labels must be hard or soft, got {loss.labels!r}")
     if not 0 <= loss.label_smoothing < 0.5:

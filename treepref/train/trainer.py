@@ -56,8 +56,10 @@ def pair_loss(model, batch: dict, cfg: TrainConfig) -> losses.LossOutput:
 
 def list_loss(model, batch: dict, cfg: TrainConfig) -> losses.LossOutput:
     lp, index = policy_logps(model, batch), batch["index"].clamp(min=0)
+    adaptive = cfg.loss.tpo_weighting == "adaptive"
     return losses.tpo_loss(lp[index], batch["ref"][index], batch["scores"], batch["mask"], beta=cfg.loss.beta,
-                           weighting=cfg.loss.tpo_weighting)
+                           weighting="uniform" if adaptive else cfg.loss.tpo_weighting,
+                           pair_weights=batch["distinct"] if adaptive else None)
 
 
 def verifier_scores(model, batch: dict) -> torch.Tensor:
