@@ -62,6 +62,11 @@ def main(argv: list[str] | None = None) -> int:
     show.add_argument("run")
     show.add_argument("--problem", help="problem id (default: the first tree)")
 
+    view = sub.add_parser("view", help="write one self-contained HTML page that shows a run's trees")
+    view.add_argument("run")
+    view.add_argument("--problem", help="problem id shown first (default: the first tree)")
+    view.add_argument("--output", "-o", help="HTML file to write (default: RUN/view.html)")
+
     args = parser.parse_args(argv)
     try:
         if args.command == "generate":
@@ -72,6 +77,8 @@ def main(argv: list[str] | None = None) -> int:
             return _train(args)
         if args.command == "evaluate":
             return _evaluate(args)
+        if args.command == "view":
+            return _view(args)
         return _show(args)
     except ConfigError as exc:
         print(f"treepref: config error: {exc}", file=sys.stderr)
@@ -362,6 +369,18 @@ def _show(args) -> int:
             walk(c, indent + 1)
 
     walk(0, 0)
+    return 0
+
+
+# -- view -----------------------------------------------------------------------------------------------
+def _view(args) -> int:
+    from treepref.view import ViewError, write_view
+
+    try:
+        out = write_view(args.run, args.output, problem=args.problem)
+    except ViewError as exc:
+        raise UserInputError(str(exc)) from None
+    print(out)
     return 0
 
 
