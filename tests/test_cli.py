@@ -98,10 +98,36 @@ def test_an_extract_option_a_format_does_not_take_is_one_line(run_dir, capsys):
     capsys.readouterr()
     assert main(["extract", str(out), "--format", "ranked_lists", "--set", "prefix=null"]) == 2
     err = capsys.readouterr().err.strip()
-    assert err.startswith("treepref: extract error: unknown option 'prefix' for format 'ranked_lists'")
+    assert err.startswith("treepref: extract error: unknown option 'prefix': none of the formats ['ranked_lists']")
     assert "\n" not in err and "Traceback" not in err
 
 
 def test_evaluate_rejects_a_missing_model_folder_in_one_line(tmp_path, capsys):
     assert main(["evaluate", "--model", str(tmp_path / "nope")]) == 2
     assert capsys.readouterr().err.strip() == f"treepref: evaluate error: {tmp_path / 'nope'}: no such model folder"
+
+
+@pytest.mark.parametrize("override,message", [
+    ("problems.source=file", "problems: problems source 'file' needs"),
+    ("problems.source=bogus", "problems: unknown problems source 'bogus'"),
+    ("model.name=/no/such/model", "model '/no/such/model': no such model folder"),
+    ("model.name=someorg/somemodel", "model 'someorg/somemodel': not a local folder nor in the hub cache"),
+    ("extract.options={min_margn: 0.3}", "extract.options: unknown option 'min_margn'"),
+    ("extract.formats=[nope]", "extract.formats: unknown format 'nope'"),
+])
+def test_generate_mistakes_are_one_line_and_write_nothing(tmp_path, capsys, override, message):
+    out = tmp_path / "run"
+    assert main(["generate", "-c", "configs/demo.yaml", "-o", str(out), "--quiet", "--set", override]) == 2
+    err = capsys.readouterr().err.strip()
+    assert message in err and "\n" not in err and "Traceback" not in err, err
+    assert not out.exists()
+
+
+def test_a_missing_problems_file_is_named(tmp_path, capsys):
+    out = tmp_path / "run"
+    args = ["generate", "-c", "configs/demo.yaml", "-o", str(out), "--quiet", "--set", "problems.source=file",
+            "--set", f"problems.options.path={tmp_path / 'nope.jsonl'}"]
+    assert main(args) == 2
+    err = capsys.readouterr().err.strip()
+    assert err == f"treepref: generate error: configs/demo.yaml: problems: problems path not found: {tmp_path / 'nope.jsonl'}"
+    assert not out.exists()

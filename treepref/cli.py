@@ -67,6 +67,10 @@ def main(argv: list[str] | None = None) -> int:
     view.add_argument("--problem", help="problem id shown first (default: the first tree)")
     view.add_argument("--output", "-o", help="HTML file to write (default: RUN/view.html)")
 
+    rep = sub.add_parser("report", help="write an HTML report of a run: plots of pairs and trees, failures")
+    rep.add_argument("run")
+    rep.add_argument("--output", "-o", metavar="FOLDER", help="folder to write into (default: RUN/report)")
+
     args = parser.parse_args(argv)
     try:
         if args.command == "generate":
@@ -79,6 +83,8 @@ def main(argv: list[str] | None = None) -> int:
             return _evaluate(args)
         if args.command == "view":
             return _view(args)
+        if args.command == "report":
+            return _report(args)
         return _show(args)
     except ConfigError as exc:
         print(f"treepref: config error: {exc}", file=sys.stderr)
@@ -96,15 +102,24 @@ class UserInputError(ValueError):
 def _generate(args) -> int:
     cfg = load_config(args.config, args.overrides)
     out = Path(args.output or cfg.run.output)
-    out.mkdir(parents=True, exist_ok=True)
-    import yaml
-
-    (out / "config.yaml").write_text(yaml.safe_dump(cfg.to_dict(), sort_keys=False), encoding="utf-8")
-
-    problems = _problems(cfg, out)
+    # Everything a user can get wrong is checked before the run folder is touched or an engine starts.
+    problems, errors = _problems(cfg)
     if not problems:
         print("treepref: no problems to search", file=sys.stderr)
         return 1
+    from treepref.models import check_model
+
+    try:
+        check_model(cfg.model.name)
+    except ValueError as exc:
+        raise UserInputError(str(exc)) from None
+    out.mkdir(parents=True, exist_ok=True)
+    import yaml
+
+    from treepref.tree import atomic_write_text
+
+    atomic_write_text(out / "config.yaml", yaml.safe_dump(cfg.to_dict(), sort_keys=False))
+    _report_problem_errors(errors, out)
     started = time.time()
     summary = asyncio.run(_search_all(cfg, problems, out, progress=not args.quiet))
     result = {"config": str(args.config), "output": str(out), **summary.to_dict()}
@@ -119,10 +134,18 @@ def _generate(args) -> int:
     return 0
 
 
-def _problems(cfg: Config, out: Path):
+def _problems(cfg: Config):
+    """The recipe's problems and the rows that could not be read; a missing file or an unknown source is a
+    one-line error."""
     from treepref.problems import build_problems
 
-    problems, errors = build_problems(cfg.problems.source, **cfg.problems.options)
+    try:
+        return build_problems(cfg.problems.source, **cfg.problems.options)
+    except (FileNotFoundError, ValueError) as exc:
+        raise UserInputError(f"{cfg.source}: problems: {exc}") from None
+
+
+def _report_problem_errors(errors, out: Path) -> None:
     if errors:
         from treepref.tree import atomic_write_text
 
@@ -132,7 +155,6 @@ def _problems(cfg: Config, out: Path):
             print(f"treepref: skipped bad problem: {e}", file=sys.stderr)
         if len(errors) > 20:
             print(f"treepref: ... {len(errors) - 20} more in {out / 'problem_errors.jsonl'}", file=sys.stderr)
-    return problems
 
 
 def _error_dict(err) -> dict:
@@ -237,6 +259,7 @@ def _train(args) -> int:
 
 def _export(run: Path, cfg: Config, formats, rule, value, layout, options) -> dict:
     from treepref.extract import FORMATS, template_from_tokenizer, write_export
+    from treepref.extract.api import options_per_format
     from treepref.few_shot import load_shots
     from treepref.models import resolve_model
     from treepref.runner import load_trees
@@ -249,12 +272,13 @@ def _export(run: Path, cfg: Config, formats, rule, value, layout, options) -> di
     template = template_from_tokenizer(model) if os.path.isdir(model) else None
     shots = load_shots(cfg.env.few_shot, cfg.source)  # once, not once per format (it may read a file)
     results = {}
+    per_format = options_per_format(formats, rule, options)  # each format the options it takes
     for fmt in formats:
         takes_rule = FORMATS[fmt].default_rule is not None  # trees, stepwise, ... have no pair rule
         stats = write_export(trees, run / "exports" / fmt, fmt, template=template, layout=layout,
                              rule=rule if takes_rule else None, value=value, recipe=Path(cfg.source).stem,
                              system=_system(cfg), delimiter=cfg.env.delimiter,
-                             few_shot=shots, **options)
+                             few_shot=shots, **per_format[fmt])
         results[fmt] = {k: stats[k] for k in ("rows", "mean_rows_per_problem", "share_with_rows",
                                               "generated_tokens_per_row") if k in stats}
         if cfg.problems.source == "arithmetic" and fmt in _STEP_PAIR_FORMATS:
@@ -379,6 +403,17 @@ def _view(args) -> int:
     try:
         out = write_view(args.run, args.output, problem=args.problem)
     except ViewError as exc:
+        raise UserInputError(str(exc)) from None
+    print(out)
+    return 0
+
+
+def _report(args) -> int:
+    from treepref.report import ReportError, write_report
+
+    try:
+        out = write_report(args.run, args.output)
+    except ReportError as exc:
         raise UserInputError(str(exc)) from None
     print(out)
     return 0

@@ -245,3 +245,12 @@ def _check_formats(cfg: Config, src: str) -> None:
             raise ConfigError(f"{src}: extract.formats: unknown format {fmt!r} (known: {', '.join(sorted(FORMATS))})")
     if cfg.extract.rule is not None and cfg.extract.rule not in RULES:
         raise ConfigError(f"{src}: extract.rule: unknown rule {cfg.extract.rule!r} (known: {', '.join(sorted(RULES))})")
+    from treepref.extract.api import check_settings, options_per_format
+
+    try:  # as the CLI exports them: the rule to the formats that take one, each format the options it takes
+        per_format = options_per_format(cfg.extract.formats, cfg.extract.rule, cfg.extract.options)
+        for fmt, options in per_format.items():
+            rule = cfg.extract.rule if FORMATS[fmt].default_rule is not None else None
+            check_settings(fmt, layout=cfg.extract.layout, rule=rule, options=options)
+    except ValueError as exc:
+        raise ConfigError(f"{src}: extract.options: {exc}") from None

