@@ -131,3 +131,15 @@ def test_a_missing_problems_file_is_named(tmp_path, capsys):
     err = capsys.readouterr().err.strip()
     assert err == f"treepref: generate error: configs/demo.yaml: problems: problems path not found: {tmp_path / 'nope.jsonl'}"
     assert not out.exists()
+
+
+def test_help_lists_searches_backends_formats_and_rules_without_markup(capsys):
+    from treepref.extract import FORMATS, RULES
+    from treepref.search import SEARCHES
+
+    with pytest.raises(SystemExit):
+        main(["--help"])
+    out = capsys.readouterr().out
+    for name in [*SEARCHES, *FORMATS, *RULES, "hf", "vllm", "openai"]:
+        assert f"\n  {name} " in out, name
+    assert "``" not in out and "train" in out and "view" in out

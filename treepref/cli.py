@@ -21,7 +21,9 @@ from treepref.config import Config, ConfigError, load_config
 
 
 def main(argv: list[str] | None = None) -> int:
-    parser = argparse.ArgumentParser(prog="treepref", description=__doc__.splitlines()[0])
+    parser = argparse.ArgumentParser(
+        prog="treepref", formatter_class=argparse.RawDescriptionHelpFormatter, epilog=catalog(),
+        description="Turn LLM tree search into step-level preference data, train on it, and look at it.")
     sub = parser.add_subparsers(dest="command", required=True)
 
     gen = sub.add_parser("generate", help="search problems with a model and write trees (and exports)")
@@ -92,6 +94,35 @@ def main(argv: list[str] | None = None) -> int:
     except UserInputError as exc:
         print(f"treepref: {args.command} error: {exc}", file=sys.stderr)
         return 2
+
+
+def _summary(doc: str | None) -> str:
+    """A docstring's first sentence, without reST markup, for the help text."""
+    text = " ".join((doc or "").strip().split("\n\n")[0].split()).replace("``", "").replace("*", "")
+    return text[:text.index(". ") + 1] if ". " in text else text
+
+
+def catalog() -> str:
+    """What a recipe can name, a line each: read from the modules' own docstrings, so it cannot go stale."""
+    import importlib
+
+    from treepref.backends import BACKENDS
+    from treepref.extract.formats import FORMATS
+    from treepref.extract.rules import RULES
+    from treepref.search import SEARCHES
+
+    sections = {
+        "searches (search.name)": {k: importlib.import_module(m).__doc__ for k, (m, _, _) in SEARCHES.items()},
+        "backends (model.backend)": {k: importlib.import_module(m).__doc__ for k, (m, _) in BACKENDS.items()
+                                     if k in ("hf", "vllm", "openai")},
+        "export formats (extract --format)": {k: f.build.__doc__ for k, f in FORMATS.items()},
+        "pair rules (extract --rule)": {k: f.__doc__ for k, f in RULES.items()},
+    }
+    lines = []
+    for title, items in sections.items():
+        lines.append(f"{title}:")
+        lines += [f"  {name:<17} {_summary(doc)}" for name, doc in items.items()]
+    return "\n".join(lines)
 
 
 class UserInputError(ValueError):
