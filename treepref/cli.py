@@ -33,6 +33,8 @@ def main(argv: list[str] | None = None) -> int:
                      help="override a config value, e.g. --set search.options.simulations=8")
     gen.add_argument("--no-extract", action="store_true", help="write trees only")
     gen.add_argument("--quiet", action="store_true", help="no progress bar")
+    gen.add_argument("--verbose", "-v", action="store_true",
+                     help="show the engines' logs here instead of in RUN/logs/engine.log")
 
     ext = sub.add_parser("extract", help="export preference data from a run's trees")
     ext.add_argument("run", help="run folder written by treepref generate")
@@ -151,12 +153,19 @@ def _generate(args) -> int:
 
     atomic_write_text(out / "config.yaml", yaml.safe_dump(cfg.to_dict(), sort_keys=False))
     _report_problem_errors(errors, out)
+    from treepref.console import engine_log
+
+    engine = out / "logs" / "engine.log"
+    print(f"treepref: {cfg.search.name} on {len(problems)} {cfg.problems.source} problems, model "
+          f"{cfg.model.name or 'SmolLM2-135M-Instruct (embedded)'} on {cfg.model.backend}, into {out}"
+          + ("" if args.verbose else f" (engine log: {engine})"), flush=True)
     started = time.time()
-    summary = asyncio.run(_search_all(cfg, problems, out, progress=not args.quiet))
-    result = {"config": str(args.config), "output": str(out), **summary.to_dict()}
-    if not args.no_extract:
-        result["exports"] = _export(out, cfg, cfg.extract.formats, cfg.extract.rule, cfg.extract.value,
-                                    cfg.extract.layout, cfg.extract.options)
+    with engine_log(engine, enabled=not args.verbose) as terminal:
+        summary = asyncio.run(_search_all(cfg, problems, out, progress=not args.quiet, progress_file=terminal))
+        result = {"config": str(args.config), "output": str(out), **summary.to_dict()}
+        if not args.no_extract:
+            result["exports"] = _export(out, cfg, cfg.extract.formats, cfg.extract.rule, cfg.extract.value,
+                                        cfg.extract.layout, cfg.extract.options)
     result["total_wall_time_s"] = round(time.time() - started, 3)
     from treepref.runner import write_json
 
@@ -215,7 +224,7 @@ def build_context(cfg: Config, policy):
     return SearchContext(env=env, policy=policy, sampling=sampling, rollout_max_tokens=s.rollout_max_tokens)
 
 
-async def _search_all(cfg: Config, problems, out: Path, progress: bool):
+async def _search_all(cfg: Config, problems, out: Path, progress: bool, progress_file=None):
     from treepref.backends import make_policy
     from treepref.runner import run_problems
     from treepref.search import build_config, get_search
@@ -226,7 +235,7 @@ async def _search_all(cfg: Config, problems, out: Path, progress: bool):
     try:
         ctx = build_context(cfg, policy)
         return await run_problems(problems, search_fn, search_cfg, ctx, out, concurrency=cfg.run.concurrency,
-                                  resume=cfg.run.resume, progress=progress)
+                                  resume=cfg.run.resume, progress=progress, progress_file=progress_file)
     finally:
         close = getattr(policy, "close", None)
         if close is not None:
@@ -451,12 +460,24 @@ def _report(args) -> int:
 
 
 def _print_summary(result: dict) -> None:
-    keys = ("problems", "searched", "resumed", "failed", "nodes", "generated_tokens", "wall_time_s")
-    print("treepref: " + ", ".join(f"{k}={result[k]}" for k in keys if k in result))
-    for fmt, stats in result.get("exports", {}).items():
-        print(f"treepref: export {fmt}: {stats}")
-    print(f"treepref: wrote {result['output']}")
+    """The run in one small table (rich), then where to look at it."""
+    from rich.console import Console
+    from rich.table import Table
 
+    table = Table(show_header=False, box=None, pad_edge=False)
+    run = ", ".join(f"{k.replace('_', ' ')} {result[k]}" for k in
+                    ("problems", "searched", "resumed", "failed", "nodes", "generated_tokens") if k in result)
+    table.add_row("run", f"{run}; {result.get('wall_time_s', 0):.0f} s")
+    for fmt, stats in result.get("exports", {}).items():
+        line = f"{stats.get('rows', 0)} rows"
+        quality = stats.get("label_quality")
+        if quality and quality.get("pairs"):
+            line += f", {quality['good']} good by the exact checker ({quality['good_share']:.0%})"
+        table.add_row(f"export {fmt}", line)
+    out = result["output"]
+    table.add_row("wrote", str(out))
+    table.add_row("look", f"treepref view {out}  ·  treepref report {out}")
+    Console(highlight=False).print(table)
 
 if __name__ == "__main__":
     sys.exit(main())

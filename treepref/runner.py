@@ -83,7 +83,7 @@ def load_trees(out_dir: str | Path) -> list[Tree]:
 
 async def run_problems(problems: Sequence[Problem], search: SearchFn, search_cfg: object, ctx: SearchContext,
                        out_dir: str | Path, *, concurrency: int = 8, resume: bool = True,
-                       progress: bool = True) -> RunSummary:
+                       progress: bool = True, progress_file=None) -> RunSummary:
     """Search every problem, writing each tree as soon as it is done."""
     out_dir = Path(out_dir)
     (out_dir / "trees").mkdir(parents=True, exist_ok=True)
@@ -100,7 +100,7 @@ async def run_problems(problems: Sequence[Problem], search: SearchFn, search_cfg
         else:
             todo.append(problem)
 
-    bar = _progress(len(todo), progress)
+    bar = _progress(len(todo), progress, progress_file)
     gate = asyncio.Semaphore(concurrency)
 
     async def one(problem: Problem) -> None:
@@ -136,7 +136,9 @@ async def run_problems(problems: Sequence[Problem], search: SearchFn, search_cfg
             summary.requests += counter.requests
             if bar is not None:
                 bar.update(1)
-                bar.set_postfix(nodes=summary.nodes, tokens=summary.generated_tokens, failed=summary.failed)
+                rate = summary.generated_tokens / max(time.perf_counter() - start, 1e-9)
+                bar.set_postfix(nodes=summary.nodes, tokens=summary.generated_tokens, tok_s=round(rate),
+                                failed=summary.failed)
 
     try:
         await asyncio.gather(*(one(p) for p in todo))
@@ -147,12 +149,12 @@ async def run_problems(problems: Sequence[Problem], search: SearchFn, search_cfg
     return summary
 
 
-def _progress(total: int, enabled: bool):
+def _progress(total: int, enabled: bool, file=None):
     if not enabled or total == 0:
         return None
     from tqdm.auto import tqdm
 
-    return tqdm(total=total, desc="problems", unit="problem")
+    return tqdm(total=total, desc="problems", unit="problem", file=file)
 
 
 def write_json(path: str | Path, data: dict) -> None:
