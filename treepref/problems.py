@@ -234,7 +234,7 @@ def from_dataset(ds: Any, *, id_field: str = "id", prompt_field: str = "prompt",
 
 # -- sources by name (the CLI's `problems:` section) --------------------------------------------------
 
-SOURCES = ("arithmetic", "gsm8k", "math", "reasoning_gym", "file")
+SOURCES = ("arithmetic", "gsm8k", "math", "champ", "reasoning_gym", "file")
 
 
 def _split_path(path: str | Path | None, split: str | None, source: str) -> Path:
@@ -260,8 +260,11 @@ def build_problems(source: str, *, count: int | None = None, seed: int = 0, diff
 
     - ``arithmetic``: built-in multi-step arithmetic; ``count`` (default 100), ``seed``, ``difficulty``
       (number of operations).
-    - ``gsm8k``: local GSM8K JSONL (``question``/``answer`` with ``#### N``); ``path``, optional ``split``.
+    - ``gsm8k``: local GSM8K JSONL (``question``/``answer`` with ``#### N``), or a folder of GSM8K-style
+      TOML files (one problem each, same keys; ids from the file names); ``path``, optional ``split``.
     - ``math``: local MATH (folder of per-problem JSON files, or JSONL); ``path``, optional ``split``.
+    - ``champ``: the CHAMP competition problems from the ``champ-dataset`` package (``pip install
+      champ-dataset``), or ``path`` to a JSON file in its layout; meta keeps ``category`` and ``steps``.
     - ``reasoning_gym``: ``task`` from the reasoning-gym package, ``count`` (default 100), ``seed``;
       ``options`` are passed to the task's config (e.g. ``{"min_terms": 2}``).
     - ``file``: any JSONL/JSON/parquet file via :func:`load_problems` with the ``*_field`` names.
@@ -288,6 +291,12 @@ def build_problems(source: str, *, count: int | None = None, seed: int = 0, diff
         from treepref.domains.gsm8k import load_gsm8k
 
         problems, errors = load_gsm8k(_split_path(path, split, name))
+    elif name == "champ":
+        from treepref.domains.champ import load_champ
+
+        if split:
+            raise ValueError("problems source 'champ' has no splits; leave out `split`")
+        problems, errors = load_champ(None if path is None else _split_path(path, None, name))
     elif name == "math":
         from treepref.domains.math_dataset import load_math
 
