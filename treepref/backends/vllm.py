@@ -294,7 +294,9 @@ class VLLMPolicy:
     def close(self) -> None:
         if not self._closed:
             self._closed = True
-            self.engine.shutdown()
+            # vLLM waits 5 s by default, then force-kills an engine core still waiting for its workers
+            # (~5 s on 2 busy CPU cores): give it the time to exit cleanly.
+            self.engine.shutdown(timeout=30)
 
     shutdown = close
 
