@@ -1,0 +1,358 @@
+"""Does training on treepref's data help? Held-out accuracy of a policy, and best-of-N reranking.
+
+Everything here works on the token ids the policy generated. A held-out problem's prompt is the
+environment's rendering of its root (``env.initial(problem).token_ids``: chat template, system prompt and
+worked examples included); each sampled solution is cut into steps in token space (``env.split``) and
+walked through ``env.step`` exactly as a search inserts a completion into a tree (``search.base
+.add_completion``): it ends at the first step that states an answer (or where the model stopped, or at
+the env's depth/token limit), and the env's verifier says whether that answer is right. A trained verifier
+or PRM then scores ``prompt ids + solution ids``; no text is re-tokenised.
+
+* :func:`sample_solutions` - ``n`` solutions per problem from a policy, as :class:`Solution` records.
+* :func:`majority`, :func:`by_score` - pick one solution of a problem (ties: the earliest sample).
+* :func:`rerank_report` - accuracy with a 95% Wilson interval of each way of picking, plus the oracle
+  (any of N right), the first sample and the mean over samples.
+* :func:`policy_report` - held-out accuracy of a policy: greedy and/or the mean over a few samples.
+* :func:`evaluate` - all of it for one model: build the backend, sample, score with a trained verifier
+  and/or PRM (``treepref.verifiers.trained``), report.
+
+Heavy packages (vLLM, torch) are imported only by the backends and trained verifiers that need them.
+"""
+
+from __future__ import annotations
+
+import asyncio
+import dataclasses
+import math
+import time
+from dataclasses import dataclass, field
+from typing import Callable, Sequence
+
+from treepref.backends.base import Completion, Sampling
+from treepref.problems import Problem
+
+Z95 = 1.959963984540054  # the two-sided 95% normal quantile
+
+
+@dataclass
+class Solution:
+    """One sampled solution of a problem, as the policy generated it.
+
+    ``token_ids`` are the completion's ids up to and including the step that ended the solution (what a
+    model generated after its answer step is dropped, as a search drops it); ``steps_ids`` are the same ids
+    cut into steps (each step's delimiter included), so ``sum(steps_ids, []) == token_ids``.
+    """
+
+    text: str  # the steps' text as generated, joined (delimiters included)
+    token_ids: list[int]
+    steps_ids: list[list[int]]
+    steps: list[str]  # each step's cleaned text (the env's)
+    mean_logprob: float  # mean per-token log-prob of ``token_ids`` under the sampling policy (nan if unknown)
+    answer: str | None  # the final answer the solution states (None: it stated none)
+    correct: bool
+    finished: bool  # it ended with an answer or the model's end of sequence (not cut by a limit)
+    prompt_ids: list[int] = field(default_factory=list, repr=False)  # the rendered root prompt it continues
+    generated_tokens: int = 0  # what the policy generated for it, including anything after its final step
+
+    @property
+    def n_tokens(self) -> int:
+        return len(self.token_ids)
+
+
+def _bind(env, policy):
+    """The env with the policy's tokenizer when it was left without one (as ``SearchContext`` does)."""
+    if getattr(env, "tokenizer", False) is None and hasattr(policy, "encode"):
+        return dataclasses.replace(env, tokenizer=policy)
+    return env
+
+
+async def to_solution(env, problem: Problem, c: Completion, prompt_ids: Sequence[int] | None = None) -> Solution:
+    """Walk one whole completion through ``env`` step by step, the way a search inserts it into a tree."""
+    state = env.initial(problem)
+    prompt = list(prompt_ids) if prompt_ids is not None else list(state.token_ids)
+    pieces = env.split(c.text, c.token_ids, c.token_logprobs, c.logprob)
+    texts, ids, steps, steps_ids, lp = [], [], [], [], 0.0
+    answer, correct, finished = None, False, False
+    for piece in pieces:
+        ended = piece.last and c.finish_reason == "stop"
+        if not env.clean(piece.text) and not ended:
+            continue  # an empty step (``search.base.add_step`` skips it too)
+        tr = await env.step(state, piece.text, token_ids=piece.token_ids, ended=ended)
+        state = tr.state
+        texts.append(piece.text)
+        ids.extend(piece.token_ids)
+        steps.append(state.steps[-1])
+        steps_ids.append(list(piece.token_ids))
+        lp += piece.logprob
+        if tr.terminated:
+            answer = tr.info.get("answer")
+            correct = tr.reward is not None and tr.reward >= 1.0
+            finished = True
+            break
+        if tr.truncated:
+            break
+    mean = lp / len(ids) if ids else math.nan
+    return Solution("".join(texts), ids, steps_ids, steps, mean, answer, correct, finished, prompt, c.n_tokens)
+
+
+async def sample_solutions(policy, env, problems: Sequence[Problem], *, n: int, sampling: Sampling | None = None,
+                           max_tokens: int = 320) -> list[list[Solution]]:
+    """``n`` whole solutions per problem from ``policy``, in one request per problem (all in flight at once,
+    so the backend batches them). ``sampling`` gives temperature/top_p/seed (its ``n``, ``stop`` and
+    ``max_tokens`` are replaced: no step stop, ``max_tokens`` for the whole solution); temperature 0 is greedy.
+    """
+    env = _bind(env, policy)
+    params = (sampling or Sampling(temperature=0.8, top_p=0.95)).with_(n=n, stop=(), max_tokens=max_tokens)
+    prompts = [list(env.render(env.initial(p))) for p in problems]
+
+    async def one(problem: Problem, prompt: list[int]) -> list[Solution]:
+        (completions,) = await policy.generate([prompt], params)
+        return [await to_solution(env, problem, c, prompt) for c in completions]
+
+    return list(await asyncio.gather(*(one(p, ids) for p, ids in zip(problems, prompts))))
+
+
+# -- statistics -----------------------------------------------------------------------------------------
+def wilson(k: int, n: int, z: float = Z95) -> tuple[float, float]:
+    """The Wilson score interval of a proportion ``k / n`` (95% by default); ``(0, 1)`` when ``n == 0``."""
+    if n <= 0:
+        return 0.0, 1.0
+    p = k / n
+    denom = 1 + z * z / n
+    centre = (p + z * z / (2 * n)) / denom
+    half = z * math.sqrt(p * (1 - p) / n + z * z / (4 * n * n)) / denom
+    return max(0.0, centre - half), min(1.0, centre + half)
+
+
+def accuracy(k: int, n: int, z: float = Z95) -> dict:
+    lo, hi = wilson(k, n, z)
+    return {"correct": k, "n": n, "accuracy": k / n if n else None, "ci95": [round(lo, 4), round(hi, 4)]}
+
+
+# -- picking one solution -------------------------------------------------------------------------------
+def _same_answer(a: str, b: str) -> bool:
+    from treepref.verifiers.math import answers_match
+
+    return answers_match(a, b)
+
+
+def majority(solutions: Sequence[Solution]) -> Solution | None:
+    """Majority vote over the answers the solutions state (equal values are one answer: "12" = "12.0").
+
+    Solutions without an answer do not vote. Tie rule: among answers with the most votes, the one stated
+    first in sample order wins (samples are exchangeable, so this is a fair coin that is reproducible), and
+    the first solution stating it is returned. No answer at all: the first solution (None if there is none).
+    """
+    groups: list[list[Solution]] = []
+    for s in solutions:
+        if s.answer is None:
+            continue
+        for g in groups:
+            if _same_answer(s.answer, g[0].answer):
+                g.append(s)
+                break
+        else:
+            groups.append([s])
+    if not groups:
+        return solutions[0] if solutions else None
+    best = max(len(g) for g in groups)
+    return next(g[0] for g in groups if len(g) == best)  # groups are in order of first appearance
+
+
+def by_score(solutions: Sequence[Solution], scores: Sequence[float]) -> Solution | None:
+    """The solution with the highest score; ties (and nan, which ranks lowest) go to the earliest sample."""
+    if len(solutions) != len(scores):
+        raise ValueError(f"{len(solutions)} solutions but {len(scores)} scores")
+    best, top = None, -math.inf
+    for s, v in zip(solutions, scores):
+        v = -math.inf if v is None or math.isnan(v) else v
+        if best is None or v > top:
+            best, top = s, v
+    return best
+
+
+def pair_auc(solutions: Sequence[Sequence[Solution]], scores: Sequence[Sequence[float]]) -> float | None:
+    """How often a score ranks a right solution above a wrong one of the same problem (ties count half),
+    over every (right, wrong) pair within a problem; None when no problem has both."""
+    wins = total = 0.0
+    for sols, sc in zip(solutions, scores):
+        good = [v for s, v in zip(sols, sc) if s.correct]
+        bad = [v for s, v in zip(sols, sc) if not s.correct]
+        for g in good:
+            for b in bad:
+                total += 1
+                wins += 1.0 if g > b else 0.5 if g == b else 0.0
+    return wins / total if total else None
+
+
+def rerank_report(problems: Sequence[Problem], solutions: Sequence[Sequence[Solution]],
+                  scores: dict[str, Sequence[Sequence[float]]] | None = None, z: float = Z95) -> dict:
+    """Accuracy of each way of picking one of a problem's N solutions, with its Wilson interval.
+
+    ``scores`` maps a method's name to one score per solution per problem (higher = better); each becomes
+    ``by_score``. Always reported: ``majority``; for reference ``first`` (the first sample: best-of-1),
+    ``oracle`` (any of N right: the ceiling of any reranker) and ``mean_sample`` (right samples over all
+    samples: the expected accuracy of a random pick; its interval treats samples as independent).
+    Each scored method also gets ``pair_auc`` (see :func:`pair_auc`).
+    """
+    if len(problems) != len(solutions):
+        raise ValueError(f"{len(problems)} problems but {len(solutions)} solution lists")
+    scores = scores or {}
+    n = len(problems)
+    out: dict[str, dict] = {
+        "first": accuracy(sum(bool(s) and s[0].correct for s in solutions), n, z),
+        "oracle": accuracy(sum(any(x.correct for x in s) for s in solutions), n, z),
+        "mean_sample": accuracy(sum(x.correct for s in solutions for x in s), sum(len(s) for s in solutions), z),
+        "majority": accuracy(sum(bool(m and m.correct) for m in map(majority, solutions)), n, z),
+    }
+    for name, sc in scores.items():
+        if len(sc) != n:
+            raise ValueError(f"scores {name!r}: {len(sc)} rows for {n} problems")
+        picks = [by_score(s, v) for s, v in zip(solutions, sc)]
+        out[name] = accuracy(sum(bool(p and p.correct) for p in picks), n, z)
+        auc = pair_auc(solutions, sc)
+        out[name]["pair_auc"] = round(auc, 4) if auc is not None else None
+    return out
+
+
+def policy_report(greedy: Sequence[Sequence[Solution]] | None = None,
+                  samples: Sequence[Sequence[Solution]] | None = None, z: float = Z95) -> dict:
+    """Held-out accuracy of a policy: ``greedy`` (one solution per problem at temperature 0) and
+    ``samples`` (the share of right solutions over k samples per problem), each with its Wilson interval
+    (the samples' interval treats them as independent, so it is narrower than the problems warrant)."""
+    out: dict = {}
+    if greedy is not None:
+        out["greedy"] = accuracy(sum(bool(s) and s[0].correct for s in greedy), len(greedy), z)
+    if samples is not None:
+        out["samples"] = accuracy(sum(x.correct for s in samples for x in s), sum(len(s) for s in samples), z)
+        out["samples"]["per_problem"] = len(samples[0]) if samples else 0
+        out["any_of_samples"] = accuracy(sum(any(x.correct for x in s) for s in samples), len(samples), z)
+    return out
+
+
+# -- scores from solutions ------------------------------------------------------------------------------
+def logprob_scores(solutions: Sequence[Sequence[Solution]]) -> list[list[float]]:
+    """The sampling policy's mean token log-prob of each solution (its confidence, length-normalised)."""
+    return [[s.mean_logprob for s in sols] for sols in solutions]
+
+
+def _flat(solutions):
+    return [s for sols in solutions for s in sols]
+
+
+def _unflat(values: list, solutions) -> list[list]:
+    it = iter(values)
+    return [[next(it) for _ in sols] for sols in solutions]
+
+
+def _unique(keys: list) -> tuple[list, list[int]]:
+    """The distinct keys in first-seen order, and each key's index among them (identical samples are scored once)."""
+    index: dict = {}
+    where = [index.setdefault(k, len(index)) for k in keys]
+    return list(index), where
+
+
+def verifier_scores(verifier, solutions: Sequence[Sequence[Solution]]) -> list[list[float]]:
+    """A trained pairwise verifier's logit of ``prompt ids + solution ids`` (``TrainedVerifier.score_ids``);
+    an empty solution scores -inf. Identical sequences are scored once."""
+    flat = _flat(solutions)
+    keys, where = _unique([tuple(s.prompt_ids + s.token_ids) if s.token_ids else () for s in flat])
+    live = [k for k in keys if k]
+    logits = dict(zip(live, verifier.score_ids([list(k) for k in live]))) if live else {}
+    values = [float(logits[keys[w]]) if keys[w] else -math.inf for w in where]
+    return _unflat(values, solutions)
+
+
+def prm_step_scores(prm, solutions: Sequence[Sequence[Solution]]) -> list[list[list[float]]]:
+    """A trained PRM's P(good) at every step of every solution (``TrainedPRM.score_many``); identical
+    solutions are scored once."""
+    flat = _flat(solutions)
+    keys, where = _unique([(tuple(s.prompt_ids), tuple(map(tuple, s.steps_ids))) for s in flat])
+    rows = prm.score_many([(list(p), [list(x) for x in steps]) for p, steps in keys])
+    return _unflat([rows[w] for w in where], solutions)
+
+
+def aggregate(step_scores: Sequence[Sequence[Sequence[float]]], how: str) -> list[list[float]]:
+    """Per-solution scores from per-step ones: ``min`` (the weakest step), ``last`` (the final step),
+    ``mean`` or ``prod``; a solution without steps scores -inf."""
+    fns: dict[str, Callable[[Sequence[float]], float]] = {
+        "min": min, "last": lambda v: v[-1], "mean": lambda v: sum(v) / len(v), "prod": math.prod}
+    if how not in fns:
+        raise ValueError(f"unknown aggregate {how!r}; choose one of {sorted(fns)}")
+    return [[fns[how](v) if v else -math.inf for v in sols] for sols in step_scores]
+
+
+# -- all of it for one model ----------------------------------------------------------------------------
+def default_env(policy, problems: Sequence[Problem], *, max_depth: int | None = None, max_tokens: int = 320):
+    """The env the benches search with: the policy's chat template and tokenizer, and for built-in arithmetic
+    problems of one difficulty its matched worked examples (``arithmetic.worked_examples(d)``)."""
+    from treepref.envs.reasoning import ReasoningEnv
+
+    levels = {p.meta.get("difficulty") for p in problems}
+    few_shot: tuple = ()
+    if len(levels) == 1 and isinstance(d := next(iter(levels)), int):
+        from treepref.domains.arithmetic import worked_examples
+
+        few_shot = worked_examples(d)
+        max_depth = max_depth or d + 3
+    return ReasoningEnv(template=policy.chat_prompt, tokenizer=policy, max_depth=max_depth or 8,
+                        max_tokens=max_tokens, few_shot=few_shot)
+
+
+async def evaluate(model: str | None, *, problems: Sequence[Problem], n: int = 8, verifier: str | None = None,
+                   prm: str | None = None, backend: str = "vllm", temperature: float = 0.8, top_p: float = 0.95,
+                   seed: int = 0, max_tokens: int = 320, greedy: bool = True, policy=None, env=None,
+                   backend_options: dict | None = None, scorer_options: dict | None = None,
+                   keep_solutions: bool = False) -> dict:
+    """Sample ``n`` solutions per problem from ``model`` (and a greedy one), then report.
+
+    ``verifier`` / ``prm``: folders saved by ``treepref train`` (``load_trained``), used to rerank the
+    samples next to majority vote and the policy's own mean log-prob; a PRM is reported as ``prm_min``
+    (the weakest step) and ``prm_last``. ``policy``: an existing backend to use instead of building one
+    (then it is not closed). ``env``: the environment (default :func:`default_env`). Returns
+    ``{"policy": policy_report, "rerank": rerank_report, "generated_tokens", "seconds", ...}``; with
+    ``keep_solutions`` also the solutions themselves (under ``"solutions"``, not JSON-ready).
+    """
+    t0 = time.perf_counter()
+    own = policy is None
+    if own:
+        from treepref.backends import make_policy
+
+        policy = make_policy(backend, model, **(backend_options or {}))
+    try:
+        env = _bind(env if env is not None else default_env(policy, problems, max_tokens=max_tokens), policy)
+        sampling = Sampling(temperature=temperature, top_p=top_p, seed=seed)
+        samples = await sample_solutions(policy, env, problems, n=n, sampling=sampling, max_tokens=max_tokens)
+        greedy_sols = None
+        if greedy:
+            greedy_sols = await sample_solutions(policy, env, problems, n=1, sampling=Sampling(temperature=0.0),
+                                                 max_tokens=max_tokens)
+    finally:
+        if own and hasattr(policy, "close"):
+            policy.close()
+    t_sample = time.perf_counter() - t0
+    scores: dict[str, list[list[float]]] = {"logprob": logprob_scores(samples)}
+    timings = {"sampling": round(t_sample, 1)}
+    from treepref.verifiers.trained import load_trained
+
+    for folder in (verifier, prm):
+        if folder is None:
+            continue
+        t1 = time.perf_counter()
+        scorer = load_trained(folder, **(scorer_options or {}))
+        if scorer.method == "verifier":
+            scores["verifier"] = verifier_scores(scorer, samples)
+        else:
+            steps = prm_step_scores(scorer, samples)
+            scores["prm_min"], scores["prm_last"] = aggregate(steps, "min"), aggregate(steps, "last")
+        timings[scorer.method] = round(time.perf_counter() - t1, 1)
+        del scorer
+    out = {"model": model, "problems": len(problems), "n": n, "temperature": temperature, "top_p": top_p,
+           "seed": seed, "max_tokens": max_tokens,
+           "policy": policy_report(greedy_sols, samples),
+           "rerank": rerank_report(problems, samples, scores),
+           "generated_tokens": sum(s.generated_tokens for sols in (samples + (greedy_sols or [])) for s in sols),
+           "seconds": timings}
+    if keep_solutions:
+        out["solutions"] = {"samples": samples, "greedy": greedy_sols}
+    return out
