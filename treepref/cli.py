@@ -167,6 +167,8 @@ def _generate(args) -> int:
             result["exports"] = _export(out, cfg, cfg.extract.formats, cfg.extract.rule, cfg.extract.value,
                                         cfg.extract.layout, cfg.extract.options)
     result["total_wall_time_s"] = round(time.time() - started, 3)
+    result["look"] = {"viewer": f"treepref view {out}  ->  {out / 'view.html'}",
+                      "report": f"treepref report {out}  ->  {out / 'report' / 'index.html'}"}
     from treepref.runner import write_json
 
     write_json(out / "summary.json", result)
