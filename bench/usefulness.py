@@ -435,7 +435,7 @@ def markdown(args, recs: list[dict]) -> str:
             last = {k: v for k, v in (r.get("log") or [{}])[-2 if len(r.get("log") or []) > 1 else -1].items()
                     if k not in ("epoch", "grad_norm", "learning_rate", "step")} if r.get("log") else {}
             lines.append(f"| {r['name']} | {r['method']} | {r['export']} | {r['rows_available']} | {r['rows_used']} "
-                         f"({r['problems_used']}) | {q['good_share'] if q else '-'} | {r.get('steps', '-')} | "
+                         f"({r['problems_used']}) | {round(q['good_share'], 3) if q else '-'} | {r.get('steps', '-')} | "
                          f"{round(r['train_loss'], 4) if r.get('train_loss') is not None else '-'} | "
                          f"{json.dumps(last) if last else '-'} | {r.get('seconds', '-')} |")
         lines += ["", f"Training settings: LoRA r={args.lora_r} (alpha {2 * args.lora_r}) on the top "
@@ -465,7 +465,11 @@ def markdown(args, recs: list[dict]) -> str:
             "small model in a short run, not what it does at the sizes step-level papers train at.",
             "- The verifier is trained on step pairs (a prefix and two sibling steps) and asked to score whole "
             "solutions at their last token; the PRM reads every step. Both start from the base model's weights "
-            "with a fresh head.", ""]
+            "with a fresh head.",
+            "- Reruns differ: vLLM on CPU takes no per-request seeds, so what is sampled depends on how requests "
+            "were batched (and so on the machine's load); the training data, the held-out samples and every "
+            "number above change from run to run of the same command by more than the differences between "
+            "methods.", ""]
     return "\n".join(lines)
 
 

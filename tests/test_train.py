@@ -254,6 +254,7 @@ def test_parquet_and_dataset_folders_load(tok, tmp_path):
     ({"method": "tpo", "loss": {"weighting": "weight"}}, "read by dpo and step_apo only"),
     ({"train": {"lora": {"rank": 8}}}, "unknown key 'train.lora.rank'"),
     ({"train": {"batch_size": 0}}, "train.batch_size must be ≥ 1"),
+    ({"train": {"warmup_ratio": 10}}, r"train.warmup_ratio must be in \[0, 1\)"),
     ({"method": "prm", "format": "step_pairs"}, "has no prm columns"),
 ])
 def test_config_errors_stop_before_anything_loads(data, message):

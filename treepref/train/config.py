@@ -100,6 +100,8 @@ def _validate(cfg: TrainConfig) -> None:
             raise ConfigError(f"{src}: train.{name} must be ≥ 1, got {getattr(opt, name)}")
     if opt.learning_rate <= 0:
         raise ConfigError(f"{src}: train.learning_rate must be > 0, got {opt.learning_rate}")
+    if not 0 <= opt.warmup_ratio < 1:
+        raise ConfigError(f"{src}: train.warmup_ratio must be in [0, 1), got {opt.warmup_ratio}")
     if opt.max_steps <= 0 and opt.epochs <= 0:
         raise ConfigError(f"{src}: train.epochs must be > 0 (or set train.max_steps)")
     if opt.lora is not None:
