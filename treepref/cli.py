@@ -253,14 +253,7 @@ def _extract(args) -> int:
     if not cfg_path.exists():
         raise ConfigError(f"{run}: not a run folder (no config.yaml); run treepref generate first")
     cfg = load_config(cfg_path)
-    options = dict(cfg.extract.options)
-    import yaml
-
-    for item in args.overrides:
-        key, sep, raw = item.partition("=")
-        if not sep:
-            raise ConfigError(f"--set {item!r}: expected key=value")
-        options[key] = yaml.safe_load(raw)
+    options = {**cfg.extract.options, **_set_options(args.overrides)}
     formats = args.formats or cfg.extract.formats
     from treepref.extract import FORMATS, RULES
 
@@ -277,6 +270,19 @@ def _extract(args) -> int:
         raise UserInputError(str(exc)) from None
     print(json.dumps(result, indent=2))
     return 0
+
+
+def _set_options(items: list[str]) -> dict:
+    """``--set key=value`` options (values parsed as YAML) of extract and evaluate."""
+    import yaml
+
+    out = {}
+    for item in items:
+        key, sep, raw = item.partition("=")
+        if not sep:
+            raise ConfigError(f"--set {item!r}: expected key=value")
+        out[key] = yaml.safe_load(raw)
+    return out
 
 
 # -- train ----------------------------------------------------------------------------------------------
@@ -358,16 +364,10 @@ def _system(cfg: Config):
 
 # -- evaluate -------------------------------------------------------------------------------------------
 def _evaluate(args) -> int:
-    import yaml
-
     from treepref.problems import build_problems
 
-    options = {"seed": 999, "count": 64, "difficulty": 1}  # held out: the demo generates from seed 0
-    for item in args.overrides:
-        key, sep, raw = item.partition("=")
-        if not sep:
-            raise ConfigError(f"--set {item!r}: expected key=value")
-        options[key] = yaml.safe_load(raw)
+    # held out: the demo generates from seed 0
+    options = {"seed": 999, "count": 64, "difficulty": 1, **_set_options(args.overrides)}
     if args.problems != "arithmetic":
         options = {k: v for k, v in options.items() if k != "difficulty"}
     for folder in (args.model, args.verifier, args.prm):
