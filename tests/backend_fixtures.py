@@ -1,6 +1,6 @@
 """Session-wide backend fixtures: one vLLM engine, one ``vllm serve`` process and one event loop per test session.
 
-Register with ``pytest_plugins = ["tests.backend_fixtures"]`` (or ``["backend_fixtures"]``). Every fixture
+``conftest.py`` registers them once for every test module (never again under another module name). Every fixture
 starts lazily, so a session that only runs the scripted backend starts nothing. A vLLM engine serves one
 event loop, so every test that awaits a backend runs its coroutine through ``aio`` (one loop per session).
 """

@@ -6,6 +6,10 @@ import os
 
 import pytest
 
+# The backend fixtures are registered here, once: a second registration (e.g. as "tests.backend_fixtures")
+# would make a second event loop and a second engine, and a vLLM engine serves one loop.
+from backend_fixtures import aio, openai_policy, vllm_policy, vllm_server  # noqa: E402,F401
+
 os.environ.setdefault("HF_HUB_OFFLINE", "1")
 os.environ.setdefault("TRANSFORMERS_OFFLINE", "1")
 os.environ.setdefault("TOKENIZERS_PARALLELISM", "false")

@@ -10,7 +10,6 @@ import pytest
 
 from treepref.backends.base import Sampling
 
-pytest_plugins = ["backend_fixtures"]
 
 QUESTIONS = ["What is 12 + 7?", "Name three colours, one per line."]
 STEP = "\n\n"

@@ -12,7 +12,6 @@ import pytest
 from treepref.backends.base import Sampling
 from treepref.backends.openai import OpenAIBackendError, OpenAIPolicy, _token_ids
 
-pytest_plugins = ["backend_fixtures"]
 
 QUESTION = [{"role": "user", "content": "What is 12 + 7? Explain step by step."}]
 

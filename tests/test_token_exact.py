@@ -15,7 +15,6 @@ from treepref.search.base import SearchContext
 from treepref.search.mcts import MCTSConfig, mcts
 from treepref.tokens import split_completion, step_ids
 
-pytest_plugins = ["backend_fixtures"]
 
 NL, NLNL = 198, 1116  # SmolLM2: "\n" and the merged "\n\n"
 

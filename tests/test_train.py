@@ -13,7 +13,6 @@ from treepref.tokens import step_ids
 from treepref.train.config import train_config_from_dict
 from treepref.train.data import Builder, TrainDataError, load_rows
 
-pytest_plugins = ["tests.backend_fixtures"]
 
 
 @pytest.fixture(scope="module")

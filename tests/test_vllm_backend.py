@@ -9,7 +9,6 @@ import pytest
 
 from treepref.backends.base import Sampling
 
-pytest_plugins = ["backend_fixtures"]
 pytestmark = [pytest.mark.vllm, pytest.mark.slow]
 
 QUESTION = [{"role": "user", "content": "What is 12 + 7? Explain step by step."}]
