@@ -2,13 +2,11 @@
 
 from __future__ import annotations
 
-import json
-import os
 from pathlib import Path
 
 import pytest
 
-from test_search_common import PROBLEM, make_ctx, node_by_steps, run
+from test_search_common import PROBLEM, check_golden, make_ctx, node_by_steps, run
 from treepref.search.best_first import BestFirstConfig, best_first
 from treepref.tree import STEP
 
@@ -97,8 +95,4 @@ def test_config_validation_names_the_field(bad):
 
 def test_golden_tree():
     tree = run(best_first(PROBLEM, make_ctx(SCRIPT), BestFirstConfig(k=2, n_rollouts=2, max_expansions=5)))
-    got = json.loads(json.dumps(tree.to_dict()))
-    path = GOLDEN / "best_first_scripted.json"
-    if os.environ.get("UPDATE_GOLDEN"):
-        path.write_text(json.dumps(got, indent=1) + "\n")
-    assert got == json.loads(path.read_text())
+    check_golden(tree, GOLDEN / "best_first_scripted.json")

@@ -122,3 +122,26 @@ def test_build_config_imports_a_named_scorer():
     assert cfg.scorer is exact
     with pytest.raises(ValueError, match="r.yaml.*cannot import"):
         build_config("beam", {"scorer": "no_such_module_xyz:f"}, "r.yaml")
+
+
+def check_golden(tree, path) -> None:
+    """``tree`` matches the golden file in every column, meta key and setting the file has (the files predate
+    the text columns ``rendered``/``obs``/``obs_ids``, ``meta.messages`` and MCTS's ``discount``: the search
+    itself must not have changed), and its recorded text is exactly what its ids spell at every node."""
+    import json
+    import os
+
+    from treepref.tokens import PLAIN
+
+    got = json.loads(json.dumps(tree.to_dict()))
+    if os.environ.get("UPDATE_GOLDEN"):
+        path.write_text(json.dumps(got, indent=1) + "\n")
+    want = json.loads(path.read_text())
+    assert {k: got[k] for k in want if k not in ("columns", "meta")} == {k: v for k, v in want.items()
+                                                                          if k not in ("columns", "meta")}
+    settings = want["meta"].pop("settings")  # new options (``discount``) may have been added, at their defaults
+    assert {k: got["meta"]["settings"][k] for k in settings} == settings
+    assert {k: got["meta"][k] for k in want["meta"]} == want["meta"]
+    assert {c: got["columns"][c] for c in want["columns"]} == want["columns"]
+    for node in range(len(tree)):
+        assert tree.prompt_text(node) == PLAIN.decode(tree.prompt_ids(node))

@@ -3,15 +3,13 @@
 from __future__ import annotations
 
 import asyncio
-import json
 import math
-import os
 from collections import Counter
 from pathlib import Path
 
 import pytest
 
-from test_search_common import PROBLEM, check_visits, make_ctx, node_by_steps, run, step_requests
+from test_search_common import PROBLEM, check_golden, check_visits, make_ctx, node_by_steps, run, step_requests
 from treepref.problems import Problem
 from treepref.search.mcts import MCTSConfig, mcts, puct_scores, select_child
 from treepref.tree import STEP, Tree
@@ -282,8 +280,4 @@ def test_config_validation_names_the_field(bad):
 def test_golden_tree():
     ctx = make_ctx(WIDE)
     cfg = MCTSConfig(simulations=10, k=2, c_puct=1.25, fpu=0.0, n_rollouts=2)
-    got = json.loads(json.dumps(run(mcts(PROBLEM, ctx, cfg)).to_dict()))
-    path = GOLDEN / "mcts_scripted.json"
-    if os.environ.get("UPDATE_GOLDEN"):
-        path.write_text(json.dumps(got, indent=1) + "\n")
-    assert got == json.loads(path.read_text())
+    check_golden(run(mcts(PROBLEM, ctx, cfg)), GOLDEN / "mcts_scripted.json")

@@ -75,6 +75,13 @@ def main(argv: list[str] | None = None) -> int:
     rep.add_argument("run")
     rep.add_argument("--output", "-o", metavar="FOLDER", help="folder to write into (default: RUN/report)")
 
+    chk = sub.add_parser("check-env", help="run the conformance checks on an environment (no model needed)")
+    chk.add_argument("env", help="a registered name (reasoning, shop, tools) or package.module:ClassName")
+    chk.add_argument("--set", dest="overrides", action="append", default=[], metavar="KEY=VALUE",
+                     help="an environment option, e.g. --set max_depth=4")
+    chk.add_argument("--problems", help="problems source (default: the environment's own; seeds for a user's class)")
+    chk.add_argument("--count", type=int, default=4, help="problems to walk")
+
     args = parser.parse_args(argv)
     try:
         if args.command == "generate":
@@ -89,6 +96,8 @@ def main(argv: list[str] | None = None) -> int:
             return _view(args)
         if args.command == "report":
             return _report(args)
+        if args.command == "check-env":
+            return _check_env(args)
         return _show(args)
     except ConfigError as exc:
         print(f"treepref: config error: {exc}", file=sys.stderr)
@@ -96,6 +105,25 @@ def main(argv: list[str] | None = None) -> int:
     except UserInputError as exc:
         print(f"treepref: {args.command} error: {exc}", file=sys.stderr)
         return 2
+
+
+def _check_env(args) -> int:
+    from treepref.envs import EnvError, build_env, default_problems
+    from treepref.envs.check import check
+    from treepref.problems import build_problems
+
+    try:
+        env = build_env(args.env, _set_options(args.overrides), source="check-env")
+        problems, _ = build_problems(args.problems or default_problems(args.env), count=args.count)
+    except (EnvError, ValueError) as exc:
+        raise UserInputError(str(exc)) from None
+    report = check(env, problems)
+    print(f"treepref: {report.env}: {report.problems} problems, {report.steps} steps, "
+          f"{report.episodes_ended} episodes ended")
+    for failure in report.failures:
+        print(f"  FAIL {failure}")
+    print("treepref: conforms" if report.ok else f"treepref: {len(report.failures)} check(s) failed")
+    return 0 if report.ok else 1
 
 
 def _summary(doc: str | None) -> str:
@@ -113,7 +141,10 @@ def catalog() -> str:
     from treepref.extract.rules import RULES
     from treepref.search import SEARCHES
 
+    from treepref.envs import ENVS
+
     sections = {
+        "environments (env.name)": {k: importlib.import_module(m).__doc__ for k, (m, _, _) in ENVS.items()},
         "searches (search.name)": {k: importlib.import_module(m).__doc__ for k, (m, _, _) in SEARCHES.items()},
         "backends (model.backend)": {k: importlib.import_module(m).__doc__ for k, (m, _) in BACKENDS.items()
                                      if k in ("hf", "vllm", "openai")},
@@ -210,20 +241,15 @@ def _error_dict(err) -> dict:
 def build_context(cfg: Config, policy):
     """The environment and sampling settings of a config, around an existing policy."""
     from treepref.backends.base import Sampling
-    from treepref.envs.reasoning import DEFAULT_SYSTEM, ReasoningEnv
-    from treepref.few_shot import load_shots
+    from treepref.config import env_settings
+    from treepref.envs import build_env
     from treepref.search.base import SearchContext
 
-    env_kwargs = dict(template=policy.chat_prompt, tokenizer=policy, delimiter=cfg.env.delimiter, max_depth=cfg.env.max_depth,
-                      max_tokens=cfg.env.max_tokens,
-                      system=DEFAULT_SYSTEM if cfg.env.system == "default" else cfg.env.system,
-                      few_shot=load_shots(cfg.env.few_shot, cfg.source))
-    if cfg.env.answer_pattern:
-        env_kwargs["answer_pattern"] = cfg.env.answer_pattern
-    env = ReasoningEnv(**env_kwargs)
+    env = build_env(cfg.env.name, env_settings(cfg), policy=policy, source=cfg.source)
     s = cfg.sampling
     sampling = Sampling(temperature=s.temperature, top_p=s.top_p, max_tokens=s.max_tokens, seed=s.seed)
-    return SearchContext(env=env, policy=policy, sampling=sampling, rollout_max_tokens=s.rollout_max_tokens)
+    return SearchContext(env=env, policy=policy, sampling=sampling, rollout_max_tokens=s.rollout_max_tokens,
+                         success=cfg.env.success)
 
 
 async def _search_all(cfg: Config, problems, out: Path, progress: bool, progress_file=None):

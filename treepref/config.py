@@ -28,17 +28,22 @@ class ModelSection:
 
 @dataclass
 class ProblemsSection:
-    source: str = "arithmetic"  # arithmetic | gsm8k | math | reasoning_gym | file
+    # arithmetic | gsm8k | math | champ | reasoning_gym | file | shop | tools | seeds; None: the env's own
+    source: str | None = None
     options: dict = field(default_factory=dict)  # keyword arguments of treepref.problems.build_problems
 
 
 @dataclass
 class EnvSection:
+    name: str = "reasoning"  # reasoning | shop | tools | a user's class as package.module:ClassName
+    options: dict = field(default_factory=dict)  # the environment's own options (its fields or constructor's)
+    max_depth: int | None = None  # truncate a path after this many steps; None: the environment's default
+    max_tokens: int | None = None  # truncate a path after this many generated tokens; None: its default
+    system: str | None = "default"  # system message; "default": the environment's own
+    success: float = 1.0  # the reward counted as solved where the environment does not say
+    # the reasoning environment's options (also accepted in ``options``):
     delimiter: str = "\n\n"  # a step ends at this string
-    max_depth: int = 8  # truncate a path after this many steps
-    max_tokens: int = 1024  # truncate a path after this many generated tokens
     answer_pattern: str | None = None  # regex whose first group is the final answer; None: the default
-    system: str | None = "default"  # system message; "default": the built-in step-by-step instruction
     few_shot: str | list | None = None  # worked examples: a built-in set (arithmetic), a JSONL file, or a list
 
 
@@ -119,8 +124,34 @@ def read_yaml(path: str | Path, overrides: list[str] | None = None) -> dict:
 def config_from_dict(data: dict, source: str = "<dict>") -> Config:
     cfg = _build(Config, {k: v for k, v in data.items()}, source, "")
     cfg.source = source
+    if cfg.problems.source is None:
+        from treepref.envs import default_problems
+
+        cfg.problems.source = default_problems(cfg.env.name)
     _validate(cfg)
     return cfg
+
+
+REASONING_ONLY = {"delimiter": "\n\n", "answer_pattern": None, "few_shot": None}
+
+
+def env_settings(cfg: Config) -> dict:
+    """The environment's keyword options from the ``env`` section: ``options``, then the shared keys
+    (``max_depth``, ``max_tokens``, ``system``) where set, then the reasoning environment's own keys."""
+    e, out = cfg.env, dict(cfg.env.options)
+    for key in ("max_depth", "max_tokens"):
+        if getattr(e, key) is not None:
+            out[key] = getattr(e, key)
+    if e.system != "default":
+        out["system"] = e.system
+    if e.name == "reasoning":
+        from treepref.few_shot import load_shots
+
+        out.setdefault("delimiter", e.delimiter)
+        out.setdefault("few_shot", load_shots(e.few_shot, cfg.source))
+        if e.answer_pattern:
+            out.setdefault("answer_pattern", e.answer_pattern)
+    return out
 
 
 def _set_path(data: dict, keys: list[str], value: Any, where: str) -> None:
@@ -183,8 +214,13 @@ def _validate(cfg: Config) -> None:
     if cfg.model.backend not in BACKENDS:
         raise ConfigError(f"{src}: model.backend {cfg.model.backend!r} is not one of {sorted(BACKENDS)}")
     for key in ("max_depth", "max_tokens"):
-        if getattr(cfg.env, key) < 1:
+        if getattr(cfg.env, key) is not None and getattr(cfg.env, key) < 1:
             raise ConfigError(f"{src}: env.{key} must be >= 1")
+    if cfg.env.name != "reasoning":
+        for key, default in REASONING_ONLY.items():
+            if getattr(cfg.env, key) != default:
+                raise ConfigError(f"{src}: env.{key} is an option of the reasoning environment, not of "
+                                  f"{cfg.env.name!r}")
     if not cfg.env.delimiter:
         raise ConfigError(f"{src}: env.delimiter must not be empty")
     if cfg.sampling.temperature < 0:
@@ -212,7 +248,13 @@ def _validate(cfg: Config) -> None:
                 raise ConfigError(f"{src}: env.answer_pattern needs a group that captures the answer")
         except re.error as exc:
             raise ConfigError(f"{src}: env.answer_pattern is not a valid regex: {exc}") from None
-    # The search and problem options are checked against the code that will receive them.
+    # The environment, search and problem options are checked against the code that will receive them.
+    from treepref.envs import EnvError, check_environment
+
+    try:
+        check_environment(cfg.env.name, env_settings(cfg), src)
+    except EnvError as exc:
+        raise ConfigError(str(exc)) from None
     from treepref.search import build_config
 
     try:

@@ -234,7 +234,7 @@ def from_dataset(ds: Any, *, id_field: str = "id", prompt_field: str = "prompt",
 
 # -- sources by name (the CLI's `problems:` section) --------------------------------------------------
 
-SOURCES = ("arithmetic", "gsm8k", "math", "champ", "reasoning_gym", "file")
+SOURCES = ("arithmetic", "gsm8k", "math", "champ", "reasoning_gym", "file", "shop", "tools", "seeds")
 
 
 def _split_path(path: str | Path | None, split: str | None, source: str) -> Path:
@@ -268,6 +268,10 @@ def build_problems(source: str, *, count: int | None = None, seed: int = 0, diff
     - ``reasoning_gym``: ``task`` from the reasoning-gym package, ``count`` (default 100), ``seed``;
       ``options`` are passed to the task's config (e.g. ``{"min_terms": 2}``).
     - ``file``: any JSONL/JSON/parquet file via :func:`load_problems` with the ``*_field`` names.
+    - ``shop`` / ``tools``: the goals of the built-in shop and the tasks of the tool environment; ``count``
+      (default all), ``seed`` (0: file order, else a seeded shuffle).
+    - ``seeds``: ``count`` (default 16) episodes of a user's environment, reset with seeds ``seed``,
+      ``seed + 1``, ... (``meta["seed"]``).
 
     ``count`` on file sources keeps the first ``count`` good problems (file order, so runs are
     reproducible). ``split`` picks ``{path}/{split}.jsonl``, ``{path}/{split}.parquet`` or ``{path}/{split}/``.
@@ -281,6 +285,17 @@ def build_problems(source: str, *, count: int | None = None, seed: int = 0, diff
         from treepref.domains.arithmetic import generate
 
         return generate(100 if count is None else count, seed=seed, difficulty=difficulty), errors
+    if name == "shop":  # the shop environment's shipped goals
+        from treepref.envs.shop import load_goals
+
+        return load_goals(count, seed), errors
+    if name == "tools":  # the tool environment's shipped tasks
+        from treepref.envs.tools import load_tasks
+
+        return load_tasks(count, seed), errors
+    if name == "seeds":  # episodes of a user's environment: one problem per reset seed
+        n = 16 if count is None else count
+        return [Problem(f"seed-{seed + i}", "", meta={"seed": seed + i}) for i in range(n)], errors
     if name == "reasoning_gym":
         from treepref.domains.reasoning_gym import load_reasoning_gym
 

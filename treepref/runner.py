@@ -122,9 +122,11 @@ async def run_problems(problems: Sequence[Problem], search: SearchFn, search_cfg
                 # because it also sees policy calls made outside them (judges, self-evaluation).
                 tree.meta.update(generated_tokens=counter.generated_tokens, policy_requests=counter.requests,
                                  wall_time_s=round(time.perf_counter() - t0, 3))
-                # How states were rendered, so exporters rebuild exactly the prompts the policy saw.
-                tree.meta.setdefault("system", getattr(ctx.env, "system", None))
-                tree.meta.setdefault("delimiter", getattr(ctx.env, "delimiter", "\n\n"))
+                # Which environment, and how it was set up (the tree itself records the text it rendered).
+                tree.meta.setdefault("env", getattr(ctx.env, "name", type(ctx.env).__name__))
+                for key in ("system", "delimiter"):
+                    if hasattr(ctx.env, key):
+                        tree.meta.setdefault(key, getattr(ctx.env, key))
                 if getattr(ctx.env, "few_shot", ()):
                     tree.meta.setdefault("few_shot", shots_to_json(ctx.env.few_shot))
                 if problem.meta:  # what a domain's checker needs (arithmetic: the expression, intermediates)

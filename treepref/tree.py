@@ -9,6 +9,11 @@ Step text is stored without its trailing delimiter; the environment decides how 
 for people and checkers; what the policy saw is ``token_ids``: the root holds the prompt's ids and every
 other node the ids the policy generated for its step (delimiter included, exactly as sampled), so the prompt
 of any node's children is ``prompt_ids(node)``, never a re-tokenisation of joined text.
+
+The environment owns the context's text, and the tree records each node's share of it: ``rendered`` (the
+root: the prompt; a step: its action as the policy wrote it) and ``obs`` (what the environment appended after
+the action, an agent's observation), with the observation's ids in ``obs_ids``. So ``prompt_text(node)`` and
+``prompt_ids(node)`` are the exact context at any node, whichever environment made the tree.
 """
 
 from __future__ import annotations
@@ -31,8 +36,10 @@ ROLLOUT = "rollout"
 _COLUMNS = (
     "parent", "depth", "text", "n_tokens", "logprob", "prior", "visits", "value_sum", "reward",
     "terminated", "truncated", "kind", "samples", "scores", "mc_correct", "mc_total", "info", "token_ids",
+    "rendered", "obs", "obs_ids",
 )
-_OPTIONAL = {"token_ids": list}  # columns older trees lack, with the empty value they read as
+# columns older trees lack, with the empty value they read as
+_OPTIONAL = {"token_ids": list, "rendered": str, "obs": str, "obs_ids": list}
 
 
 @dataclass
@@ -61,6 +68,9 @@ class Tree:
     mc_total: list[int] = field(default_factory=list)
     info: list[dict] = field(default_factory=list)  # free-form per-node data (finish reason, answer)
     token_ids: list[list[int]] = field(default_factory=list)  # root: the prompt; else the step as generated
+    rendered: list[str] = field(default_factory=list)  # root: the prompt's text; else the action as written
+    obs: list[str] = field(default_factory=list)  # text the environment appended after the action
+    obs_ids: list[list[int]] = field(default_factory=list)  # its ids, tokenised once when it arrived
 
     def __post_init__(self) -> None:
         # Child lists are an index over the parent column (not serialised): children() stays O(degree).
@@ -92,6 +102,9 @@ class Tree:
         self.mc_total.append(0)
         self.info.append({})
         self.token_ids.append([])
+        self.rendered.append("")
+        self.obs.append("")
+        self.obs_ids.append([])
         self._kids.append([])
         if parent != NO_PARENT:
             self._kids[parent].append(len(self.parent) - 1)
@@ -99,7 +112,8 @@ class Tree:
 
     def add(self, parent: int, text: str, *, n_tokens: int = 0, logprob: float = 0.0, prior: float = 1.0,
             reward: float | None = None, terminated: bool = False, truncated: bool = False,
-            kind: str = STEP, info: dict | None = None, token_ids=()) -> int:
+            kind: str = STEP, info: dict | None = None, token_ids=(), rendered: str = "", obs: str = "",
+            obs_ids=()) -> int:
         """Append a child of ``parent`` and return its id."""
         if not 0 <= parent < len(self):
             raise IndexError(f"no node {parent} in tree of {len(self)} nodes")
@@ -110,14 +124,24 @@ class Tree:
         if info:
             self.info[node] = dict(info)
         self.token_ids[node] = [int(t) for t in token_ids]
+        self.rendered[node] = rendered
+        self.obs[node] = obs
+        self.obs_ids[node] = [int(t) for t in obs_ids]
         return node
 
-    def backup(self, node: int, value: float) -> None:
-        """Add one visit with ``value`` to ``node`` and every ancestor (the plain MCTS backup)."""
+    def backup(self, node: int, value: float, discount: float = 1.0) -> None:
+        """Add one visit to ``node`` and every ancestor: ``value`` at ``node``, then at each parent the reward
+        received on entering it (a non-final node's ``reward``, an agent's intermediate reward) plus
+        ``discount`` times the value below, so a node's mean value is Q = r + γ·V of the step into it. Without
+        intermediate rewards and with ``discount`` 1 this is the plain MCTS backup (``value`` everywhere)."""
         while node != NO_PARENT:
             self.visits[node] += 1
             self.value_sum[node] += value
             node = self.parent[node]
+            if node != NO_PARENT:
+                r = self.reward[node]
+                step_reward = r if r is not None and not self.terminated[node] else 0.0
+                value = step_reward + discount * value
 
     # -- reading --------------------------------------------------------------------------------
     def __len__(self) -> int:
@@ -140,11 +164,22 @@ class Tree:
         return [self.text[i] for i in self.path(node)]
 
     def prompt_ids(self, node: int) -> list[int]:
-        """The token ids the policy continues at ``node``: the prompt, then every step's ids down to it."""
+        """The token ids the policy continues at ``node``: the prompt, then every step's ids (and the
+        observation after it) down to it."""
         out = list(self.token_ids[ROOT])
         for i in self.path(node):
             out.extend(self.token_ids[i])
+            out.extend(self.obs_ids[i])
         return out
+
+    def prompt_text(self, node: int) -> str:
+        """The same context as text, as the environment rendered it (needs a tree that recorded ``rendered``)."""
+        return self.rendered[ROOT] + "".join(self.rendered[i] + self.obs[i] for i in self.path(node))
+
+    @property
+    def has_text(self) -> bool:
+        """Whether the tree recorded its context's text (trees written before environments owned it did not)."""
+        return bool(self.rendered and self.rendered[ROOT])
 
     def value(self, node: int) -> float | None:
         """Mean backed-up value, or None for a node never visited."""

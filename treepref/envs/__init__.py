@@ -1,0 +1,127 @@
+"""Environments by name, for the CLI and YAML recipes; a module loads only when its name is asked for.
+
+``env.name`` is a registered name or a user's class as ``package.module:ClassName``. A class with the
+functional contract (``initial``/``render``/``step`` on immutable states, ``envs.base.Environment``) is
+built with ``env.options`` as its keyword arguments; a stateful Gymnasium-style class (``reset``/``step``)
+is wrapped by ``envs.gym.GymTextEnv`` and ``env.options`` are its constructor's arguments. Either way the
+options are checked against what the class accepts before anything runs.
+"""
+
+from __future__ import annotations
+
+import dataclasses
+import importlib
+import inspect
+from typing import Any
+
+# name -> (module, class, the problems source its tasks come from)
+ENVS: dict[str, tuple[str, str, str]] = {
+    "reasoning": ("treepref.envs.reasoning", "ReasoningEnv", "arithmetic"),
+    "shop": ("treepref.envs.shop", "ShopEnv", "shop"),
+    "tools": ("treepref.envs.tools", "ToolEnv", "tools"),
+}
+
+# What the engine sets itself (from the policy), never an option.
+BOUND = ("template", "tokenizer", "factory", "env_kwargs")
+
+
+class EnvError(ValueError):
+    """A bad environment name or option (one line, naming where it came from)."""
+
+
+def env_class(name: str, source: str = "<env>") -> type:
+    """The class registered as ``name``, or ``module:Class`` imported."""
+    if name in ENVS:
+        module, cls, _ = ENVS[name]
+        return getattr(importlib.import_module(module), cls)
+    if ":" not in name:
+        raise EnvError(f"{source}: unknown environment {name!r}; choose one of {', '.join(sorted(ENVS))} "
+                       "or give your class as package.module:ClassName")
+    module, _, attr = name.partition(":")
+    try:
+        obj = importlib.import_module(module)
+        for part in attr.split("."):
+            obj = getattr(obj, part)
+    except (ImportError, AttributeError) as exc:
+        raise EnvError(f"{source}: cannot import environment {name!r} ({exc})") from None
+    if not isinstance(obj, type):
+        raise EnvError(f"{source}: environment {name!r} is not a class")
+    return obj
+
+
+def default_problems(name: str) -> str:
+    """The problems source a registered environment's tasks come from ("seeds" for a user's class)."""
+    return ENVS[name][2] if name in ENVS else "seeds"
+
+
+def accepted_options(cls: type) -> dict[str, Any]:
+    """Option name -> default for what ``cls`` accepts (dataclass fields, else constructor parameters)."""
+    from treepref.envs.gym import is_stateful
+
+    if dataclasses.is_dataclass(cls) and not is_stateful(cls):
+        return {f.name: (f.default if f.default is not dataclasses.MISSING else None)
+                for f in dataclasses.fields(cls) if f.name not in BOUND and f.init}
+    params = inspect.signature(cls).parameters.values()
+    return {p.name: (None if p.default is inspect.Parameter.empty else p.default) for p in params
+            if p.kind not in (p.VAR_POSITIONAL, p.VAR_KEYWORD)}
+
+
+def check_options(cls: type, options: dict, source: str, name: str) -> dict:
+    """``options`` with unknown keys and values of the wrong type (against the defaults) refused."""
+    known = accepted_options(cls)
+    takes_any = any(p.kind is p.VAR_KEYWORD for p in inspect.signature(cls).parameters.values())
+    out = {}
+    for key, value in (options or {}).items():
+        if key not in known and not takes_any:
+            raise EnvError(f"{source}: unknown option env.options.{key} for environment {name!r}; "
+                           f"known options: {', '.join(known) or 'none'}")
+        default = known.get(key)
+        if isinstance(default, bool) and not isinstance(value, bool):
+            raise EnvError(f"{source}: env.options.{key} must be true or false, got {value!r}")
+        if isinstance(default, (int, float)) and not isinstance(default, bool) and (
+                isinstance(value, bool) or not isinstance(value, (int, float))):
+            raise EnvError(f"{source}: env.options.{key} must be a number, got {value!r}")
+        if isinstance(default, float) and isinstance(value, int):
+            value = float(value)
+        if isinstance(default, tuple) and isinstance(value, list):
+            value = tuple(value)
+        out[key] = value
+    return out
+
+
+ADAPTER = ("max_depth", "max_tokens", "system", "live_cache")  # a stateful class's settings the adapter takes
+
+
+def _split(cls: type, options: dict, source: str, name: str) -> tuple[dict, dict]:
+    """(the class's own options, the adapter's) with each checked; the adapter's are empty for a
+    functional class."""
+    from treepref.envs.gym import GymTextEnv, is_stateful
+
+    if not is_stateful(cls):
+        return check_options(cls, options, source, name), {}
+    own = {k: v for k, v in options.items() if k not in ADAPTER}
+    adapter = {k: v for k, v in options.items() if k in ADAPTER}
+    return check_options(cls, own, source, name), check_options(GymTextEnv, adapter, source, name)
+
+
+def check_environment(name: str, options: dict, source: str = "<env>") -> None:
+    """Raise ``EnvError`` unless ``name`` resolves and takes ``options`` (before a run starts)."""
+    _split(env_class(name, source), options, source, name)
+
+
+def build_env(name: str, options: dict | None = None, *, policy=None, source: str = "<env>"):
+    """The environment ``name`` with ``options``, bound to ``policy``'s chat template and tokenizer."""
+    cls = env_class(name, source)
+    own, adapter = _split(cls, options or {}, source, name)
+    bound = {}
+    if policy is not None:
+        bound = {"template": policy.chat_prompt, "tokenizer": policy if hasattr(policy, "encode") else None}
+    from treepref.envs.gym import GymTextEnv, is_stateful
+
+    try:
+        if is_stateful(cls):
+            return GymTextEnv(factory=cls, env_kwargs=own, **adapter, **bound)
+        fields = {f.name for f in dataclasses.fields(cls)} if dataclasses.is_dataclass(cls) else set()
+        return cls(**own, **{k: v for k, v in bound.items() if k in fields})
+    except (TypeError, ValueError) as exc:
+        raise EnvError(f"{source}: environment {name!r}: {exc}") from None

@@ -4,6 +4,13 @@ Functional, in the spirit of Gymnasium's functional API: ``step`` returns a new 
 one, so a tree can branch from any node without copying live objects. ``terminated`` means the task ended
 (a final answer, a purchase); ``truncated`` means a budget ran out first. The two need different value
 targets, so they stay separate all the way into the Tree.
+
+The environment owns its text. A state carries the context the policy continues both as token ids and as
+the text those ids spell; a step extends both: the action as the policy generated it, then whatever the
+environment appends (an observation, tokenised once, when it arrives). The engine records each node's share
+(``Tree.rendered``/``obs``/``obs_ids``), so exports, the viewer and trainers read the exact context of any
+node without knowing which environment made the tree. Stateful Gymnasium-style environments plug in through
+``treepref.envs.gym.GymTextEnv``.
 """
 
 from __future__ import annotations
@@ -22,6 +29,7 @@ class State:
     n_tokens: int = 0  # tokens generated along this path
     data: Any = None  # environment-specific (an agent's observation, a tool's output)
     token_ids: tuple[int, ...] = ()  # what the policy continues: the prompt's ids, then every step's ids
+    text: str = ""  # the same context as text: the prompt, then every action as rendered and observation
 
     @property
     def depth(self) -> int:
@@ -34,11 +42,19 @@ class Transition:
     reward: float | None  # None: nothing to reward yet, or no reference to judge against
     terminated: bool
     truncated: bool
-    info: dict = field(default_factory=dict)
+    info: dict = field(default_factory=dict)  # "success": the environment's own word on a final state
+    observation: str = ""  # text the environment appended after the action (the end of ``state.text``)
+    observation_ids: tuple[int, ...] = ()  # its ids (the end of ``state.token_ids``)
 
 
 @runtime_checkable
 class Environment(Protocol):
+    """What a search needs from an environment. Optional attributes the engine reads with defaults:
+    ``interactive`` (False: a Monte Carlo completion is one generation cut into steps by ``split``; True: it
+    alternates action and ``step`` until the episode ends, because each action needs its observation),
+    ``reward_range`` (the rewards ``step`` may give, checked by ``treepref check-env``), and
+    ``messages(problem)`` (the prompt as chat messages, for the conversational export layout)."""
+
     stop: tuple[str, ...]  # stop strings that end one step of generation
 
     def initial(self, problem: Problem) -> State: ...
@@ -48,7 +64,7 @@ class Environment(Protocol):
         ...
 
     def render_text(self, state: State) -> str:
-        """The same state as text, for people, judges and text-only exports."""
+        """The same context as text (``state.text``): a child's is its parent's plus its action and observation."""
         ...
 
     async def step(self, state: State, action: str, *, token_ids: Sequence[int] | None = None,
@@ -61,3 +77,11 @@ class Environment(Protocol):
               logprob: float) -> list[Piece]:
         """Cut a multi-step completion (a rollout) into the steps ``step`` expects, in token space."""
         ...
+
+
+def is_success(reward: float | None, info: dict | None, threshold: float = 1.0) -> bool:
+    """Whether a final state succeeded: the environment's ``info["success"]`` when it says, else reward ≥
+    ``threshold`` (the one rule; searches and exports both ask here)."""
+    if info and info.get("success") is not None:
+        return bool(info["success"])
+    return reward is not None and reward >= threshold

@@ -42,6 +42,8 @@ class ReasoningEnv:
     ``delimiter``.
     """
 
+    name = "reasoning"
+
     template: Callable[[list[dict]], str] = plain_template
     tokenizer: Tokenizer | None = None  # None: the policy's (``SearchContext`` binds it); alone, the toy PLAIN
     verifier: OutcomeVerifier | None = None
@@ -69,16 +71,23 @@ class ReasoningEnv:
         return (self.delimiter,)
 
     def initial(self, problem: Problem) -> State:
-        return State(problem=problem, token_ids=tuple(self.tokens.encode(self.prompt(problem))))
+        text = self.prompt(problem)
+        return State(problem=problem, token_ids=tuple(self.tokens.encode(text)), text=text)
+
+    def messages(self, problem: Problem) -> list[dict]:
+        """The prompt as chat messages: the system message, the worked examples, then the problem."""
+        return problem.messages(self.system, shot_messages(self.few_shot, self.delimiter))
 
     def prompt(self, problem: Problem) -> str:
-        return self.template(problem.messages(self.system, shot_messages(self.few_shot, self.delimiter)))
+        return self.template(self.messages(problem))
 
     def render(self, state: State) -> tuple[int, ...]:
         return state.token_ids
 
     def render_text(self, state: State) -> str:
-        return self.prompt(state.problem) + "".join(s + self.delimiter for s in state.steps)
+        if state.text or not state.steps:
+            return state.text or self.prompt(state.problem)
+        return self.prompt(state.problem) + "".join(s + self.delimiter for s in state.steps)  # a hand-made state
 
     def final_answer(self, text: str, ended: bool = False) -> str | None:
         """The answer a step states (``verifiers.math.read_answer``, the one rule); when the model ended the
@@ -100,9 +109,12 @@ class ReasoningEnv:
                    ended: bool = False) -> Transition:
         text = self.clean(action)
         if token_ids is None:  # a step given as text: encode it the way it reads inside running text
-            token_ids = step_ids(self.tokens, text if ended else text + self.delimiter)
+            rendered = text if ended else text + self.delimiter
+            token_ids = step_ids(self.tokens, rendered)
+        else:  # as the policy wrote it (the text its ids spell, stop string included)
+            rendered = action
         new = State(state.problem, state.steps + (text,), state.n_tokens + len(token_ids), state.data,
-                    state.token_ids + tuple(token_ids))
+                    state.token_ids + tuple(token_ids), self.render_text(state) + rendered)
         answer = self.final_answer(text, ended=ended)
         terminated = answer is not None or ended
         reward = None

@@ -1,9 +1,9 @@
 """Pieces every exporter shares: the pair record, value readers, prompt rendering and tree walks.
 
-Prompts are rendered the way ``ReasoningEnv.render_text`` renders a state: the chat template applied to
-the problem's messages (with the system message), then every prefix step followed by the delimiter. So a
-pair's prompt is the text of what the policy continued when it sampled the two steps; the tokens it
-continued are ``Tree.prompt_ids`` (re-tokenising this text can change the step boundary).
+Prompts and completions are the text the tree recorded (``Tree.prompt_text``, ``Tree.rendered``): what
+the environment showed the policy and what the policy wrote, so a pair's prompt is the text of what the
+policy continued when it sampled the two steps, and its ids are ``Tree.prompt_ids`` (re-tokenising the
+text can change the step boundary).
 """
 
 from __future__ import annotations
@@ -11,6 +11,7 @@ from __future__ import annotations
 from dataclasses import dataclass, replace
 from typing import Callable
 
+from treepref.envs.base import is_success
 from treepref.envs.reasoning import DEFAULT_SYSTEM
 from treepref.few_shot import load_shots, shot_messages
 from treepref.problems import Problem
@@ -71,16 +72,21 @@ def check_value_name(name: str, trees: list[Tree]) -> None:
 
 @dataclass(frozen=True)
 class Prompter:
-    """How rows render prompts and completions.
+    """How rows render prompts and completions: from the text the tree recorded, whatever environment made it.
 
-    ``standard``: ``prompt`` is text (template + prefix steps, each followed by ``delimiter``) and
-    completions are text (the step followed by ``delimiter``), so ``prompt + chosen`` is exactly the child
-    state as the environment renders it. ``conversational``: ``prompt`` is a list of messages whose last
-    one is a partial assistant message holding the prefix steps (absent at depth 1), completions are
-    one-message lists ``[{"role": "assistant", ...}]``.
+    ``standard``: ``prompt`` is the context as text (``Tree.prompt_text``: the chat-templated prompt, then
+    every action as the policy wrote it and every observation after it) and a completion is its action as
+    written (stop string included), so ``prompt + chosen`` is exactly the child's context and spells exactly
+    ``prompt_ids + chosen_ids``. ``conversational``: ``prompt`` is the chat messages the environment rendered
+    (``tree.meta["messages"]``) plus a partial assistant message holding the prefix (absent at depth 1), and
+    completions are one-message lists ``[{"role": "assistant", ...}]``.
+
+    Trees written before environments recorded their text are rendered the reasoning environment's way
+    (``template`` over the problem's messages, steps joined by ``delimiter``), with the system message,
+    delimiter and examples the tree's meta records (``for_tree``).
     """
 
-    template: Template | None
+    template: Template | None = None  # only for trees without recorded text
     layout: str = "standard"
     system: str | None = DEFAULT_SYSTEM
     delimiter: str = "\n\n"
@@ -91,30 +97,51 @@ class Prompter:
             raise ValueError(f"unknown layout {self.layout!r}; choose one of {LAYOUTS}")
 
     def for_tree(self, tree: Tree) -> "Prompter":
-        """This prompter with the setup the search rendered ``tree`` with. A tree the runner wrote records its
-        system message, delimiter and examples, and those win over this prompter's: the built-in example
-        sets, a file or the config may have changed since."""
-        if "system" not in tree.meta:  # not recorded (a tree built by hand, or by an older runner)
+        """This prompter with the setup an older tree was rendered with (its meta wins over this prompter's)."""
+        if tree.has_text or "system" not in tree.meta:
             return self
         return replace(self, system=tree.meta["system"], delimiter=tree.meta.get("delimiter", self.delimiter),
                        few_shot=load_shots(tree.meta.get("few_shot"), f"tree {tree.problem_id}"))
 
     def messages(self, tree: Tree) -> list[dict]:
+        if "messages" in tree.meta:
+            return [dict(m) for m in tree.meta["messages"]]
         return problem_of(tree).messages(self.system, shot_messages(self.few_shot, self.delimiter))
+
+    def action(self, tree: Tree, node: int) -> str:
+        """A step's text as it reads in the context (the action as written, stop string included)."""
+        return tree.rendered[node] if tree.has_text else tree.text[node] + self.delimiter
+
+    def transcript(self, tree: Tree, nodes: list[int], *, last_obs: bool = True) -> str:
+        """Consecutive nodes as they read in the context: each action, then the observation after it (the
+        last node's observation only with ``last_obs``)."""
+        if not tree.has_text:
+            return self.joined([tree.text[n] for n in nodes])
+        return "".join(tree.rendered[n] + (tree.obs[n] if last_obs or i < len(nodes) - 1 else "")
+                       for i, n in enumerate(nodes))
+
+    def response(self, tree: Tree, nodes: list[int]) -> str:
+        """A whole response (the path to a final node): its transcript without anything after the last step
+        (older trees: the steps joined by the delimiter)."""
+        if not tree.has_text:
+            return self.delimiter.join(tree.text[n] for n in nodes)
+        return self.transcript(tree, nodes, last_obs=False)
 
     def joined(self, steps: list[str]) -> str:
         return "".join(s + self.delimiter for s in steps)
 
     def prompt(self, tree: Tree, node: int):
-        """The state at ``node`` (the prefix a pair of its children continues)."""
-        steps = tree.steps(node)
+        """The context at ``node`` (the prefix a pair of its children continues)."""
+        path = tree.path(node)
         if self.layout == "standard":
+            if tree.has_text:
+                return tree.prompt_text(node)
             if not callable(self.template):
-                raise ValueError("the standard layout needs a template: a callable messages -> str "
-                                 "(policy.chat_prompt, or template_from_tokenizer(path))")
-            return self.template(self.messages(tree)) + self.joined(steps)
+                raise ValueError("a tree without recorded text needs a template in the standard layout: a "
+                                 "callable messages -> str (policy.chat_prompt, or template_from_tokenizer(path))")
+            return self.template(self.messages(tree)) + self.transcript(tree, path)
         msgs = self.messages(tree)
-        return msgs + [{"role": "assistant", "content": self.joined(steps)}] if steps else msgs
+        return msgs + [{"role": "assistant", "content": self.transcript(tree, path)}] if path else msgs
 
     def question_prompt(self, tree: Tree):
         """The prompt without any steps (for whole-response formats)."""
@@ -162,12 +189,13 @@ def best_leaf(tree: Tree, node: int, kids: dict[int, list[int]] | None = None) -
 
 
 def success_nodes(tree: Tree, success: float = 1.0, kind: str | None = "step") -> set[int]:
-    """Nodes on a successful path: ancestors (and self) of a terminated node of ``kind`` with reward ≥
-    ``success``. The root is included when any path succeeds."""
+    """Nodes on a successful path: ancestors (and self) of a terminated node of ``kind`` that succeeded
+    (``envs.base.is_success``: the environment's word, or reward ≥ ``success``). The root is included when
+    any path succeeds."""
     out: set[int] = set()
     for n in range(len(tree)):
-        r = tree.reward[n]
-        if tree.terminated[n] and r is not None and r >= success and (kind is None or tree.kind[n] == kind):
+        if tree.terminated[n] and is_success(tree.reward[n], tree.info[n], success) \
+                and (kind is None or tree.kind[n] == kind):
             while n != -1 and n not in out:
                 out.add(n)
                 n = tree.parent[n]

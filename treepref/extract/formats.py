@@ -3,10 +3,11 @@
 An ``Item`` is a row plus what deduplication and filters need (a key, the node it came from, its margin,
 the two texts whose edit distance counts). Column meanings are in docs/formats.md; the conventions:
 
-* a step is rendered ``step + delimiter`` (the stop string is kept, as the policy generated it), so in
-  the standard layout ``prompt + chosen`` is exactly the child state ``ReasoningEnv.render_text`` produces;
-* a whole response (``refine_pairs``, ``trajectory_pairs``) is the steps joined by the delimiter, with
-  no trailing delimiter (the trainer appends EOS);
+* a step is rendered as the policy wrote it (``Tree.rendered``: the stop string kept), so in the standard
+  layout ``prompt + chosen`` is exactly the child's context as the environment rendered it;
+* a whole response (``trajectory_pairs``, ``full_*`` of ``step_dpo``) is its steps as written with the
+  observations between them (an agent's), without the last step's observation (the trainer appends EOS
+  where the response ended the episode);
 * ``depth`` is the depth of the compared steps (1 = first step);
 * ``*_ids`` columns are the token ids the policy saw (``Tree.token_ids``), never a re-tokenisation of the
   text: ``prompt_ids`` is ``Tree.prompt_ids`` of the prefix, a step's ids are its node's ``token_ids``
@@ -21,6 +22,7 @@ import json
 from dataclasses import dataclass, field
 from typing import Any, Callable, Hashable
 
+from treepref.envs.base import is_success
 from treepref.extract.common import Pair, Prompter, ValueReader, best_leaf, problem_of, success_nodes
 from treepref.extract.rules import visit_weight
 from treepref.tree import ROOT, STEP, Tree
@@ -105,13 +107,13 @@ def _pairs(tree: Tree, ctx: Context, kids: dict[int, list[int]]) -> list[Pair]:
 
 
 def _pair_row(tree: Tree, ctx: Context, p: Pair) -> dict:
-    pr, delim = ctx.prompter, ctx.prompter.delimiter
+    pr = ctx.prompter
     vc, vr = tree.visits[p.chosen], tree.visits[p.rejected]
     ids = _row_ids(tree, p.parent, {"chosen_ids": [p.chosen], "rejected_ids": [p.rejected]})
     return {**_base(tree, ctx),
             "prompt": pr.prompt(tree, p.parent),
-            "chosen": pr.completion(tree.text[p.chosen] + delim),
-            "rejected": pr.completion(tree.text[p.rejected] + delim),
+            "chosen": pr.completion(pr.action(tree, p.chosen)),
+            "rejected": pr.completion(pr.action(tree, p.rejected)),
             "question": problem_of(tree).question,
             "prefix_steps": tree.steps(p.parent),
             "chosen_value": p.chosen_value,
@@ -159,17 +161,17 @@ def step_apo(tree: Tree, ctx: Context) -> list[Item]:
 
 def step_dpo(tree: Tree, ctx: Context) -> list[Item]:
     """Step-DPO rows: the question, the prefix as text, the two steps and each one's best continuation."""
-    kids, delim = tree.children_map(), ctx.prompter.delimiter
+    kids, pr = tree.children_map(), ctx.prompter
     out, ok = [], success_nodes(tree, ctx.success)
     for p in _pairs(tree, ctx, kids):
         full_c, full_r = _continuation_nodes(tree, p.chosen, kids), _continuation_nodes(tree, p.rejected, kids)
         row = {**_base(tree, ctx),
                "prompt": problem_of(tree).question,
-               "initial_reason_steps": ctx.prompter.joined(tree.steps(p.parent)),
-               "chosen": tree.text[p.chosen] + delim,
-               "rejected": tree.text[p.rejected] + delim,
-               "full_chosen": ctx.prompter.joined([tree.text[n] for n in full_c]),
-               "full_rejected": ctx.prompter.joined([tree.text[n] for n in full_r]),
+               "initial_reason_steps": pr.transcript(tree, tree.path(p.parent)),
+               "chosen": pr.action(tree, p.chosen),
+               "rejected": pr.action(tree, p.rejected),
+               "full_chosen": pr.transcript(tree, full_c, last_obs=False),
+               "full_rejected": pr.transcript(tree, full_r, last_obs=False),
                "answer": tree.answer or "",
                "chosen_value": p.chosen_value,
                "rejected_value": p.rejected_value,
@@ -256,15 +258,16 @@ def refine_pairs(tree: Tree, ctx: Context) -> list[Item]:
 def trajectory_pairs(tree: Tree, ctx: Context) -> list[Item]:
     """Outcome-level rows: every correct complete solution against every incorrect one of the problem.
 
-    A complete solution is a terminated node of any kind (rollouts included) with a reward; correct
-    means reward ≥ ``success``. Solutions with the same text count once (the first found).
+    A complete solution is a terminated node of any kind (rollouts included) with a reward; correct means
+    the environment called it a success (``envs.base.is_success``: its word, or reward ≥ ``success``). Solutions with the same text count once (the first found).
     """
     seen: dict[str, int] = {}
     for n in range(1, len(tree)):
         if tree.terminated[n] and tree.reward[n] is not None:
-            seen.setdefault(ctx.prompter.delimiter.join(tree.steps(n)), n)
-    good = [(t, n) for t, n in seen.items() if tree.reward[n] >= ctx.success]
-    bad = [(t, n) for t, n in seen.items() if tree.reward[n] < ctx.success]
+            seen.setdefault(ctx.prompter.response(tree, tree.path(n)), n)
+    won = {n: is_success(tree.reward[n], tree.info[n], ctx.success) for n in seen.values()}
+    good = [(t, n) for t, n in seen.items() if won[n]]
+    bad = [(t, n) for t, n in seen.items() if not won[n]]
     out = []
     for (ta, a), (tb, b) in ((g, x) for g in good for x in bad):
         ra, rb = float(tree.reward[a]), float(tree.reward[b])

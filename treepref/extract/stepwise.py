@@ -23,6 +23,7 @@ from __future__ import annotations
 
 from typing import Iterable
 
+from treepref.envs.base import is_success
 from treepref.tree import ROOT, STEP, Tree
 
 
@@ -32,7 +33,7 @@ def _label(tree: Tree, node: int, source: str, threshold: float) -> tuple[bool, 
             soft = tree.mc_correct[node] / tree.mc_total[node]
             return tree.mc_correct[node] > 0, soft
         if tree.terminated[node] and tree.reward[node] is not None:
-            return tree.reward[node] >= 1.0, float(tree.reward[node])
+            return is_success(tree.reward[node], tree.info[node]), float(tree.reward[node])
         return None
     score = tree.scores[node].get(source)
     if score is None:

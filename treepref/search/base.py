@@ -18,7 +18,7 @@ from dataclasses import dataclass, field
 from typing import Sequence
 
 from treepref.backends.base import Completion, Policy, Sampling
-from treepref.envs.base import Environment, State
+from treepref.envs.base import Environment, State, is_success
 from treepref.problems import Problem
 from treepref.tree import ROOT, STEP, Tree
 
@@ -31,6 +31,7 @@ class SearchContext:
     policy: Policy
     sampling: Sampling = field(default_factory=lambda: Sampling(temperature=0.8, max_tokens=96))
     rollout_max_tokens: int = 384  # budget of one Monte Carlo completion (all remaining steps)
+    success: float = 1.0  # the reward counted as solved when the environment does not say (``is_success``)
 
     def __post_init__(self) -> None:
         # An environment that encodes text (its prompts) must use the policy's tokenizer, or the ids it sends
@@ -46,6 +47,9 @@ def new_tree(problem: Problem, ctx: SearchContext, search: str, settings: dict) 
                 meta={"search": search, "settings": settings, "generated_tokens": 0, "policy_requests": 0})
     root = ctx.env.initial(problem)
     tree.token_ids[ROOT] = list(root.token_ids)
+    tree.rendered[ROOT] = ctx.env.render_text(root)
+    if hasattr(ctx.env, "messages"):  # the chat turns the prompt was rendered from (conversational exports)
+        tree.meta["messages"] = ctx.env.messages(problem)
     return tree, {ROOT: root}
 
 
@@ -86,7 +90,8 @@ async def add_step(tree: Tree, states: dict[int, State], parent: int, ctx: Searc
     times the policy wrote it). ``token_ids``: what the policy generated (None for a step given as text).
     Returns the node (new or merged), or None for an empty step that did not end the sequence.
     """
-    tr = await ctx.env.step(states[parent], text, token_ids=token_ids, ended=ended)
+    before = states[parent]
+    tr = await ctx.env.step(before, text, token_ids=token_ids, ended=ended)
     step_text = tr.state.steps[-1]
     if not step_text and not ended:
         return None  # an empty step carries no information
@@ -94,12 +99,19 @@ async def add_step(tree: Tree, states: dict[int, State], parent: int, ctx: Searc
         if tree.text[c] == step_text:
             tree.samples[c] += 1
             return c
+    after = tr.state
+    if after.token_ids[:len(before.token_ids)] != before.token_ids or not after.text.startswith(before.text):
+        raise ValueError(f"environment {type(ctx.env).__name__}: a step must extend its state's token ids and "
+                         "text (a child's context is its parent's plus new tokens)")
+    new_ids, new_text = after.token_ids[len(before.token_ids):], after.text[len(before.text):]
+    n_obs = len(tr.observation_ids)
+    ids = new_ids[:len(new_ids) - n_obs]  # the action's own ids, as the env appended them
+    rendered = new_text[:len(new_text) - len(tr.observation)]
     truncated = tr.truncated or (finish_reason == "length" and not tr.terminated)
-    ids = tr.state.token_ids[len(states[parent].token_ids):]  # the step's own ids, as the env appended them
     node = tree.add(parent, step_text, n_tokens=len(ids), logprob=logprob, reward=tr.reward,
                     terminated=tr.terminated, truncated=truncated, info={"finish_reason": finish_reason, **tr.info},
-                    token_ids=ids)
-    states[node] = tr.state
+                    token_ids=ids, rendered=rendered, obs=tr.observation, obs_ids=tr.observation_ids)
+    states[node] = after
     return node
 
 
@@ -144,31 +156,62 @@ def set_priors(tree: Tree, children: list[int], temperature: float = 1.0) -> Non
 
 async def rollouts(tree: Tree, states: dict[int, State], node: int, ctx: SearchContext, n: int,
                    truncated_reward: float = 0.0) -> list[tuple[int, float]]:
-    """Complete the solution from ``node`` ``n`` times (one request) and add every completion to the tree.
+    """Complete the episode from ``node`` ``n`` times and add every completion to the tree.
 
-    Each completion is cut into steps in token space and inserted step by step (``add_step``), merging with
-    existing nodes, so nothing generated is thrown away: a completion is a path of the tree, later search
-    walks on it, and backing its outcome up from its last node counts it in every node it passed through.
-    The outcomes are also counted in ``node``'s ``mc_correct``/``mc_total``. Returns ``(last node, reward)``
-    per completion (``truncated_reward`` when it ended without an answer). A final node is its own outcome.
+    Each completion is inserted step by step (``add_step``), merging with existing nodes, so nothing
+    generated is thrown away: a completion is a path of the tree, later search walks on it, and backing its
+    outcome up from its last node counts it in every node it passed through. For a reasoning environment a
+    completion is one request of ``n`` (no stop) cut into steps in token space; for an ``interactive`` one
+    (an agent) each completion alternates one action and the environment's observation until the episode
+    ends or ``rollout_max_tokens`` are spent, the ``n`` of them in flight together. The outcomes are also
+    counted in ``node``'s ``mc_correct``/``mc_total``. Returns ``(last node, reward)`` per completion
+    (``truncated_reward`` when it ended without an answer). A final node is its own outcome.
     """
     if tree.is_final(node):
         r = leaf_value(tree, node, truncated_reward)
         return [(node, r)] * n
     if n <= 0:
         return []
-    params = ctx.sampling.with_(n=n, stop=(), max_tokens=ctx.rollout_max_tokens)
-    results = await ctx.policy.generate([ctx.env.render(states[node])], params)
-    record_generation(tree, results)
+    if getattr(ctx.env, "interactive", False):
+        lasts = list(await asyncio.gather(*(play_out(tree, states, node, ctx) for _ in range(n))))
+    else:
+        params = ctx.sampling.with_(n=n, stop=(), max_tokens=ctx.rollout_max_tokens)
+        results = await ctx.policy.generate([ctx.env.render(states[node])], params)
+        record_generation(tree, results)
+        lasts = [await add_completion(tree, states, node, ctx, c) for c in results[0]]
     out = []
-    for c in results[0]:
-        last = await add_completion(tree, states, node, ctx, c)
+    for last in lasts:
         reward = leaf_value(tree, last, truncated_reward) if last != node else None
         reward = truncated_reward if reward is None else reward
         out.append((last, reward))
         tree.mc_total[node] += 1
-        tree.mc_correct[node] += int(reward >= 1.0)
+        tree.mc_correct[node] += int(succeeded(tree, last, ctx.success))
     return out
+
+
+def succeeded(tree: Tree, node: int, threshold: float = 1.0) -> bool:
+    """Whether ``node`` ended the episode successfully (``envs.base.is_success``: the env's word, or a
+    reward at or above ``threshold``)."""
+    return bool(tree.terminated[node]) and is_success(tree.reward[node], tree.info[node], threshold)
+
+
+async def play_out(tree: Tree, states: dict[int, State], node: int, ctx: SearchContext) -> int:
+    """One multi-turn completion from ``node``: action, observation, action, ... until a final node or until
+    it has generated ``rollout_max_tokens``; returns the last node reached (every step is in the tree)."""
+    spent = 0
+    while not tree.is_final(node) and spent < ctx.rollout_max_tokens:
+        params = step_params(ctx, 1).with_(max_tokens=min(ctx.sampling.max_tokens, ctx.rollout_max_tokens - spent))
+        results = await ctx.policy.generate([ctx.env.render(states[node])], params)
+        record_generation(tree, results)
+        c = results[0][0]
+        spent += c.n_tokens
+        ended = c.finish_reason == "stop" and c.stop_reason is None
+        child = await add_step(tree, states, node, ctx, c.text, c.token_ids, logprob=c.logprob,
+                               finish_reason=c.finish_reason, ended=ended)
+        if child is None:
+            break
+        node = child
+    return node
 
 
 async def add_completion(tree: Tree, states: dict[int, State], node: int, ctx: SearchContext,

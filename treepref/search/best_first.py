@@ -19,7 +19,8 @@ import heapq
 from dataclasses import dataclass
 
 from treepref.problems import Problem
-from treepref.search.base import SearchContext, expand, new_tree, over_budget, settings_of, value_by_rollouts
+from treepref.search.base import (SearchContext, expand, new_tree, over_budget, settings_of, succeeded,
+                                  value_by_rollouts)
 from treepref.tree import ROOT, Tree
 
 
@@ -79,7 +80,7 @@ async def best_first(problem: Problem, ctx: SearchContext, cfg: BestFirstConfig 
         for children in await asyncio.gather(*(grow(n) for n in batch)):
             for c in children:
                 if tree.is_final(c):
-                    found = found or (tree.terminated[c] and (tree.reward[c] or 0.0) >= 1.0)
+                    found = found or succeeded(tree, c, ctx.success)
                 else:
                     heapq.heappush(frontier, (-tree.scores[c]["mc"], c))
 

@@ -77,6 +77,9 @@ class MCTSConfig:
     ``n_rollouts`` completions (``k`` unused), so no sampled token is off a valued path."""
     token_budget: int | None = None
     """Stop starting simulations once the tree has generated this many tokens (None: no limit)."""
+    discount: float = 1.0
+    """γ of the backup: a node's value is Q = r + γ·V, with r the environment's intermediate reward for the
+    step into it (agents); 1 with outcome-only rewards (reasoning) is the plain mean of outcomes."""
 
     def __post_init__(self) -> None:
         if self.simulations < 1:
@@ -103,6 +106,8 @@ class MCTSConfig:
             raise ValueError(f"MCTSConfig.widen must be >= 0, got {self.widen}")
         if self.token_budget is not None and self.token_budget < 1:
             raise ValueError(f"MCTSConfig.token_budget must be >= 1 or None, got {self.token_budget}")
+        if not 0.0 < self.discount <= 1.0:
+            raise ValueError(f"MCTSConfig.discount must be in (0, 1], got {self.discount}")
 
 
 def puct_scores(tree: Tree, node: int, children: list[int], c_puct: float, fpu: float,
@@ -230,7 +235,7 @@ class _Search:
                               self.cfg.truncated_reward)
 
     def _backup(self, node: int, value: float) -> None:
-        self.tree.backup(node, value)
+        self.tree.backup(node, value, self.cfg.discount)
         self.done += 1
 
     def _release(self, path: list[int]) -> None:

@@ -14,7 +14,7 @@ from __future__ import annotations
 from dataclasses import dataclass
 
 from treepref.problems import Problem
-from treepref.search.base import SearchContext, new_tree, over_budget, rollouts, settings_of
+from treepref.search.base import SearchContext, new_tree, over_budget, rollouts, settings_of, succeeded
 from treepref.tree import ROOT, Tree
 
 
@@ -49,6 +49,5 @@ async def sample(problem: Problem, ctx: SearchContext, cfg: SampleConfig | None 
                 leaves.append(leaf)
         if cfg.token_budget is None or over_budget(tree, cfg.token_budget):
             break
-    tree.meta["stats"] = {"solutions": len(leaves), "correct": sum(
-        1 for leaf in leaves if tree.terminated[leaf] and (tree.reward[leaf] or 0.0) >= 1.0)}
+    tree.meta["stats"] = {"solutions": len(leaves), "correct": sum(1 for leaf in leaves if succeeded(tree, leaf, ctx.success))}
     return tree

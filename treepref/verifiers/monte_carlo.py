@@ -19,7 +19,7 @@ from dataclasses import dataclass
 
 from treepref.envs.base import State
 from treepref.problems import Problem
-from treepref.search.base import SearchContext, add_step, leaf_value, rollouts
+from treepref.search.base import SearchContext, add_step, rollouts, succeeded
 from treepref.tree import ROOT, STEP, Tree
 
 
@@ -62,9 +62,8 @@ async def mc_value(tree: Tree, states: dict[int, State], node: int, ctx: SearchC
     """
     if tree.is_final(node):
         if tree.mc_total[node] == 0:
-            v = leaf_value(tree, node, truncated_reward)
             tree.mc_total[node] = 1
-            tree.mc_correct[node] = int(v is not None and v >= 1.0)
+            tree.mc_correct[node] = int(succeeded(tree, node, ctx.success))
             tree.info[node]["mc_exact"] = True
     elif n > 0:
         await rollouts(tree, states, node, ctx, n, truncated_reward)
