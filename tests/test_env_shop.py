@@ -156,7 +156,7 @@ def test_observations_list_the_actions():
     assert "Actions: click[" in trs[0].info["observation"] and "click[back to search]" in trs[0].info["observation"]
     item = trs[-1].info["observation"]
     assert "click[buy now]" in item and "click[xxl]" in item and "(chosen: s)" in item
-    assert trs[-1].state.text.endswith("\n\nAction: ")
+    assert trs[-1].state.text.endswith("\n\nAction:")
 
 
 def test_episode_ends_at_buy_or_budget():
@@ -226,7 +226,7 @@ def test_mcts_with_a_scripted_policy():
     def script(steps):
         # the transcript after "<assistant>\n", cut at "\n": each action is its own "Action: ..." line
         # (observation lines start otherwise; "Actions: ..." lists the page's choices)
-        done = tuple(s.removeprefix("Action: ") for s in steps if s.startswith("Action: "))
+        done = tuple(a for a in (s.removeprefix("Action:").strip() for s in steps if s.startswith("Action:")) if a)
         return plan.get(done, [])
 
     policy = ScriptedPolicy(script, delimiter="\n")

@@ -21,6 +21,7 @@ EXPECTED = {
     "walkthrough": ("pairs;", "ranked lists"),
     "labels": ("stepwise rows", "agree with the exact checker on"),
     "training": ("pairs; first:", "after training", "verifier after training"),
+    "environments": ("conformance: ok", "pairs;", "depth 1:"),
 }
 
 

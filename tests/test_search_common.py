@@ -11,6 +11,7 @@ from treepref.envs.reasoning import ReasoningEnv, plain_template
 from treepref.problems import Problem
 from treepref.search import SEARCHES, build_config, get_config_class, get_search
 from treepref.search.base import SearchContext
+from treepref.tokens import PLAIN
 from treepref.tree import STEP, Tree
 
 PROBLEM = Problem("p1", "What is 1 + 1?", answer="2")
@@ -50,6 +51,23 @@ class SlowPolicy:
         for k in keys:
             self.in_flight.remove(k)
         return await self.inner.generate(prompts, params)
+
+
+class PlainPolicy:
+    """The backend interface on the toy PLAIN tokenizer and the plain chat template; a test's own policy
+    subclasses it and writes ``generate``."""
+
+    def chat_prompt(self, messages):
+        return plain_template(messages)
+
+    def encode(self, text):
+        return PLAIN.encode(text)
+
+    def decode(self, ids):
+        return PLAIN.decode(ids)
+
+    def count_tokens(self, text):
+        return len(PLAIN.encode(text))
 
 
 def make_ctx(script, *, max_depth: int = 6, slow: bool = False) -> SearchContext:

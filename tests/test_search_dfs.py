@@ -8,6 +8,7 @@ from collections import Counter
 
 import pytest
 
+from test_search_common import PlainPolicy
 from treepref.backends.base import Completion
 from treepref.backends.scripted import ScriptedPolicy
 from treepref.envs.reasoning import ReasoningEnv, plain_template
@@ -29,7 +30,7 @@ def answer(x: str) -> str:
     return f'Action: give_answer\nAction Input: {{"answer": "{x}"}}\n'
 
 
-class AgentScript:
+class AgentScript(PlainPolicy):
     """A policy with the backend interface that writes scripted actions, each tagged ``[label]`` in its
     Thought. ``script`` maps the labels on the path so far to ``(label, logprob)`` candidates; successive
     requests for the same path continue through its candidates, so a re-expanded node gets new children."""
@@ -38,18 +39,6 @@ class AgentScript:
         self.script, self.actions = script, actions
         self.asked: Counter = Counter()
         self.requests: list[tuple[str, ...]] = []
-
-    def chat_prompt(self, messages):
-        return plain_template(messages)
-
-    def encode(self, text):
-        return PLAIN.encode(text)
-
-    def decode(self, ids):
-        return PLAIN.decode(ids)
-
-    def count_tokens(self, text):
-        return len(PLAIN.encode(text))
 
     async def generate(self, prompts, params):
         return [[self._one(p, params) for _ in range(params.n)] for p in prompts]

@@ -257,3 +257,27 @@ def test_node_scores_inside_a_search_read_the_trees_own_ids(verifier, prm, tok):
                                   abs=1e-6)
     assert asyncio.run(prm.score_node(tree, a)) == pytest.approx(
         prm.score_ids(tree.token_ids[ROOT], [tree.token_ids[a]])[0], abs=1e-6)
+
+
+def test_trained_scorers_as_search_evaluators(verifier_dir, prm_dir, verifier, prm, tok):
+    """``evaluator: {kind: prm, model: F, aggregate: A}`` is A over the PRM's step scores of the node's path
+    (the tree's ids), and ``{kind: verifier, model: F}`` the verifier's score of the node."""
+    from treepref.envs.base import State
+    from treepref.search.evaluators import evaluate, parse
+    from treepref.tree import ROOT, Tree
+
+    tree = Tree("p", "What is 2 + 3?", "5")
+    tree.token_ids[ROOT] = _chat_ids(tok, "What is 2 + 3?")
+    a = tree.add(ROOT, "2 + 3 = 5", token_ids=tok.encode("2 + 3 = 5") + [198, 198])
+    b = tree.add(a, "So it is 5.", token_ids=tok.encode("So it is 5.") + [198, 198])
+    states = {ROOT: State(Problem("p", "What is 2 + 3?", "5"))}
+    steps = prm.score_ids(tree.token_ids[ROOT], [tree.token_ids[a], tree.token_ids[b]])
+    for aggregate, want in (("min", min(steps)), ("last", steps[-1]), ("product", steps[0] * steps[1])):
+        spec = parse({"kind": "prm", "model": str(prm_dir), "aggregate": aggregate})
+        [[(node, value)]] = asyncio.run(evaluate(spec, tree, states, [b], ctx=None))
+        assert node == b and value == pytest.approx(want, abs=1e-6)
+    assert tree.scores[b]["prm"] == pytest.approx(steps[0] * steps[1], abs=1e-6)
+    [[(_, v)]] = asyncio.run(evaluate(parse({"kind": "verifier", "model": str(verifier_dir)}), tree, states, [b], None))
+    assert v == pytest.approx(asyncio.run(verifier.score_node(tree, b)), abs=1e-6)
+    with pytest.raises(ValueError, match="holds a trained prm, not a verifier"):
+        asyncio.run(evaluate(parse({"kind": "verifier", "model": str(prm_dir)}), tree, states, [b], None))

@@ -342,9 +342,11 @@ def _export(run: Path, cfg: Config, formats, rule, value, layout, options) -> di
 
     datasets.disable_progress_bars()  # one bar per shard per format drowns the run's own output
     trees = load_trees(run)
-    model = resolve_model(cfg.model.name)
-    template = template_from_tokenizer(model) if os.path.isdir(model) else None
-    shots = load_shots(cfg.env.few_shot, cfg.source)  # once, not once per format (it may read a file)
+    template, shots = None, ()
+    if not all(t.has_text for t in trees):  # trees from before environments recorded their text: re-render
+        model = resolve_model(cfg.model.name)
+        template = template_from_tokenizer(model) if os.path.isdir(model) else None
+        shots = load_shots(cfg.env.few_shot, cfg.source)  # once, not once per format (it may read a file)
     results = {}
     per_format = options_per_format(formats, rule, options)  # each format the options it takes
     for fmt in formats:

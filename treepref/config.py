@@ -293,6 +293,8 @@ def _check_formats(cfg: Config, src: str) -> None:
         per_format = options_per_format(cfg.extract.formats, cfg.extract.rule, cfg.extract.options)
         for fmt, options in per_format.items():
             rule = cfg.extract.rule if FORMATS[fmt].default_rule is not None else None
-            check_settings(fmt, layout=cfg.extract.layout, rule=rule, options=options)
+            options = dict(options)
+            check_settings(fmt, layout=cfg.extract.layout, rule=rule, weight=options.pop("weight", None),
+                           options={k: v for k, v in options.items() if k != "weight_k"})
     except ValueError as exc:
         raise ConfigError(f"{src}: extract.options: {exc}") from None

@@ -234,7 +234,8 @@ def from_dataset(ds: Any, *, id_field: str = "id", prompt_field: str = "prompt",
 
 # -- sources by name (the CLI's `problems:` section) --------------------------------------------------
 
-SOURCES = ("arithmetic", "gsm8k", "math", "champ", "reasoning_gym", "file", "shop", "tools", "seeds")
+SOURCES = ("arithmetic", "gsm8k", "math", "champ", "reasoning_gym", "file", "shop", "tools", "seeds", "instructions",
+           "ifeval")
 
 
 def _split_path(path: str | Path | None, split: str | None, source: str) -> Path:
@@ -268,6 +269,10 @@ def build_problems(source: str, *, count: int | None = None, seed: int = 0, diff
     - ``reasoning_gym``: ``task`` from the reasoning-gym package, ``count`` (default 100), ``seed``;
       ``options`` are passed to the task's config (e.g. ``{"min_terms": 2}``).
     - ``file``: any JSONL/JSON/parquet file via :func:`load_problems` with the ``*_field`` names.
+    - ``instructions``: built-in instruction-following tasks with IFEval-style checkable constraints; ``count``
+      (default 100), ``seed``, ``options: {n_constraints: N}`` (default 2).
+    - ``ifeval``: an IFEval-style prompts file (``key``/``prompt``/``instruction_id_list``/``kwargs``); ``path``,
+      optional ``split``; rows with an instruction id treepref cannot check are reported, not loaded.
     - ``shop`` / ``tools``: the goals of the built-in shop and the tasks of the tool environment; ``count``
       (default all), ``seed`` (0: file order, else a seeded shuffle).
     - ``seeds``: ``count`` (default 16) episodes of a user's environment, reset with seeds ``seed``,
@@ -285,6 +290,10 @@ def build_problems(source: str, *, count: int | None = None, seed: int = 0, diff
         from treepref.domains.arithmetic import generate
 
         return generate(100 if count is None else count, seed=seed, difficulty=difficulty), errors
+    if name == "instructions":  # seeded writing tasks with checkable constraints; options: {"n_constraints": 3}
+        from treepref.domains.instructions import generate as generate_instructions
+
+        return generate_instructions(100 if count is None else count, seed=seed, **(options or {})), errors
     if name == "shop":  # the shop environment's shipped goals
         from treepref.envs.shop import load_goals
 
@@ -292,7 +301,7 @@ def build_problems(source: str, *, count: int | None = None, seed: int = 0, diff
     if name == "tools":  # the tool environment's shipped tasks
         from treepref.envs.tools import load_tasks
 
-        return load_tasks(count, seed), errors
+        return load_tasks(count, seed, **(options or {})), errors
     if name == "seeds":  # episodes of a user's environment: one problem per reset seed
         n = 16 if count is None else count
         return [Problem(f"seed-{seed + i}", "", meta={"seed": seed + i}) for i in range(n)], errors
@@ -306,6 +315,10 @@ def build_problems(source: str, *, count: int | None = None, seed: int = 0, diff
         from treepref.domains.gsm8k import load_gsm8k
 
         problems, errors = load_gsm8k(_split_path(path, split, name))
+    elif name == "ifeval":
+        from treepref.domains.instructions import load_ifeval
+
+        problems, errors = load_ifeval(_split_path(path, split, name))
     elif name == "champ":
         from treepref.domains.champ import load_champ
 

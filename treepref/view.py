@@ -12,6 +12,7 @@ import math
 import os
 from pathlib import Path
 
+from treepref.envs.base import is_success
 from treepref.tree import ROOT, STEP, Tree, atomic_write_text
 
 TEMPLATE = Path(__file__).with_name("view_template.html")
@@ -20,14 +21,14 @@ TITLE_MARK = "__TREEPREF_VIEW_TITLE__"
 
 # One node record: a list with these fields in this order (the page reads them by name via this list).
 NODE_FIELDS = ("parent", "depth", "text", "visits", "value", "reward", "prior", "terminated", "truncated",
-               "kind", "samples", "scores", "mc_correct", "mc_total", "n_tokens", "logprob", "info")
+               "kind", "samples", "scores", "mc_correct", "mc_total", "n_tokens", "logprob", "info", "obs")
 
 
 class ViewError(ValueError):
     """The run folder cannot be shown (no such folder, no trees, unknown problem): one line for the user."""
 
 
-SUCCESS_RULE = "path to a terminated step with reward ≥ 1 (the most visited such step)"
+SUCCESS_RULE = "path to a terminated step that succeeded (reward ≥ 1 unless the env said), the most visited such step"
 GREEDY_RULE = "from the root, repeatedly the child with the highest value (Q), ties by visits"
 
 
@@ -35,10 +36,10 @@ GREEDY_RULE = "from the root, repeatedly the child with the highest value (Q), t
 def best_path(tree: Tree) -> tuple[list[int], str]:
     """Node ids of the highlighted path (root first) and the rule that chose it.
 
-    If a terminated step node with reward >= 1 exists, the path to the most visited one (ties: the first
-    made); otherwise from the root repeatedly the step child with the highest value, unvisited children
+    If a successful terminated step node exists (``envs.base.is_success``: the environment's word, or reward
+    ≥ 1), the path to the most visited one (ties: the first made); otherwise from the root repeatedly the step child with the highest value, unvisited children
     last, ties broken by visits and then by creation order."""
-    wins = [i for i in tree.nodes(STEP) if tree.terminated[i] and (tree.reward[i] or 0) >= 1]
+    wins = [i for i in tree.nodes(STEP) if tree.terminated[i] and is_success(tree.reward[i], tree.info[i])]
     if wins:
         end = max(wins, key=lambda i: (tree.visits[i], -i))
         return [ROOT, *tree.path(end)], SUCCESS_RULE
@@ -90,16 +91,18 @@ def _completion_text(value, delimiter: str) -> str:
 
 def match_pairs(tree: Tree, rows: list[dict]) -> tuple[list[dict], int]:
     """Each row of this tree as ``{"chosen": id, "rejected": id, "chosen_value", "rejected_value"}``: the
-    prefix steps are followed from the root by text, then the two children matched by text. Returns the
+    prefix steps are followed from the root by text, then the two children matched by their text as the
+    export wrote it (``Tree.rendered``; older trees: the step text without the delimiter). Returns the
     matched pairs and how many rows of this tree matched no nodes."""
-    delimiter = tree.meta.get("delimiter", "\n\n") if isinstance(tree.meta, dict) else "\n\n"
+    delimiter = "" if tree.has_text else tree.meta.get("delimiter", "\n\n") if isinstance(tree.meta, dict) else "\n\n"
+    written = tree.rendered if tree.has_text else tree.text
     kids = tree.children_map()
-    by_text: dict[tuple[int, str], list[int]] = {}
+    by_text: dict[tuple, list[int]] = {}
 
-    def children_with(node: int, text: str) -> list[int]:
-        key = (node, text)
+    def children_with(node: int, text: str, column: list[str]) -> list[int]:
+        key = (node, text, column is written)
         if key not in by_text:
-            by_text[key] = [c for c in kids[node] if tree.text[c] == text]
+            by_text[key] = [c for c in kids[node] if column[c] == text]
         return by_text[key]
 
     pairs, missed = [], 0
@@ -108,12 +111,12 @@ def match_pairs(tree: Tree, rows: list[dict]) -> tuple[list[dict], int]:
             continue
         parents = [ROOT]
         for step in row.get("prefix_steps") or []:
-            parents = [c for p in parents for c in children_with(p, step)]
+            parents = [c for p in parents for c in children_with(p, step, tree.text)]
         chosen_text = _completion_text(row.get("chosen"), delimiter)
         rejected_text = _completion_text(row.get("rejected"), delimiter)
         found = None
         for p in parents:
-            chosen, rejected = children_with(p, chosen_text), children_with(p, rejected_text)
+            chosen, rejected = children_with(p, chosen_text, written), children_with(p, rejected_text, written)
             if chosen and rejected:
                 found = (chosen[0], rejected[0])
                 break
@@ -152,7 +155,7 @@ def tree_data(tree: Tree, rows: list[dict] | None) -> dict:
                       _finite(tree.reward[i]), _finite(tree.prior[i]), bool(tree.terminated[i]),
                       bool(tree.truncated[i]), tree.kind[i], tree.samples[i], _finite(tree.scores[i]),
                       tree.mc_correct[i], tree.mc_total[i], tree.n_tokens[i], _finite(tree.logprob[i]),
-                      _finite(tree.info[i])])
+                      _finite(tree.info[i]), tree.obs[i] if i else ""])
     path, rule = best_path(tree)
     pairs, missed = match_pairs(tree, rows) if rows is not None else ([], 0)
     meta = tree.meta if isinstance(tree.meta, dict) else {}

@@ -48,13 +48,15 @@ class AgentEnv:
     system: str | None = None  # None: the environment's own ``default_system``
     max_depth: int = 10
     max_tokens: int = 1024
+    demos: int = 1  # worked episodes shown before the task as earlier chat turns (0: none)
 
     # -- what a subclass declares -----------------------------------------------------------------
     interactive = True  # a Monte Carlo completion alternates actions and observations
     reward_range: tuple[float, float] = (0.0, 1.0)
     default_system: str = ""
     stop: tuple[str, ...] = ("\n",)  # ends one action (kept in the context, as the policy wrote it)
-    lead: str = "Action: "  # opens every action: after the prompt and after every observation
+    lead: str = "Action:"  # opens every action, after the prompt and every observation (no trailing space: a
+    # text ending in a space is a token boundary the model never writes; it writes the space with the word)
     observation_format: str = "Observation: {observation}\n\n"
 
     def start(self, problem: Problem) -> tuple[Any, str]:
@@ -65,8 +67,17 @@ class AgentEnv:
         """Apply one parsed action to ``data`` (never mutate it: states are shared by a tree's branches)."""
         raise NotImplementedError
 
+    def demonstrations(self, problem: Problem) -> list[tuple[Problem, list[str]]]:
+        """Worked episodes for ``problem``'s prompt: (another problem, the actions that solve it, each as the
+        policy would write it before the stop string). None by default; small models need them to learn
+        the action format, as WebShop's and ToolBench's prompted agents do."""
+        return []
+
     def task_text(self, problem: Problem, observation: str) -> str:
-        """The user message: the task, then the first observation."""
+        """The user message: the task, then the first observation (alone when the problem has no text: an
+        environment whose first observation states the task)."""
+        if not problem.question.strip():
+            return observation.strip() + "\n"
         return f"{problem.question}\n\n{self.observation_format.format(observation=observation)}".rstrip() + "\n"
 
     # -- the contract -----------------------------------------------------------------------------
@@ -75,11 +86,28 @@ class AgentEnv:
         return self.tokenizer if self.tokenizer is not None else PLAIN
 
     def messages(self, problem: Problem) -> list[dict]:
-        """The prompt as chat messages: the system message, then the task with its first observation."""
+        """The prompt as chat messages: the system message, the worked episodes (each a user turn with its
+        task and an assistant turn with its transcript, as this environment renders it), then the task."""
         _, observation = self.start(problem)
         system = self.default_system if self.system is None else self.system
-        return ([{"role": "system", "content": system}] if system else []) + [
-            {"role": "user", "content": self.task_text(problem, observation)}]
+        msgs = [{"role": "system", "content": system}] if system else []
+        for demo, actions in self.demonstrations(problem)[: self.demos]:
+            data, first = self.start(demo)
+            msgs.append({"role": "user", "content": self.task_text(demo, first)})
+            msgs.append({"role": "assistant", "content": self.transcript(data, actions)})
+        return msgs + [{"role": "user", "content": self.task_text(problem, observation)}]
+
+    def transcript(self, data: Any, actions: list[str]) -> str:
+        """An episode as the policy would see it: the lead, each action with its stop string, each
+        observation (none after the last action)."""
+        text = self.lead
+        for i, action in enumerate(actions):
+            out = self.act(data, self.clean(action + self.stop[0]))
+            text += action + self.stop[0]
+            if i < len(actions) - 1:
+                text += self.observation_format.format(observation=out.observation) + self.lead
+            data = out.data
+        return text.rstrip()
 
     def initial(self, problem: Problem) -> State:
         data, _ = self.start(problem)

@@ -147,6 +147,13 @@ def load_goals(count: int | None = None, seed: int = 0) -> list[Problem]:
     return [Problem(id=r["id"], prompt=r["instruction"], answer=None, meta={"goal": r}) for r in rows]
 
 
+@lru_cache(maxsize=1)
+def _demo_goals() -> tuple[Problem, ...]:
+    """Two goals (from the end of the file) whose target is on the first page of its instruction's search."""
+    goals = [g for g in reversed(load_goals()) if g.meta["goal"]["asin"] in search(g.prompt)[:3]]
+    return tuple(goals[:2])
+
+
 # -- the environment --------------------------------------------------------------------------------
 
 def _key(label: str) -> str:
@@ -172,7 +179,7 @@ class ShopEnv(AgentEnv):
     reward_range: tuple[float, float] = (0.0, 1.0)
     default_system: str = DEFAULT_SYSTEM
     stop: tuple[str, ...] = ("\n",)
-    lead: str = "Action: "
+    lead: str = "Action:"  # no trailing space: the model writes " search[...]" (a space before a word is one token)
     observation_format: str = "Observation: {observation}\n\n"
 
     def start(self, problem: Problem) -> tuple[Page, str]:
@@ -201,6 +208,14 @@ class ShopEnv(AgentEnv):
             values = [v for _, vs in product(page.asin).options for v in vs]
             return [*values, "buy now", "< prev", "back to search"]
         return []
+
+    def demonstrations(self, problem: Problem) -> list[tuple[Problem, list[str]]]:
+        """One worked purchase (search, open the target, choose its options, buy) for a goal that is not
+        ``problem``'s: the last shipped goals whose target the instruction's search shows first."""
+        demo = next(g for g in _demo_goals() if g.id != problem.id)
+        goal = demo.meta["goal"]
+        return [(demo, [f" search[{demo.prompt}]", f" click[{goal['asin']}]",
+                        *(f" click[{v}]" for v in goal["options"].values()), " click[buy now]"])]
 
     def sample_actions(self, state) -> list[str]:
         """Valid actions at ``state`` (for ``treepref check-env``): a search for the goal, or every click."""

@@ -330,10 +330,18 @@ class ToolEnv(AgentEnv):
     lead: str = "Thought:"
     observation_format: str = " {observation}\n"
     rel_tol: float = 1e-2  # numeric answers within this relative tolerance are right
+    demos: int = 2  # worked tasks before the problem: one lookup, one chain of tools
     tables: dict | None = None
 
     name = "tools"
     interactive = True
+
+    def demonstrations(self, problem: Problem) -> list[tuple[Problem, list[str]]]:
+        """Worked tasks (``_demo_tasks``: one of the problem's own kind, then one that chains tools), each
+        solved by its reference tool calls with a short thought; the last one shown is the closest."""
+        demos = _demo_tasks(problem, self.demos)[::-1]
+        return [(demo, [f" I should call {tool}.\nAction: {tool}\nAction Input: {json.dumps(args)}\n"
+                        for tool, args in demo.meta["solution"]]) for demo in demos]
 
     def sample_actions(self, state) -> list[str]:
         """Actions worth trying at ``state`` (for ``treepref check-env``): a tool call of each kind and both
@@ -372,10 +380,35 @@ class ToolEnv(AgentEnv):
 
 # -- tasks ----------------------------------------------------------------------------------------
 
-def load_tasks(count: int | None = None, seed: int = 0) -> list[Problem]:
-    """The shipped tasks (``tasks.jsonl``) in an order shuffled by ``seed``, the first ``count`` of them."""
+@lru_cache(maxsize=1)
+def _shipped_tasks() -> tuple[Problem, ...]:
     rows = [json.loads(line) for line in (DATA / "tasks.jsonl").read_text(encoding="utf-8").splitlines()
             if line.strip()]
+    return tuple(Problem(id=r["id"], prompt=r["prompt"], answer=str(r["answer"]),
+                         meta={"kind": r["kind"], "solution": r["solution"]}) for r in rows)
+
+
+def _demo_tasks(problem: Problem, n: int) -> list[Problem]:
+    """``n`` worked tasks for ``problem``: shipped tasks of its kind first (matched examples, the way the
+    arithmetic domain matches its worked examples), then ones that chain tools; never the problem itself."""
+    others = [t for t in _shipped_tasks() if t.id != problem.id]
+    kind = problem.meta.get("kind") if problem.meta else None
+    same = [t for t in others if t.meta["kind"] == kind]
+    chains = [t for t in others if len(t.meta["solution"]) >= 3 and t.meta["kind"] != kind]
+    return (same[:1] + chains[:1] + same[1:])[:n] if same else chains[:n]
+
+
+def load_tasks(count: int | None = None, seed: int = 0, kinds: list[str] | None = None) -> list[Problem]:
+    """The shipped tasks (``tasks.jsonl``) in an order shuffled by ``seed``, the first ``count`` of them;
+    ``kinds`` keeps only those kinds (e.g. ``["capital", "symbol"]``: one lookup each)."""
+    rows = [json.loads(line) for line in (DATA / "tasks.jsonl").read_text(encoding="utf-8").splitlines()
+            if line.strip()]
+    if kinds:
+        unknown = sorted(set(kinds) - {r["kind"] for r in rows})
+        if unknown:
+            raise ValueError(f"unknown task kind(s) {unknown}; the shipped kinds: "
+                             f"{', '.join(sorted({r['kind'] for r in rows}))}")
+        rows = [r for r in rows if r["kind"] in kinds]
     random.Random(seed).shuffle(rows)
     problems = [Problem(id=r["id"], prompt=r["prompt"], answer=str(r["answer"]),
                         meta={k: v for k, v in r.items() if k not in ("id", "prompt", "answer")}) for r in rows]

@@ -51,6 +51,8 @@ def option_names(fmt: str, rule: str | None = None) -> set[str]:
     form = _choose(fmt, FORMATS, "format")
     rule = rule or form.default_rule
     names = set(form.filters) | ({"threshold", "paths"} if fmt == "stepwise" else set())
+    if fmt in ("step_pairs", "step_apo"):  # their rows carry a per-pair weight (MCTS-DPO's visit confidence)
+        names |= {"weight", "weight_k"}
     if rule:
         _choose(rule, RULES, "rule")
         names |= _rule_options(rule) - {"success"}

@@ -1,7 +1,8 @@
 """Step-level beam search: keep the ``beam_width`` best partial solutions, one step deeper each round.
 
 Each round expands every beam into ``k`` steps at once, values every new step (its reward when final, else
-the ``scorer`` hook, else the mean reward of ``n_rollouts`` completions from it) and keeps the best
+the configured ``evaluator``, else the ``scorer`` hook, else the mean reward of ``n_rollouts`` completions
+from it) and keeps the best
 ``beam_width`` non-final steps as the next beams. It stops after ``max_depth`` rounds or when no beam is left
 (every new step was final).
 
@@ -38,6 +39,9 @@ class BeamConfig:
     """Completions that value a new step when there is no ``scorer``."""
     scorer: Scorer | None = None
     """Optional ``async (tree, node) -> float`` that values a non-final step instead of rollouts (a PRM)."""
+    evaluator: dict | None = None
+    """Where a non-final step's value comes from (``search.evaluators``, as in MCTS); wins over ``scorer``
+    and ``n_rollouts``."""
     truncated_reward: float = 0.0
     """Outcome of a completion or step that ran out of budget without an answer."""
     widen: int = 1
@@ -52,7 +56,11 @@ class BeamConfig:
             raise ValueError(f"BeamConfig.k must be >= 1, got {self.k}")
         if self.max_depth < 1:
             raise ValueError(f"BeamConfig.max_depth must be >= 1, got {self.max_depth}")
-        if self.scorer is None and self.n_rollouts < 1:
+        if self.evaluator is not None:
+            from treepref.search.evaluators import parse
+
+            self.evaluator = parse(self.evaluator, "BeamConfig.evaluator")
+        if self.scorer is None and self.evaluator is None and self.n_rollouts < 1:
             raise ValueError(f"BeamConfig.n_rollouts must be >= 1 without a scorer, got {self.n_rollouts}")
         if self.scorer is not None and not callable(self.scorer):
             raise ValueError(f"BeamConfig.scorer must be an async callable (tree, node) -> float, "
@@ -67,6 +75,13 @@ async def beam(problem: Problem, ctx: SearchContext, cfg: BeamConfig | None = No
 
     async def score(node: int) -> float:
         final = leaf_value(tree, node, cfg.truncated_reward)
+        if final is None and cfg.evaluator is not None:
+            from treepref.search.evaluators import evaluate
+
+            [evidence] = await evaluate(cfg.evaluator, tree, states, [node], ctx, cfg.truncated_reward)
+            for last, v in evidence:
+                tree.backup(last, v)
+            return sum(v for _, v in evidence) / len(evidence)
         if final is not None or cfg.scorer is None:
             [v] = await value_by_rollouts(tree, states, [node], ctx, cfg.n_rollouts, cfg.truncated_reward)
             return v

