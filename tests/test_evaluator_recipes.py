@@ -68,3 +68,33 @@ def test_prm_guided_mcts_backs_up_the_prms_min_over_the_path(vllm_policy, aio, t
                 assert tree.scores[n]["prm"] == pytest.approx(min(steps), abs=1e-5)
                 checked += 1
     assert checked > 0
+
+
+def test_spar_on_checkable_instructions(vllm_policy, aio, tmp_path):
+    """configs/spar.yaml end to end: judged responses, refinement links, and refine pairs by SPaR's rule."""
+    from treepref.cli import _export
+    from treepref.domains.instructions import check
+
+    cfg = load_config(CONFIGS / "spar.yaml", ["problems.options.count=2", "search.options.max_levels=1",
+                                              "search.options.branching=2", "search.options.judge_k=3",
+                                              "sampling.max_tokens=96"])
+    search_cfg = build_config(cfg.search.name, cfg.search.options, cfg.source)
+    problems = _problems(cfg)[0]
+    summary = aio(run_problems(problems, get_search("refine"), search_cfg, build_context(cfg, vllm_policy),
+                               tmp_path, progress=False))
+    assert summary.searched == 2 and summary.failed == 0
+    exports = _export(tmp_path, cfg, cfg.extract.formats, None, None, "standard", {})
+    trees = load_trees(tmp_path)
+    by_id = {p.id: p for p in problems}
+    for tree in trees:
+        responses = tree.children(0)
+        assert responses and all(tree.terminated[n] for n in responses)
+        for n in responses:  # the env's reward is the exact share of constraints met
+            assert tree.reward[n] == pytest.approx(sum(check(by_id[tree.problem_id], tree.rendered[n]))
+                                                   / len(by_id[tree.problem_id].meta["constraints"]))
+            if "refines" in tree.info[n]:
+                assert tree.info[n]["refines"] in responses and tree.info[n]["critique"]
+    rows = [json.loads(x) for x in (tmp_path / "exports" / "refine_pairs" / "rows.jsonl").read_text().splitlines()]
+    assert exports["refine_pairs"]["rows"] == len(rows)
+    for row in rows:
+        assert row["chosen_value"] > 0.5

@@ -145,8 +145,8 @@ def test_refine_pairs():
     got, _ = rows("refine_pairs", value="reward")
     assert got == [{"problem_id": "p1", "recipe": "r", "prompt": P0, "chosen": S8, "rejected": "Let me think.",
                     "critique": "No progress: compute 3 * 4 first.", "question": Q, "chosen_value": 1.0,
-                    "rejected_value": None, "margin": None, "strategy": "refines"}]
-    got, _ = rows("refine_pairs", layout="conversational")
+                    "rejected_value": None, "margin": None, "refinements": 1, "strategy": "refines"}]
+    got, _ = rows("refine_pairs", layout="conversational", value="reward")
     assert got[0]["prompt"] == [{"role": "user", "content": Q}]
     assert got[0]["chosen"] == [{"role": "assistant", "content": S8}]
 
@@ -273,7 +273,7 @@ def test_smollm2_chat_template(model_dir):
 def test_names_are_listed():
     assert set(RULES) == {"max_min", "best_runner_up", "margin", "q_sign", "margin_edit", "on_off_path"}
     assert set(FORMATS) == {"step_pairs", "step_dpo", "step_apo", "ranked_lists", "stepwise", "refine_pairs",
-                            "trees", "trajectory_pairs"}
+                            "trees", "trajectory_pairs", "refine_sft", "judge_pairs"}
 
 
 # -- token ids and pair filters, on a tree with ids ------------------------------------------------------

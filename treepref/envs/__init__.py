@@ -19,6 +19,7 @@ ENVS: dict[str, tuple[str, str, str]] = {
     "reasoning": ("treepref.envs.reasoning", "ReasoningEnv", "arithmetic"),
     "shop": ("treepref.envs.shop", "ShopEnv", "shop"),
     "tools": ("treepref.envs.tools", "ToolEnv", "tools"),
+    "response": ("treepref.envs.response", "ResponseEnv", "instructions"),
 }
 
 # What the engine sets itself (from the policy), never an option.

@@ -21,7 +21,7 @@ def example_tree() -> Tree:
         │  ├─ 5 "5 * 4 = 20. The answer is 20."   terminated, reward 0, value 0 (2 visits)
         │  └─ 6 rollout "So 5 * 4 = 20. The answer is 20."  terminated, reward 0
         ├─ 7 "Let me think."                  never visited (no value)
-        └─ 8 a refinement of node 7 (info: refines 7, critique), terminated, reward 1
+        └─ 8 a refinement of node 7 (info: refines 7, critique), terminated, reward 1 (judge 0.25 -> 1.0)
     """
     t = Tree(problem_id="p1", prompt="What is 2 + 3 * 4?", answer="14")
     s1 = t.add(ROOT, "3 * 4 = 12.", n_tokens=6)
@@ -31,8 +31,15 @@ def example_tree() -> Tree:
     s5 = t.add(s2, "5 * 4 = 20. The answer is 20.", n_tokens=12, reward=0.0, terminated=True)
     t.add(s2, "So 5 * 4 = 20. The answer is 20.", n_tokens=13, reward=0.0, terminated=True, kind=ROLLOUT)
     s7 = t.add(ROOT, "Let me think.", n_tokens=4)
-    t.add(ROOT, "3 * 4 = 12, and 2 + 12 = 14. The answer is 14.", n_tokens=20, reward=1.0, terminated=True,
-          info={"refines": s7, "critique": "No progress: compute 3 * 4 first."})
+    s8 = t.add(ROOT, "3 * 4 = 12, and 2 + 12 = 14. The answer is 14.", n_tokens=20, reward=1.0, terminated=True,
+               info={"refines": s7, "critique": "No progress: compute 3 * 4 first.",
+                     "refine_prompt": "Improve the response 'Let me think.' given: No progress: compute 3 * 4 first."})
+    t.scores[s7]["judge"], t.scores[s8]["judge"] = 0.25, 1.0  # what a refinement search's judge said
+    t.info[s7].update(judge_prompt="Does 'Let me think.' answer 'What is 2 + 3 * 4?'",
+                      critiques=[{"text": "It computes nothing. Verdict: no", "verdict": False},
+                                 {"text": "No progress. Verdict: no", "verdict": False},
+                                 {"text": "It thinks. Verdict: yes", "verdict": True},
+                                 {"text": "Nothing computed. Verdict: no", "verdict": False}])
     for node, v, times in ((s3, 1.0, 3), (s4, 0.0, 1), (s5, 0.0, 2)):
         for _ in range(times):
             t.backup(node, v)

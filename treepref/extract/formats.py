@@ -220,26 +220,40 @@ def ranked_lists(tree: Tree, ctx: Context) -> list[Item]:
     return out
 
 
+PASS_VALUE = 0.5  # a response passes when its value is above this (SPaR: a majority of "yes" critiques)
+
+
 def refine_pairs(tree: Tree, ctx: Context) -> list[Item]:
-    """SPaR rows: a refined response (chosen) against the response it refines (rejected).
+    """SPaR rows: a refinement that passes (chosen) against the original response its chain of refinements
+    started from (rejected).
 
     Contract with refinement searches: a response is one node whose ``text`` is the whole response; a
-    refinement is a node whose ``info`` holds ``{"refines": <id of the original node>, "critique":
-    <the critique that led to it>}``. The prompt is the state at the original's parent (the question,
-    for responses that are children of the root).
+    refinement is a node whose ``info`` holds ``{"refines": <id of the node it refines>, "critique": <the
+    critique that led to it>}``. Following ``refines`` back leads to the original (a node that refines
+    nothing). As in SPaR, only a refinement whose value (the export's ``value``; the judge's share of
+    "yes" after ``search/refine.py``) is above 0.5 makes a pair, against that original, so a pair never
+    prefers a refinement that is still judged wrong. The prompt is the state at the original's parent (the
+    question, for responses that are children of the root).
     """
     out = []
     for n in range(len(tree)):
         info = tree.info[n]
         if "refines" not in info:
             continue
-        orig = int(info["refines"])
-        if not 0 <= orig < len(tree) or orig == n:
-            raise ValueError(f"tree {tree.problem_id!r}: node {n} refines missing node {orig}")
+        vc = _float(ctx.read(tree, n))
+        if vc is None or vc <= PASS_VALUE:
+            continue
+        orig, seen = n, {n}
+        while "refines" in tree.info[orig]:
+            orig = int(tree.info[orig]["refines"])
+            if not 0 <= orig < len(tree) or orig in seen:
+                raise ValueError(f"tree {tree.problem_id!r}: node {n}'s chain of refinements reaches a missing "
+                                 f"or repeated node {orig}")
+            seen.add(orig)
         if tree.text[n] == tree.text[orig]:
             continue  # a refinement that changed nothing
-        vc, vr = _float(ctx.read(tree, n)), _float(ctx.read(tree, orig))
-        margin = vc - vr if vc is not None and vr is not None else None
+        vr = _float(ctx.read(tree, orig))
+        margin = vc - vr if vr is not None else None
         row = {**_base(tree, ctx),
                "prompt": ctx.prompter.prompt(tree, tree.parent[orig]),
                "chosen": ctx.prompter.completion(tree.text[n]),
@@ -249,9 +263,87 @@ def refine_pairs(tree: Tree, ctx: Context) -> list[Item]:
                "chosen_value": vc,
                "rejected_value": vr,
                "margin": margin,
+               "refinements": len(seen) - 1,
                "strategy": "refines"}
         key = (tree.problem_id, tree.parent[orig], tree.text[n], tree.text[orig])
         out.append(Item(row, key, (tree.problem_id, orig), margin, (tree.text[n], tree.text[orig])))
+    return out
+
+
+def _judge_value(tree: Tree, node: int) -> float | None:
+    return _float(tree.scores[node].get("judge"))
+
+
+def refine_sft(tree: Tree, ctx: Context) -> list[Item]:
+    """SPaR refiner SFT rows: the refiner prompt as sent and a refinement that raised the judge's value.
+
+    The prompt is ``info["refine_prompt"]``; a refinement is kept only where its judge value
+    (``scores["judge"]``) is above that of the node it refines (both judged), so the refiner learns only
+    from refinements that helped. ``passed``: the refinement's judge value is above 0.5 (a majority of yes).
+    """
+    out = []
+    for n in range(len(tree)):
+        info = tree.info[n]
+        if "refines" not in info or "refine_prompt" not in info:
+            continue
+        orig = int(info["refines"])
+        if not 0 <= orig < len(tree) or orig == n:
+            raise ValueError(f"tree {tree.problem_id!r}: node {n} refines missing node {orig}")
+        v, v_orig = _judge_value(tree, n), _judge_value(tree, orig)
+        if v is None or v_orig is None or v <= v_orig:
+            continue
+        completion = tree.rendered[n] if tree.has_text else tree.text[n]
+        row = {**_base(tree, ctx),
+               "prompt": str(info["refine_prompt"]),
+               "completion": completion,
+               "critique": str(info.get("critique") or ""),
+               "passed": v > 0.5,
+               "question": problem_of(tree).question,
+               "value": v,
+               "refined_value": v_orig,
+               "level": info.get("level"),
+               "strategy": "refine_sft"}
+        key = (tree.problem_id, row["prompt"], completion)
+        out.append(Item(row, key, (tree.problem_id, orig), v - v_orig))
+    return out
+
+
+def judge_pairs(tree: Tree, ctx: Context) -> list[Item]:
+    """SPaR judge pairs: a critique that agrees with the majority verdict against one that does not.
+
+    One row per judged node with a strict majority and a dissent: the first agreeing critique (chosen) and
+    the first disagreeing one (rejected), in sampling order, on the judge prompt as sent
+    (``info["judge_prompt"]``). A tie has no majority and no row; unparsed critiques are never used.
+    ``response_success``: the environment's word on the judged response (None where it has none), to
+    measure how often the majority is right.
+    """
+    out = []
+    for n in range(1, len(tree)):
+        info = tree.info[n]
+        critiques = [c for c in info.get("critiques", ()) if c.get("verdict") is not None]
+        if "judge_prompt" not in info or not critiques:
+            continue
+        yes = [c["text"] for c in critiques if c["verdict"]]
+        no = [c["text"] for c in critiques if not c["verdict"]]
+        if not yes or not no or len(yes) == len(no):
+            continue
+        majority = len(yes) > len(no)
+        chosen, rejected = (yes[0], no[0]) if majority else (no[0], yes[0])
+        margin = abs(len(yes) - len(no)) / len(critiques)
+        row = {**_base(tree, ctx),
+               "prompt": str(info["judge_prompt"]),
+               "chosen": chosen,
+               "rejected": rejected,
+               "question": problem_of(tree).question,
+               "response": tree.text[n],
+               "majority": "yes" if majority else "no",
+               "yes": len(yes),
+               "no": len(no),
+               "margin": margin,
+               "response_success": info.get("success"),
+               "strategy": "judge_majority"}
+        key = (tree.problem_id, row["prompt"], chosen, rejected)
+        out.append(Item(row, key, (tree.problem_id, n), margin, (chosen, rejected)))
     return out
 
 
@@ -380,8 +472,15 @@ FORMATS: dict[str, Format] = {
                                   "completions_ids") + _ID,
                        None, ("max_per_problem",), ("standard",), default_value="mc"),
     "refine_pairs": Format(refine_pairs, _ID + ("prompt", "chosen", "rejected", "critique", "question",
-                                                "chosen_value", "rejected_value", "margin", "strategy"),
+                                                "chosen_value", "rejected_value", "margin", "refinements",
+                                                "strategy"),
                            None, _PAIR_FILTERS),
+    "refine_sft": Format(refine_sft, _ID + ("prompt", "completion", "critique", "passed", "question", "value",
+                                            "refined_value", "level", "strategy"),
+                         None, ("min_margin", "max_per_node", "max_per_problem"), ("standard",)),
+    "judge_pairs": Format(judge_pairs, _ID + ("prompt", "chosen", "rejected", "question", "response", "majority",
+                                              "yes", "no", "margin", "response_success", "strategy"),
+                          None, ("min_margin", "max_per_problem"), ("standard",)),
     "trees": Format(trees, _ID + ("prompt", "answer", "meta", "nodes", "stats"), None, (), ("standard",)),
     "trajectory_pairs": Format(trajectory_pairs, _ID + ("prompt", "chosen", "rejected", "question",
                                                         "chosen_reward", "rejected_reward", "margin",

@@ -15,6 +15,7 @@ SEARCHES: dict[str, tuple[str, str, str]] = {
     "best_first": ("treepref.search.best_first", "best_first", "BestFirstConfig"),
     "beam": ("treepref.search.beam", "beam", "BeamConfig"),
     "sample": ("treepref.search.sample", "sample", "SampleConfig"),
+    "refine": ("treepref.search.refine", "refine", "RefineConfig"),  # SPaR: judge, refine, judge again
     "dfs": ("treepref.search.dfs", "dfs", "DFSConfig"),  # DFSDT: depth first with backtracking (ToolLLM)
     # Labelling procedures that build trees the same way: sampled solutions with Monte Carlo step values.
     "math_shepherd": ("treepref.verifiers.monte_carlo", "math_shepherd", "MathShepherdConfig"),
