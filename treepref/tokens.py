@@ -102,6 +102,17 @@ def step_ids(tokenizer: Tokenizer, text: str) -> list[int]:
     return tokenizer.encode(text)
 
 
+def spelled(tokenizer: Tokenizer, token_ids: Sequence[int], text: str) -> str:
+    """The text ``token_ids`` spell, which is what a context holds after them. A backend reports a step's text
+    cut at its stop string, but the token that completed the stop can run past it (SmolLM2's ``"\\n  "``
+    after a stop at ``"\\n"``), and the ids are what the policy continues. ``text`` where the tokenizer
+    cannot decode the ids (made-up ids in tests)."""
+    try:
+        return tokenizer.decode(list(token_ids))
+    except (ValueError, KeyError, IndexError, TypeError):
+        return text
+
+
 class PlainTokenizer:
     """A reversible toy tokenizer for policies without one (the scripted policy in tests): a token is a word
     with the whitespace after it (leading whitespace is a token of its own), so token counts are word counts.

@@ -18,7 +18,7 @@ from typing import Any, Callable, Sequence
 from treepref.envs.base import State, Transition
 from treepref.envs.reasoning import plain_template
 from treepref.problems import Problem
-from treepref.tokens import PLAIN, Piece, Tokenizer, step_ids
+from treepref.tokens import PLAIN, Piece, Tokenizer, spelled, step_ids
 
 
 @dataclass(frozen=True)
@@ -134,8 +134,8 @@ class AgentEnv:
         if token_ids is None:  # an action given as text: as the policy would have written it, stop included
             rendered = text + self.stop[0]
             token_ids = step_ids(self.tokens, rendered)
-        else:  # as the policy wrote it (the text its ids spell, stop string included)
-            rendered = action
+        else:  # as the policy wrote it: the text its ids spell, stop string included
+            rendered = spelled(self.tokens, token_ids, action)
         out = self.act(state.data, text)
         n_tokens = state.n_tokens + len(token_ids)
         depth = state.depth + 1

@@ -9,7 +9,7 @@ from typing import Awaitable, Callable, Sequence
 from treepref.envs.base import State, Transition
 from treepref.few_shot import Shot, shot_messages
 from treepref.problems import Problem
-from treepref.tokens import PLAIN, Piece, Tokenizer, split_completion, step_ids
+from treepref.tokens import PLAIN, Piece, Tokenizer, spelled, split_completion, step_ids
 
 DEFAULT_SYSTEM = ("Solve the problem step by step. Write each step as a short paragraph and separate steps "
                   "with a blank line. End with a final line of the form 'The answer is N.'")
@@ -111,8 +111,8 @@ class ReasoningEnv:
         if token_ids is None:  # a step given as text: encode it the way it reads inside running text
             rendered = text if ended else text + self.delimiter
             token_ids = step_ids(self.tokens, rendered)
-        else:  # as the policy wrote it (the text its ids spell, stop string included)
-            rendered = action
+        else:  # as the policy wrote it: the text its ids spell, stop string included
+            rendered = spelled(self.tokens, token_ids, action)
         new = State(state.problem, state.steps + (text,), state.n_tokens + len(token_ids), state.data,
                     state.token_ids + tuple(token_ids), self.render_text(state) + rendered)
         answer = self.final_answer(text, ended=ended)

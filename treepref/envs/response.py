@@ -15,7 +15,7 @@ from typing import Awaitable, Callable, Sequence
 from treepref.envs.base import State, Transition
 from treepref.envs.reasoning import plain_template
 from treepref.problems import Problem
-from treepref.tokens import PLAIN, Piece, Tokenizer, step_ids
+from treepref.tokens import PLAIN, Piece, Tokenizer, spelled, step_ids
 
 ResponseVerifier = Callable[[Problem, str], Awaitable[float | None]]
 
@@ -76,10 +76,12 @@ class ResponseEnv:
         # The context keeps the response as generated; the node's text (what judges and people read) is
         # stripped, so two samples differing only in surrounding whitespace merge.
         if token_ids is None:
-            token_ids = step_ids(self.tokens, action)
+            token_ids, rendered = step_ids(self.tokens, action), action
+        else:
+            rendered = spelled(self.tokens, token_ids, action)  # the text the ids spell
         text = action.strip()
         new = State(state.problem, state.steps + (text,), state.n_tokens + len(token_ids), state.data,
-                    state.token_ids + tuple(token_ids), self.render_text(state) + action)
+                    state.token_ids + tuple(token_ids), self.render_text(state) + rendered)
         reward = await self.verifier(state.problem, text)
         return Transition(new, reward, True, False, {"success": _success(state.problem, text)})
 
