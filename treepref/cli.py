@@ -498,6 +498,9 @@ def _print_summary(result: dict) -> None:
     run = ", ".join(f"{k.replace('_', ' ')} {result[k]}" for k in
                     ("problems", "searched", "resumed", "failed", "nodes", "generated_tokens") if k in result)
     table.add_row("run", f"{run}; {result.get('wall_time_s', 0):.0f} s")
+    if result.get("evaluator_overlap") is not None:  # a PRM, judge or self-evaluation valued the nodes
+        table.add_row("evaluators", f"{result['evaluator_s']:.0f} s busy, {result['evaluator_overlap']:.0%} of it "
+                                    "while the policy generated")
     for fmt, stats in result.get("exports", {}).items():
         line = f"{stats.get('rows', 0)} rows"
         quality = stats.get("label_quality")
@@ -508,6 +511,7 @@ def _print_summary(result: dict) -> None:
     table.add_row("wrote", str(out))
     table.add_row("look", f"treepref view {out}  ·  treepref report {out}")
     Console(highlight=False).print(table)
+
 
 if __name__ == "__main__":
     sys.exit(main())

@@ -23,6 +23,7 @@ from treepref.backends.base import Completion, Policy, Sampling
 from treepref.few_shot import shots_to_json
 from treepref.problems import Problem
 from treepref.search.base import SearchContext
+from treepref.timeline import Timeline
 from treepref.tree import Tree, atomic_write_text
 
 SearchFn = Callable[[Problem, SearchContext, object], Awaitable[Tree]]
@@ -31,13 +32,18 @@ SearchFn = Callable[[Problem, SearchContext, object], Awaitable[Tree]]
 class CountingPolicy:
     """Delegates to a shared policy and counts what one problem's search generated."""
 
-    def __init__(self, policy: Policy) -> None:
+    def __init__(self, policy: Policy, timeline: Timeline | None = None) -> None:
         self.inner = policy
         self.requests = 0
         self.generated_tokens = 0
+        self.timeline = timeline
 
     async def generate(self, prompts: Sequence[str], params: Sampling) -> list[list[Completion]]:
-        out = await self.inner.generate(prompts, params)
+        if self.timeline is None:
+            out = await self.inner.generate(prompts, params)
+        else:
+            with self.timeline.generating():
+                out = await self.inner.generate(prompts, params)
         self.requests += 1
         self.generated_tokens += sum(c.n_tokens for per_prompt in out for c in per_prompt)
         return out
@@ -62,6 +68,8 @@ class RunSummary:
     generated_tokens: int = 0
     requests: int = 0
     wall_time_s: float = 0.0
+    evaluator_s: float = 0.0  # time evaluators (PRM, judge, self-eval, ...) were busy
+    evaluator_overlap: float | None = None  # the share of it during which a generation was in flight
     failures: list = field(default_factory=list)
 
     def to_dict(self) -> dict:
@@ -101,12 +109,13 @@ async def run_problems(problems: Sequence[Problem], search: SearchFn, search_cfg
             todo.append(problem)
 
     bar = _progress(len(todo), progress, progress_file)
+    timeline = ctx.timeline or Timeline()
     gate = asyncio.Semaphore(concurrency)
 
     async def one(problem: Problem) -> None:
         async with gate:
-            counter = CountingPolicy(ctx.policy)
-            local = dataclasses.replace(ctx, policy=counter)
+            counter = CountingPolicy(ctx.policy, timeline)
+            local = dataclasses.replace(ctx, policy=counter, timeline=timeline)
             t0 = time.perf_counter()
             try:
                 tree = await search(problem, local, search_cfg)
@@ -148,6 +157,8 @@ async def run_problems(problems: Sequence[Problem], search: SearchFn, search_cfg
         if bar is not None:
             bar.close()
     summary.wall_time_s = round(time.perf_counter() - start, 3)
+    overlap = timeline.summary()
+    summary.evaluator_s, summary.evaluator_overlap = overlap["evaluator_s"], overlap["evaluator_overlap"]
     return summary
 
 

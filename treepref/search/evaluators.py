@@ -117,7 +117,12 @@ async def evaluate(spec: dict, tree: Tree, states: dict[int, State], nodes: list
             tree.scores[n]["mix"] = value
             out.append([(n, value)])
         return out
-    values = await _scores(spec, tree, states, nodes, ctx)
+    timeline = getattr(ctx, "timeline", None)
+    if timeline is None:
+        values = await _scores(spec, tree, states, nodes, ctx)
+    else:
+        with timeline.evaluating():
+            values = await _scores(spec, tree, states, nodes, ctx)
     for n, v in zip(nodes, values):
         tree.scores[n][kind] = v
     return [[(n, v)] for n, v in zip(nodes, values)]
