@@ -158,6 +158,9 @@ def test_discounted_backup_adds_intermediate_rewards():
     assert tree.value(b) == 1.0
     assert tree.value(a) == pytest.approx(-0.1 + 0.5 * 1.0)  # the reward for stepping into a, then γ·V
     assert tree.value(0) == pytest.approx(0.5 * 0.4)
+    tree.backup(a, 0.5, discount=0.5)  # a valued where it stands (0.5 to follow): its own -0.1 still counts
+    assert tree.value_sum[a] == pytest.approx(0.4 + (-0.1 + 0.5 * 0.5))
+    assert tree.value_sum[0] == pytest.approx(0.2 + 0.5 * 0.15)
     plain = Tree("t", "")
     c = plain.add(plain.add(0, "s"), "The answer is 4.", reward=1.0, terminated=True)
     plain.backup(c, 1.0)  # outcome rewards only, γ = 1: the plain mean everywhere

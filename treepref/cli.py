@@ -137,11 +137,10 @@ def catalog() -> str:
     import importlib
 
     from treepref.backends import BACKENDS
+    from treepref.envs import ENVS
     from treepref.extract.formats import FORMATS
     from treepref.extract.rules import RULES
     from treepref.search import SEARCHES
-
-    from treepref.envs import ENVS
 
     sections = {
         "environments (env.name)": {k: importlib.import_module(m).__doc__ for k, (m, _, _) in ENVS.items()},

@@ -130,10 +130,14 @@ class Tree:
         return node
 
     def backup(self, node: int, value: float, discount: float = 1.0) -> None:
-        """Add one visit to ``node`` and every ancestor: ``value`` at ``node``, then at each parent the reward
-        received on entering it (a non-final node's ``reward``, an agent's intermediate reward) plus
-        ``discount`` times the value below, so a node's mean value is Q = r + γ·V of the step into it. Without
-        intermediate rewards and with ``discount`` 1 this is the plain MCTS backup (``value`` everywhere)."""
+        """Add one visit to ``node`` and every ancestor, so a node's mean value is Q = r + γ·V of the step into
+        it: r is the reward received on entering the node (a non-terminated node's ``reward``, an agent's
+        intermediate reward) and V what followed. ``value`` is what followed ``node`` (for a terminated node,
+        its reward: everything). Without intermediate rewards and with ``discount`` 1 this is the plain MCTS
+        backup (``value`` everywhere)."""
+        r = self.reward[node]
+        if r is not None and not self.terminated[node]:
+            value = r + discount * value
         while node != NO_PARENT:
             self.visits[node] += 1
             self.value_sum[node] += value
