@@ -48,8 +48,8 @@ from treepref.envs.reasoning import ReasoningEnv  # noqa: E402
 from treepref.few_shot import load_shots  # noqa: E402
 from treepref.search.base import SearchContext  # noqa: E402
 from treepref.tree import ROOT, Tree, atomic_write_text  # noqa: E402
-from treepref.verifiers.monte_carlo import add_path, label_path  # noqa: E402
-from treepref.verifiers.omegaprm import find_first_error  # noqa: E402
+from treepref.search.math_shepherd import add_path, label_path  # noqa: E402
+from treepref.search.omegaprm import find_first_error  # noqa: E402
 
 
 def new_tree(problem, recipe):

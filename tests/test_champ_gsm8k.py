@@ -13,7 +13,8 @@ from pathlib import Path
 import pytest
 
 from treepref.domains.champ import ChampNotFound, champ_data_file, load_champ
-from treepref.problems import SOURCES, Problem, ProblemError, build_problems
+from treepref.domains import SOURCES, build_problems
+from treepref.problems import Problem, ProblemError
 from treepref.verifiers.math import answers_match, read_answer, reference_forms
 
 DATA = Path(__file__).parent / "data"

@@ -11,7 +11,8 @@ from treepref.cli import main
 from treepref.envs import ENVS, build_env, default_problems
 from treepref.envs.agent import AgentEnv, Outcome
 from treepref.envs.check import check
-from treepref.problems import Problem, build_problems
+from treepref.domains import build_problems
+from treepref.problems import Problem
 
 
 @pytest.mark.parametrize("name", sorted(ENVS))

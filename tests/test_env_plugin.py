@@ -14,7 +14,7 @@ from treepref.backends.base import Completion, GenerationStats, Sampling
 from treepref.envs import EnvError, build_env
 from treepref.envs.check import check
 from treepref.extract import export
-from treepref.problems import build_problems
+from treepref.domains import build_problems
 from treepref.search import build_config, get_search
 from treepref.search.base import SearchContext
 from treepref.tokens import PLAIN

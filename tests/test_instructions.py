@@ -252,7 +252,7 @@ def test_load_ifeval_bad_rows(tmp_path):
 
 
 def test_problem_sources_instructions_and_ifeval():
-    from treepref.problems import build_problems
+    from treepref.domains import build_problems
 
     problems, errors = build_problems("instructions", count=3, seed=4, options={"n_constraints": 3})
     assert [p.id for p in problems] == ["inst-4-0", "inst-4-1", "inst-4-2"] and not errors

@@ -7,7 +7,8 @@ from pathlib import Path
 
 import pytest
 
-from treepref.problems import Problem, ProblemError, ProblemLoadError, build_problems, from_dataset, load_problems
+from treepref.domains import build_problems
+from treepref.problems import Problem, ProblemError, ProblemLoadError, from_dataset, load_problems
 
 DATA = Path(__file__).parent / "data"
 

@@ -281,3 +281,72 @@ def test_trained_scorers_as_search_evaluators(verifier_dir, prm_dir, verifier, p
     assert v == pytest.approx(asyncio.run(verifier.score_node(tree, b)), abs=1e-6)
     with pytest.raises(ValueError, match="holds a trained prm, not a verifier"):
         asyncio.run(evaluate(parse({"kind": "verifier", "model": str(prm_dir)}), tree, states, [b], None))
+
+
+class TokPolicy:
+    """A scripted policy on SmolLM2's real tokenizer (so a trained scorer can read its ids): from the root it
+    writes two steps, below them the answer."""
+
+    def __init__(self, tok):
+        self.tok = tok
+
+    def chat_prompt(self, messages):
+        return self.tok.apply_chat_template(messages, tokenize=False, add_generation_prompt=True)
+
+    def encode(self, text):
+        return self.tok.encode(text)
+
+    def decode(self, ids):
+        return self.tok.decode(list(ids))
+
+    def count_tokens(self, text):
+        return len(self.tok.encode(text))
+
+    async def generate(self, prompts, params):
+        from treepref.backends.base import Completion
+
+        out = []
+        for p in prompts:
+            text = self.decode(p) if not isinstance(p, str) else p
+            body = text.rpartition("<|im_start|>assistant\n")[2]
+            options = ["2 + 3 = 5.\n\n", "2 + 3 = 6.\n\n"] if not body else ["The answer is 5."]
+            row = []
+            for i in range(params.n):
+                step = options[i % len(options)]
+                ids = tuple(self.tok.encode(step))
+                row.append(Completion(step, ids, -1.0, "stop", "\n\n" if step.endswith("\n\n") else None,
+                                      tuple([-1.0 / len(ids)] * len(ids))))
+            out.append(row)
+        return out
+
+
+@pytest.mark.parametrize("kind", ["prm", "verifier"])
+def test_mcts_backs_up_a_trained_scorers_values(kind, prm_dir, verifier_dir, prm, verifier, tok):
+    """MCTS with ``evaluator: {kind: prm | verifier}``: each valued node's Q is the scorer's number, computed
+    here by hand from the scorer on the tree's own ids (PRM: the min over the path's step scores)."""
+    from treepref.envs.reasoning import ReasoningEnv
+    from treepref.search import build_config
+    from treepref.search.base import SearchContext
+    from treepref.search.mcts import mcts
+
+    async def exact(problem, answer):
+        return 1.0 if answer == "5" else 0.0
+
+    policy = TokPolicy(tok)
+    ctx = SearchContext(env=ReasoningEnv(template=policy.chat_prompt, verifier=exact, system=None, max_depth=3),
+                        policy=policy)
+    folder = prm_dir if kind == "prm" else verifier_dir
+    spec = {"kind": kind, "model": str(folder), **({"aggregate": "min"} if kind == "prm" else {})}
+    cfg = build_config("mcts", {"simulations": 3, "k": 2, "c_puct": 10.0, "evaluator": spec})
+    tree = asyncio.run(mcts(Problem("p", "What is 2 + 3?", "5"), ctx, cfg))
+    steps = tree.children(0)
+    assert sorted(tree.text[c] for c in steps) == ["2 + 3 = 5.", "2 + 3 = 6."]
+    for c in steps:  # each step was valued once, when MCTS reached it
+        assert tree.visits[c] == 1
+        if kind == "prm":
+            want = min(prm.score_ids(tree.token_ids[0], [tree.token_ids[c]]))
+        else:
+            want = asyncio.run(verifier.score_node(tree, c))
+        assert tree.value(c) == pytest.approx(want, abs=1e-5) and tree.scores[c][kind] == pytest.approx(want, abs=1e-5)
+    root_value = tree.scores[0][kind]  # the root valued first (the PRM: no step judged, its default 0.5)
+    assert tree.value(0) == pytest.approx((root_value + sum(tree.value(c) for c in steps)) / 3, abs=1e-5)

@@ -15,8 +15,8 @@ from treepref.problems import Problem
 from treepref.search.base import SearchContext
 from treepref.tree import ROOT, Tree
 from treepref.verifiers import backup
-from treepref.verifiers.monte_carlo import add_path, hard_label, label_path, label_solution, mc_value, soft_label
-from treepref.verifiers.omegaprm import find_first_error
+from treepref.search.math_shepherd import add_path, hard_label, label_path, label_solution, mc_value, soft_label
+from treepref.search.omegaprm import find_first_error
 from treepref.verifiers.self_eval import SelfEvaluator, two_way_probability
 
 PROBLEM = Problem(id="p", prompt="What is 2 + 3?", answer="5")
@@ -159,8 +159,8 @@ def test_aggregators():
 
 
 def test_search_shaped_entry_points():
-    from treepref.verifiers.monte_carlo import MathShepherdConfig, math_shepherd
-    from treepref.verifiers.omegaprm import OmegaPRMConfig, omegaprm
+    from treepref.search.math_shepherd import MathShepherdConfig, math_shepherd
+    from treepref.search.omegaprm import OmegaPRMConfig, omegaprm
 
     # Two sampled solutions: candidate 0 follows PATH (wrong), candidate 1 answers 5 at once.
     tree = run(math_shepherd(PROBLEM, context(omega_script), MathShepherdConfig(solutions=2, n=2)))

@@ -110,7 +110,7 @@ def main(argv: list[str] | None = None) -> int:
 def _check_env(args) -> int:
     from treepref.envs import EnvError, build_env, default_problems
     from treepref.envs.check import check
-    from treepref.problems import build_problems
+    from treepref.domains import build_problems
 
     try:
         env = build_env(args.env, _set_options(args.overrides), source="check-env")
@@ -209,7 +209,7 @@ def _generate(args) -> int:
 def _problems(cfg: Config):
     """The recipe's problems and the rows that could not be read; a missing file or an unknown source is a
     one-line error."""
-    from treepref.problems import build_problems
+    from treepref.domains import build_problems
 
     try:
         return build_problems(cfg.problems.source, **cfg.problems.options)
@@ -368,7 +368,8 @@ def _label_quality(folder: Path, trees, cfg: Config) -> dict:
     """On built-in arithmetic every step can be checked: the oracle's classes of every pair. The problems'
     expressions and intermediates come from the trees, which record them (older trees: regenerated)."""
     from treepref.extract.quality import pair_label_quality
-    from treepref.problems import Problem, build_problems
+    from treepref.domains import build_problems
+    from treepref.problems import Problem
     from treepref.runner import write_json
 
     problems = {t.problem_id: Problem(t.problem_id, t.prompt, t.answer, meta=t.meta["problem_meta"])
@@ -391,7 +392,7 @@ def _system(cfg: Config):
 
 # -- evaluate -------------------------------------------------------------------------------------------
 def _evaluate(args) -> int:
-    from treepref.problems import build_problems
+    from treepref.domains import build_problems
 
     # held out: the demo generates from seed 0
     options = {"seed": 999, "count": 64, "difficulty": 1, **_set_options(args.overrides)}

@@ -30,7 +30,7 @@ class ModelSection:
 class ProblemsSection:
     # arithmetic | gsm8k | math | champ | reasoning_gym | file | shop | tools | seeds; None: the env's own
     source: str | None = None
-    options: dict = field(default_factory=dict)  # keyword arguments of treepref.problems.build_problems
+    options: dict = field(default_factory=dict)  # keyword arguments of treepref.domains.build_problems
 
 
 @dataclass
@@ -263,7 +263,7 @@ def _validate(cfg: Config) -> None:
         raise
     except (ValueError, TypeError) as exc:
         raise ConfigError(str(exc) if src in str(exc) else f"{src}: search: {exc}") from None
-    _check_kwargs("treepref.problems", "build_problems", cfg.problems.options, src, "problems.options")
+    _check_kwargs("treepref.domains", "build_problems", cfg.problems.options, src, "problems.options")
     _check_formats(cfg, src)
 
 

@@ -16,19 +16,9 @@ prompts are exported, which is why trees record them (``tree.meta["few_shot"]``)
 from __future__ import annotations
 
 import json
-from dataclasses import dataclass
 from pathlib import Path
 
-
-@dataclass(frozen=True)
-class Shot:
-    """One worked example: the user's question and the assistant's steps, in order."""
-
-    question: str
-    steps: tuple[str, ...]
-
-    def answer_text(self, delimiter: str) -> str:
-        return delimiter.join(self.steps)
+from treepref.problems import Shot
 
 
 def shot_messages(shots: tuple[Shot, ...] | list[Shot], delimiter: str = "\n\n") -> list[dict]:

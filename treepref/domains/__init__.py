@@ -1,0 +1,115 @@
+"""Problem sources by name: the recipe's ``problems:`` section.
+
+The sources live here, above the loaders they dispatch to, so ``treepref.problems`` (the records and the
+file readers) imports no domain and no domain needs more than ``treepref.problems``: every module of a
+domain loads only when its name is asked for.
+"""
+
+from __future__ import annotations
+
+from pathlib import Path
+
+from treepref.problems import Problem, ProblemError, load_problems
+
+SOURCES = ("arithmetic", "gsm8k", "math", "champ", "reasoning_gym", "file", "shop", "tools", "seeds", "instructions",
+           "ifeval")
+
+
+def _split_path(path: str | Path | None, split: str | None, source: str) -> Path:
+    """Resolve ``path`` (+ optional ``split``): a folder with ``{split}.jsonl``/``{split}/``, or a file."""
+    if path is None:
+        raise ValueError(f"problems source {source!r} needs `path` (a local file or folder)")
+    p = Path(path)
+    if split:
+        for cand in (p / f"{split}.jsonl", p / f"{split}.parquet", p / split):
+            if cand.exists():
+                return cand
+        raise FileNotFoundError(f"no split {split!r} under {p} (looked for {split}.jsonl, {split}.parquet, {split}/)")
+    if not p.exists():
+        raise FileNotFoundError(f"problems path not found: {p}")
+    return p
+
+
+def build_problems(source: str, *, count: int | None = None, seed: int = 0, difficulty: int = 3,
+                   path: str | Path | None = None, split: str | None = None, task: str | None = None,
+                   id_field: str = "id", prompt_field: str = "prompt", answer_field: str | None = "answer",
+                   options: dict | None = None) -> tuple[list[Problem], list[ProblemError]]:
+    """Problems from a named source; the CLI passes its YAML ``problems:`` section as keywords.
+
+    - ``arithmetic``: built-in multi-step arithmetic; ``count`` (default 100), ``seed``, ``difficulty``
+      (number of operations).
+    - ``gsm8k``: local GSM8K JSONL (``question``/``answer`` with ``#### N``), or a folder of GSM8K-style
+      TOML files (one problem each, same keys; ids from the file names); ``path``, optional ``split``.
+    - ``math``: local MATH (folder of per-problem JSON files, or JSONL); ``path``, optional ``split``.
+    - ``champ``: the CHAMP competition problems from the ``champ-dataset`` package (``pip install
+      champ-dataset``), or ``path`` to a JSON file in its layout; meta keeps ``category`` and ``steps``.
+    - ``reasoning_gym``: ``task`` from the reasoning-gym package, ``count`` (default 100), ``seed``;
+      ``options`` are passed to the task's config (e.g. ``{"min_terms": 2}``).
+    - ``file``: any JSONL/JSON/parquet file via :func:`load_problems` with the ``*_field`` names.
+    - ``instructions``: built-in instruction-following tasks with IFEval-style checkable constraints; ``count``
+      (default 100), ``seed``, ``options: {n_constraints: N}`` (default 2).
+    - ``ifeval``: an IFEval-style prompts file (``key``/``prompt``/``instruction_id_list``/``kwargs``); ``path``,
+      optional ``split``; rows with an instruction id treepref cannot check are reported, not loaded.
+    - ``shop`` / ``tools``: the goals of the built-in shop and the tasks of the tool environment; ``count``
+      (default all), ``seed`` (0: file order, else a seeded shuffle).
+    - ``seeds``: ``count`` (default 16) episodes of a user's environment, reset with seeds ``seed``,
+      ``seed + 1``, ... (``meta["seed"]``).
+
+    ``count`` on file sources keeps the first ``count`` good problems (file order, so runs are
+    reproducible). ``split`` picks ``{path}/{split}.jsonl``, ``{path}/{split}.parquet`` or ``{path}/{split}/``.
+    Returns ``(problems, errors)``; unknown source names raise ``ValueError``.
+    """
+    name = source.strip().lower().replace("-", "_")
+    if count is not None and count < 0:
+        raise ValueError(f"count must be >= 0, got {count}")
+    errors: list[ProblemError] = []
+    if name == "arithmetic":
+        from treepref.domains.arithmetic import generate
+
+        return generate(100 if count is None else count, seed=seed, difficulty=difficulty), errors
+    if name == "instructions":  # seeded writing tasks with checkable constraints; options: {"n_constraints": 3}
+        from treepref.domains.instructions import generate as generate_instructions
+
+        return generate_instructions(100 if count is None else count, seed=seed, **(options or {})), errors
+    if name == "shop":  # the shop environment's shipped goals
+        from treepref.envs.shop import load_goals
+
+        return load_goals(count, seed), errors
+    if name == "tools":  # the tool environment's shipped tasks
+        from treepref.envs.tools import load_tasks
+
+        return load_tasks(count, seed, **(options or {})), errors
+    if name == "seeds":  # episodes of a user's environment: one problem per reset seed
+        n = 16 if count is None else count
+        return [Problem(f"seed-{seed + i}", "", meta={"seed": seed + i}) for i in range(n)], errors
+    if name == "reasoning_gym":
+        from treepref.domains.reasoning_gym import load_reasoning_gym
+
+        if not task:
+            raise ValueError("problems source 'reasoning_gym' needs `task` (e.g. 'gsm_symbolic')")
+        return load_reasoning_gym(task, count=100 if count is None else count, seed=seed, **(options or {})), errors
+    if name == "gsm8k":
+        from treepref.domains.gsm8k import load_gsm8k
+
+        problems, errors = load_gsm8k(_split_path(path, split, name))
+    elif name == "ifeval":
+        from treepref.domains.instructions import load_ifeval
+
+        problems, errors = load_ifeval(_split_path(path, split, name))
+    elif name == "champ":
+        from treepref.domains.champ import load_champ
+
+        if split:
+            raise ValueError("problems source 'champ' has no splits; leave out `split`")
+        problems, errors = load_champ(None if path is None else _split_path(path, None, name))
+    elif name == "math":
+        from treepref.domains.math_dataset import load_math
+
+        problems, errors = load_math(_split_path(path, split, name))
+    elif name == "file":
+        problems, errors = load_problems(_split_path(path, split, name), id_field=id_field,
+                                         prompt_field=prompt_field, answer_field=answer_field)
+    else:
+        raise ValueError(f"unknown problems source {source!r}; choose one of {', '.join(SOURCES)}")
+    return (problems if count is None else problems[:count]), errors
+

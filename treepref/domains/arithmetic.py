@@ -15,8 +15,7 @@ import random
 import re
 from fractions import Fraction
 
-from treepref.few_shot import Shot
-from treepref.problems import Problem
+from treepref.problems import Problem, Shot
 
 INSTRUCTION = "Work one operation per step."
 

@@ -4,17 +4,17 @@ from __future__ import annotations
 
 import re
 from dataclasses import dataclass
-from typing import Awaitable, Callable, Sequence
+from typing import Callable, Sequence
 
 from treepref.envs.base import State, Transition
 from treepref.few_shot import Shot, shot_messages
 from treepref.problems import Problem
 from treepref.tokens import PLAIN, Piece, Tokenizer, spelled, split_completion, step_ids
+from treepref.verifiers import OutcomeVerifier
 
 DEFAULT_SYSTEM = ("Solve the problem step by step. Write each step as a short paragraph and separate steps "
                   "with a blank line. End with a final line of the form 'The answer is N.'")
 
-OutcomeVerifier = Callable[[Problem, str], Awaitable[float | None]]
 
 
 def plain_template(messages: list[dict]) -> str:

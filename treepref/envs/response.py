@@ -10,14 +10,14 @@ is a useful value but not a success.
 from __future__ import annotations
 
 from dataclasses import dataclass
-from typing import Awaitable, Callable, Sequence
+from typing import Callable, Sequence
 
 from treepref.envs.base import State, Transition
 from treepref.envs.reasoning import plain_template
 from treepref.problems import Problem
 from treepref.tokens import PLAIN, Piece, Tokenizer, spelled, step_ids
+from treepref.verifiers import OutcomeVerifier
 
-ResponseVerifier = Callable[[Problem, str], Awaitable[float | None]]
 
 
 @dataclass
@@ -38,7 +38,7 @@ class ResponseEnv:
 
     template: Callable[[list[dict]], str] = plain_template
     tokenizer: Tokenizer | None = None
-    verifier: ResponseVerifier | None = None
+    verifier: OutcomeVerifier | None = None
     system: str | None = None  # instruction tasks carry everything in the user's turn
 
     def __post_init__(self) -> None:

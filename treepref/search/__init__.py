@@ -18,8 +18,8 @@ SEARCHES: dict[str, tuple[str, str, str]] = {
     "refine": ("treepref.search.refine", "refine", "RefineConfig"),  # SPaR: judge, refine, judge again
     "dfs": ("treepref.search.dfs", "dfs", "DFSConfig"),  # DFSDT: depth first with backtracking (ToolLLM)
     # Labelling procedures that build trees the same way: sampled solutions with Monte Carlo step values.
-    "math_shepherd": ("treepref.verifiers.monte_carlo", "math_shepherd", "MathShepherdConfig"),
-    "omegaprm": ("treepref.verifiers.omegaprm", "omegaprm", "OmegaPRMConfig"),
+    "math_shepherd": ("treepref.search.math_shepherd", "math_shepherd", "MathShepherdConfig"),
+    "omegaprm": ("treepref.search.omegaprm", "omegaprm", "OmegaPRMConfig"),
 }
 
 

@@ -22,7 +22,7 @@ from dataclasses import dataclass
 from treepref.envs.base import State
 from treepref.search.base import SearchContext
 from treepref.tree import Tree
-from treepref.verifiers.monte_carlo import mc_value
+from treepref.search.math_shepherd import mc_value
 
 SCORE_KEY = "omegaprm"
 
@@ -118,7 +118,7 @@ async def omegaprm(problem, ctx: SearchContext, cfg: OmegaPRMConfig | None = Non
 
     from treepref.search.sample import SampleConfig, sample
     from treepref.tree import STEP
-    from treepref.verifiers.monte_carlo import rebuild_states
+    from treepref.search.math_shepherd import rebuild_states
 
     cfg = cfg or OmegaPRMConfig()
     tree = await sample(problem, ctx, SampleConfig(n=cfg.solutions, truncated_reward=cfg.truncated_reward))
