@@ -350,3 +350,31 @@ def test_mcts_backs_up_a_trained_scorers_values(kind, prm_dir, verifier_dir, prm
         assert tree.value(c) == pytest.approx(want, abs=1e-5) and tree.scores[c][kind] == pytest.approx(want, abs=1e-5)
     root_value = tree.scores[0][kind]  # the root valued first (the PRM: no step judged, its default 0.5)
     assert tree.value(0) == pytest.approx((root_value + sum(tree.value(c) for c in steps)) / 3, abs=1e-5)
+
+
+def test_concurrent_prm_evaluations_are_one_forward_batch(prm_dir, prm, tok):
+    """Evaluations that arrive in one event-loop tick (simulations and trees in flight) go to the PRM as
+    one ``score_many`` call, with each caller getting its own rows back."""
+    from treepref.envs.base import State
+    from treepref.search import evaluators
+    from treepref.tree import ROOT, Tree
+
+    tree = Tree("p", "What is 2 + 3?", "5")
+    tree.token_ids[ROOT] = _chat_ids(tok, "What is 2 + 3?")
+    a = tree.add(ROOT, "2 + 3 = 5", token_ids=tok.encode("2 + 3 = 5") + [198, 198])
+    b = tree.add(ROOT, "2 + 3 = 6", token_ids=tok.encode("2 + 3 = 6") + [198, 198])
+    states = {ROOT: State(Problem("p", "What is 2 + 3?", "5"))}
+    spec = evaluators.parse({"kind": "prm", "model": str(prm_dir), "aggregate": "last"})
+    scorer = evaluators._trained(str(prm_dir), "prm")
+    calls, inner = [], scorer.score_many
+    scorer.score_many = lambda rows: calls.append(len(rows)) or inner(rows)
+    try:
+        async def both():
+            return await asyncio.gather(*(evaluators.evaluate(spec, tree, states, [n], None) for n in (a, b)))
+
+        [[[(_, va)]], [[(_, vb)]]] = asyncio.run(both())
+    finally:
+        scorer.score_many = inner
+    assert calls == [2]
+    assert va == pytest.approx(prm.score_ids(tree.token_ids[ROOT], [tree.token_ids[a]])[-1], abs=1e-6)
+    assert vb == pytest.approx(prm.score_ids(tree.token_ids[ROOT], [tree.token_ids[b]])[-1], abs=1e-6)

@@ -25,8 +25,10 @@ from __future__ import annotations
 import asyncio
 import functools
 import importlib
+import math
 from typing import Any
 
+from treepref.backends.base import Coalescer
 from treepref.envs.base import State
 from treepref.tree import ROOT, Tree
 
@@ -136,14 +138,12 @@ async def _scores(spec: dict, tree: Tree, states: dict[int, State], nodes: list[
         scorer = _import(spec["scorer"])
         rows = await scorer([problem] * len(nodes), [tree.steps(n) for n in nodes])
         return [_squash(row, spec) for row in rows]
-    if kind == "prm":
-        prm = _trained(spec["model"], "prm")
-        rows = await asyncio.to_thread(prm.score_many, [(tree.token_ids[ROOT], [tree.token_ids[i] for i in tree.path(n)])
-                                                        for n in nodes])
+    if kind == "prm":  # step scores of each node's path, read on the tree's own ids
+        rows = await _batcher(spec["model"], "prm").submit(
+            [(tuple(tree.token_ids[ROOT]), tuple(tuple(tree.token_ids[i]) for i in tree.path(n))) for n in nodes], None)
         return [_squash(row, spec) for row in rows]
-    if kind == "verifier":
-        verifier = _trained(spec["model"], "verifier")
-        return list(await asyncio.gather(*(verifier.score_node(tree, n) for n in nodes)))
+    if kind == "verifier":  # the score of each node's whole context
+        return await _batcher(spec["model"], "verifier").submit([tuple(tree.prompt_ids(n)) for n in nodes], None)
     if kind == "judge":
         from treepref.backends.base import Sampling
         from treepref.verifiers.judge import judge_nodes
@@ -176,6 +176,34 @@ def _trained(folder: str, method: str):
     if scorer.method != method:
         raise ValueError(f"evaluator {method}: {folder} holds a trained {scorer.method}, not a {method}")
     return scorer
+
+
+_BATCHERS: dict[tuple, tuple[asyncio.AbstractEventLoop, Coalescer]] = {}
+
+
+def _batcher(folder: str, method: str) -> Coalescer:
+    """One batcher per trained scorer and event loop: the evaluations of every simulation and tree in flight
+    in one loop tick become one forward pass (in a worker thread, so generation goes on meanwhile), as
+    policy requests become one engine batch."""
+    loop = asyncio.get_running_loop()
+    key = (folder, method)
+    if key not in _BATCHERS or _BATCHERS[key][0] is not loop:  # a batcher serves the loop it was made in
+        scorer = _trained(folder, method)
+
+        async def run(requests):
+            rows = [row for items, _ in requests for row in items]
+            if method == "prm":
+                flat = await asyncio.to_thread(scorer.score_many, rows)
+            else:
+                flat = [1.0 / (1.0 + math.exp(-x)) for x in await asyncio.to_thread(scorer.score_ids, rows)]
+            out, i = [], 0
+            for items, _ in requests:
+                out.append(flat[i:i + len(items)])
+                i += len(items)
+            return out
+
+        _BATCHERS[key] = (loop, Coalescer(run, max_prompts=256, serial=True))
+    return _BATCHERS[key][1]
 
 
 @functools.lru_cache(maxsize=32)
