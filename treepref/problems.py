@@ -5,7 +5,7 @@ from __future__ import annotations
 import json as _json
 from dataclasses import dataclass, field
 from pathlib import Path
-from typing import Any, Iterable, Iterator
+from typing import Any, Callable, Iterable, Iterator
 
 
 @dataclass(frozen=True)
@@ -196,8 +196,17 @@ def row_to_problem(row: dict, *, file: str, line: int, seen: dict[str, int], id_
     return Problem(id=pid, prompt=prompt, answer=answer, meta=meta)
 
 
-def _collect(rows: Iterable[tuple[int, dict | ProblemError]], file: str,
-             **fields: Any) -> tuple[list[Problem], list[ProblemError]]:
+RowCheck = Callable[[dict, int], "tuple[dict, list[ProblemError], dict]"]
+
+
+def collect(rows: Iterable[tuple[int, dict | ProblemError]], file: str, check: RowCheck | None = None,
+            **fields: Any) -> tuple[list[Problem], list[ProblemError]]:
+    """Rows (``read_rows``) as problems and errors, the one loop every loader shares.
+
+    ``check(row, line)`` is a domain's own reading of a row: it returns the row as ``row_to_problem``
+    should see it, the domain's errors for it, and per-row ``row_to_problem`` fields (e.g. which key holds
+    the id). A row with errors of either kind is reported (the domain's first), not loaded, and does not
+    claim its id."""
     problems: list[Problem] = []
     errors: list[ProblemError] = []
     seen: dict[str, int] = {}
@@ -205,11 +214,14 @@ def _collect(rows: Iterable[tuple[int, dict | ProblemError]], file: str,
         if isinstance(row, ProblemError):
             errors.append(row)
             continue
-        out = row_to_problem(row, file=file, line=line, seen=seen, **fields)
-        if isinstance(out, Problem):
+        bad, extra = [], {}
+        if check is not None:
+            row, bad, extra = check(row, line)
+        out = row_to_problem(row, file=file, line=line, seen=dict(seen) if bad else seen, **fields, **extra)
+        if isinstance(out, Problem) and not bad:
             problems.append(out)
         else:
-            errors.extend(out)
+            errors.extend(bad + ([] if isinstance(out, Problem) else out))
     return problems, errors
 
 
@@ -225,7 +237,7 @@ def load_problems(path: str | Path, *, id_field: str = "id", prompt_field: str =
     path = Path(path)
     if not path.is_file():
         raise FileNotFoundError(f"problems file not found: {path}")
-    return _collect(read_rows(path), str(path), id_field=id_field, prompt_field=prompt_field,
+    return collect(read_rows(path), str(path), id_field=id_field, prompt_field=prompt_field,
                     answer_field=answer_field)
 
 
@@ -242,4 +254,4 @@ def from_dataset(ds: Any, *, id_field: str = "id", prompt_field: str = "prompt",
         name = getattr(info, "dataset_name", None) or "dataset"
     rows = ((i, row if isinstance(row, dict) else ProblemError(name, i, None, "row is not a mapping"))
             for i, row in enumerate(ds, start=1))
-    return _collect(rows, name, id_field=id_field, prompt_field=prompt_field, answer_field=answer_field)
+    return collect(rows, name, id_field=id_field, prompt_field=prompt_field, answer_field=answer_field)

@@ -13,7 +13,7 @@ import tomllib
 from pathlib import Path
 from typing import Any
 
-from treepref.problems import Problem, ProblemError, read_rows, row_to_problem
+from treepref.problems import Problem, ProblemError, collect, read_rows, row_to_problem
 
 
 def gsm8k_final_answer(solution: str) -> str | None:
@@ -35,13 +35,9 @@ def load_gsm8k(path: str | Path) -> tuple[list[Problem], list[ProblemError]]:
         return load_gsm8k_toml(path)
     if not path.is_file():
         raise FileNotFoundError(f"GSM8K file not found: {path}")
-    problems: list[Problem] = []
-    errors: list[ProblemError] = []
-    seen: dict[str, int] = {}
-    for line, row in read_rows(path):
-        if isinstance(row, ProblemError):
-            errors.append(row)
-            continue
+
+    def check(row: dict, line: int):
+        """The final answer after "####"; a row with a bad one is still checked for other faults."""
         solution = row.get("answer")
         final, bad = None, []
         if not isinstance(solution, str):
@@ -50,14 +46,9 @@ def load_gsm8k(path: str | Path) -> tuple[list[Problem], list[ProblemError]]:
         elif (final := gsm8k_final_answer(solution)) is None:
             bad.append(ProblemError(str(path), line, "answer", "no '#### <final answer>' in the solution"))
         fields = {k: v for k, v in row.items() if k != "answer"}
-        # A row with a bad answer is still checked for other faults, but must not claim its id.
-        out = row_to_problem({**fields, "answer": final, "meta": {"solution": solution}}, file=str(path),
-                             line=line, seen=dict(seen) if bad else seen, prompt_field="question")
-        if isinstance(out, Problem) and not bad:
-            problems.append(out)
-        else:
-            errors.extend(bad + ([] if isinstance(out, Problem) else out))
-    return problems, errors
+        return {**fields, "answer": final, "meta": {"solution": solution}}, bad, {}
+
+    return collect(read_rows(path), str(path), check, prompt_field="question")
 
 
 def _jsonable(value: Any) -> Any:

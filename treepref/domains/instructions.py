@@ -46,7 +46,7 @@ from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any, Callable
 
-from treepref.problems import Problem, ProblemError, read_rows, row_to_problem
+from treepref.problems import Problem, ProblemError, collect, read_rows
 
 RELATIONS = ("at least", "less than")
 DELIMITER = "\n\n"  # how the step scorer joins steps: the reasoning environment's default delimiter
@@ -457,21 +457,11 @@ def load_ifeval(path: str | Path) -> tuple[list[Problem], list[ProblemError]]:
     path = Path(path)
     if not path.is_file():
         raise FileNotFoundError(f"IFEval file not found: {path}")
-    problems: list[Problem] = []
-    errors: list[ProblemError] = []
-    seen: dict[str, int] = {}
-    for line, row in read_rows(path):
-        if isinstance(row, ProblemError):
-            errors.append(row)
-            continue
+
+    def check(row: dict, line: int):
         constraints, bad = _row_constraints(row, str(path), line)
-        id_field = "key" if "key" in row else "id"
         rest = {k: v for k, v in row.items() if k not in ("instruction_id_list", "kwargs", "meta")}
-        out = row_to_problem({**rest, "meta": {"constraints": [c.to_dict() for c in constraints]}},
-                             file=str(path), line=line, seen=dict(seen) if bad else seen,
-                             id_field=id_field, answer_field=None)
-        if isinstance(out, Problem) and not bad:
-            problems.append(out)
-        else:
-            errors.extend(([] if isinstance(out, Problem) else out) + bad)
-    return problems, errors
+        id_field = "key" if "key" in row else "id"
+        return {**rest, "meta": {"constraints": [c.to_dict() for c in constraints]}}, bad, {"id_field": id_field}
+
+    return collect(read_rows(path), str(path), check, answer_field=None)
