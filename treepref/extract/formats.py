@@ -26,6 +26,8 @@ from treepref.envs.base import is_success
 from treepref.extract.common import Pair, Prompter, ValueReader, best_leaf, problem_of, success_nodes
 from treepref.extract.rules import visit_weight
 from treepref.tree import ROOT, STEP, Tree
+from treepref.verifiers.judge import SCORE_KEY as JUDGE_KEY
+from treepref.verifiers.judge import passes
 
 
 @dataclass
@@ -220,9 +222,6 @@ def ranked_lists(tree: Tree, ctx: Context) -> list[Item]:
     return out
 
 
-PASS_VALUE = 0.5  # a response passes when its value is above this (SPaR: a majority of "yes" critiques)
-
-
 def refine_pairs(tree: Tree, ctx: Context) -> list[Item]:
     """SPaR rows: a refinement that passes (chosen) against the original response its chain of refinements
     started from (rejected).
@@ -241,7 +240,7 @@ def refine_pairs(tree: Tree, ctx: Context) -> list[Item]:
         if "refines" not in info:
             continue
         vc = _float(ctx.read(tree, n))
-        if vc is None or vc <= PASS_VALUE:
+        if not passes(vc):
             continue
         orig, seen = n, {n}
         while "refines" in tree.info[orig]:
@@ -271,7 +270,7 @@ def refine_pairs(tree: Tree, ctx: Context) -> list[Item]:
 
 
 def _judge_value(tree: Tree, node: int) -> float | None:
-    return _float(tree.scores[node].get("judge"))
+    return _float(tree.scores[node].get(JUDGE_KEY))
 
 
 def refine_sft(tree: Tree, ctx: Context) -> list[Item]:
@@ -297,7 +296,7 @@ def refine_sft(tree: Tree, ctx: Context) -> list[Item]:
                "prompt": str(info["refine_prompt"]),
                "completion": completion,
                "critique": str(info.get("critique") or ""),
-               "passed": v > 0.5,
+               "passed": passes(v),
                "question": problem_of(tree).question,
                "value": v,
                "refined_value": v_orig,

@@ -21,9 +21,7 @@ from dataclasses import dataclass
 from treepref.problems import Problem
 from treepref.search.base import SearchContext, add_step, new_tree, record_generation, settings_of
 from treepref.tree import ROOT, Tree
-from treepref.verifiers.judge import parse_verdict
-
-SCORE_KEY = "judge"
+from treepref.verifiers.judge import SCORE_KEY, parse_verdict, passes
 
 JUDGE_TEMPLATE = (
     "You are checking whether a response follows the instructions it was given.\n\n"
@@ -87,8 +85,7 @@ def judge_value(tree: Tree, node: int) -> float | None:
 
 
 def passed(tree: Tree, node: int) -> bool:
-    v = judge_value(tree, node)
-    return v is not None and v > 0.5
+    return passes(judge_value(tree, node))
 
 
 def negative_critique(tree: Tree, node: int) -> str | None:

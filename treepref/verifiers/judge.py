@@ -74,6 +74,11 @@ def _word(word: str) -> bool:
     return " ".join(word.lower().split()) in _POS
 
 
+def passes(rate: float | None) -> bool:
+    """The judge's verdict on a pass rate: a majority of the parsed verdicts said yes (SPaR's rule)."""
+    return rate is not None and rate > 0.5
+
+
 @dataclass(frozen=True)
 class JudgeResult:
     passed: int  # verdicts "correct"
