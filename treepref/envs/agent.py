@@ -88,7 +88,9 @@ class AgentEnv:
     def messages(self, problem: Problem) -> list[dict]:
         """The prompt as chat messages: the system message, the worked episodes (each a user turn with its
         task and an assistant turn with its transcript, as this environment renders it), then the task."""
-        _, observation = self.start(problem)
+        return self._messages(problem, self.start(problem)[1])
+
+    def _messages(self, problem: Problem, observation: str) -> list[dict]:
         system = self.default_system if self.system is None else self.system
         msgs = [{"role": "system", "content": system}] if system else []
         for demo, actions in self.demonstrations(problem)[: self.demos]:
@@ -110,8 +112,8 @@ class AgentEnv:
         return text.rstrip()
 
     def initial(self, problem: Problem) -> State:
-        data, _ = self.start(problem)
-        text = self.template(self.messages(problem)) + self.lead
+        data, observation = self.start(problem)
+        text = self.template(self._messages(problem, observation)) + self.lead
         return State(problem=problem, data=data, token_ids=tuple(self.tokens.encode(text)), text=text)
 
     def render(self, state: State) -> tuple[int, ...]:
