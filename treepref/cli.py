@@ -83,22 +83,10 @@ def main(argv: list[str] | None = None) -> int:
     chk.add_argument("--count", type=int, default=4, help="problems to walk")
 
     args = parser.parse_args(argv)
+    commands = {"generate": _generate, "extract": _extract, "train": _train, "evaluate": _evaluate,
+                "show": _show, "view": _view, "report": _report, "check-env": _check_env}
     try:
-        if args.command == "generate":
-            return _generate(args)
-        if args.command == "extract":
-            return _extract(args)
-        if args.command == "train":
-            return _train(args)
-        if args.command == "evaluate":
-            return _evaluate(args)
-        if args.command == "view":
-            return _view(args)
-        if args.command == "report":
-            return _report(args)
-        if args.command == "check-env":
-            return _check_env(args)
-        return _show(args)
+        return commands[args.command](args)
     except ConfigError as exc:
         print(f"treepref: config error: {exc}", file=sys.stderr)
         return 2
