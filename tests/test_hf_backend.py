@@ -199,3 +199,24 @@ def test_child_prompt_is_parent_ids_plus_step(policy):
     with model_inputs(policy) as calls:
         asyncio.run(policy.generate(children, Sampling(temperature=0, max_tokens=1)))
     assert sorted(calls[0]) == sorted(children)
+
+
+def test_a_prompt_the_model_cannot_take_fails_alone_in_its_batch(policy):
+    """An empty prompt and one past the model's positions fail their own callers; the rest of the batch is
+    generated in the same model call."""
+    from treepref.backends.base import ContextLengthError
+
+    good = policy.encode(ask(policy, "What is 2 + 2?"))
+    too_long = good * (policy.max_context // len(good) + 1)
+    params = Sampling(n=1, max_tokens=3, seed=1)
+
+    async def batch():
+        return await asyncio.gather(*(policy.generate([p], params) for p in (good, [], too_long, good)),
+                                    return_exceptions=True)
+
+    calls = policy.model_calls
+    first, empty, long_, last = asyncio.run(batch())
+    assert isinstance(first, list) and isinstance(last, list) and first[0][0].n_tokens >= 1
+    assert isinstance(empty, ValueError) and "at least one token" in str(empty)
+    assert isinstance(long_, ContextLengthError) and long_.n_tokens == len(too_long)
+    assert policy.model_calls == calls + 1

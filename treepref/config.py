@@ -76,6 +76,10 @@ class RunSection:
     output: str = "runs/demo"
     concurrency: int = 8  # problems searched at once
     resume: bool = True  # skip problems whose tree is already written
+    retries: int = 2  # more tries of a failed policy request (backoff doubling from retry_backoff_s)
+    retry_backoff_s: float = 1.0
+    request_timeout_s: float | None = None  # one policy request (queueing included); None: no limit
+    allow_failures: bool = False  # exit 0 even when problems failed (also: generate --allow-failures)
 
 
 @dataclass
@@ -232,6 +236,10 @@ def _validate(cfg: Config) -> None:
             raise ConfigError(f"{src}: sampling.{key} must be >= 1")
     if cfg.run.concurrency < 1:
         raise ConfigError(f"{src}: run.concurrency must be >= 1")
+    if cfg.run.retries < 0 or cfg.run.retry_backoff_s < 0:
+        raise ConfigError(f"{src}: run.retries and run.retry_backoff_s must be >= 0")
+    if cfg.run.request_timeout_s is not None and cfg.run.request_timeout_s <= 0:
+        raise ConfigError(f"{src}: run.request_timeout_s must be > 0 (or null: no limit)")
     if cfg.extract.layout not in ("standard", "conversational"):
         raise ConfigError(f"{src}: extract.layout must be standard or conversational")
     from treepref.few_shot import FewShotError, load_shots

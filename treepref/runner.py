@@ -2,8 +2,12 @@
 
 Each problem's search is an asyncio task; up to ``concurrency`` are in flight, so the backend always has
 many requests to batch. Each finished tree is written atomically to ``trees/<id>.json``; a rerun skips the
-problems whose tree exists (resume, nothing duplicated), and a problem whose search fails is recorded in
-``errors.jsonl`` and does not stop the others.
+problems whose tree exists (resume, nothing duplicated).
+
+A failure belongs to its problem: a prompt that does not fit the model's context is refused before it is
+sent (problem id and token count in the message), a policy request that fails is retried with backoff
+(``Retry``), and a problem whose search still fails is recorded in ``errors.jsonl`` with the reason while
+the other searches go on.
 """
 
 from __future__ import annotations
@@ -19,7 +23,7 @@ from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Awaitable, Callable, Sequence
 
-from treepref.backends.base import Completion, Policy, Sampling
+from treepref.backends.base import Completion, ContextLengthError, Policy, Sampling
 from treepref.few_shot import shots_to_json
 from treepref.problems import Problem
 from treepref.search.base import SearchContext
@@ -29,24 +33,80 @@ from treepref.tree import Tree, atomic_write_text
 SearchFn = Callable[[Problem, SearchContext, object], Awaitable[Tree]]
 
 
-class CountingPolicy:
-    """Delegates to a shared policy and counts what one problem's search generated."""
+@dataclass(frozen=True)
+class Retry:
+    """How a failed policy request is retried before its problem is given up: ``retries`` more tries, the
+    n-th after ``backoff_s * 2**(n-1)`` seconds; ``timeout_s`` bounds one try (queueing in the backend's
+    batcher included); None waits as long as it takes."""
 
-    def __init__(self, policy: Policy, timeline: Timeline | None = None) -> None:
+    retries: int = 2
+    backoff_s: float = 1.0
+    timeout_s: float | None = None
+
+
+def retryable(exc: BaseException) -> bool:
+    """Whether trying the same request again may help: not for bad input (a ``ValueError`` or ``TypeError``,
+    e.g. a prompt too long) nor for an error its backend marks ``retryable = False`` (one that already
+    retried, like the openai backend); yes for the rest (an engine hiccup, a timeout, a dropped connection)."""
+    marked = getattr(exc, "retryable", None)
+    if marked is not None:
+        return bool(marked)
+    return not isinstance(exc, (ValueError, TypeError))
+
+
+class CountingPolicy:
+    """Delegates to a shared policy for one problem's search: counts what it generated, refuses a prompt
+    that cannot fit the model's context, and retries failed requests (``Retry``)."""
+
+    def __init__(self, policy: Policy, timeline: Timeline | None = None, *, problem_id: str | None = None,
+                 retry: Retry | None = None) -> None:
         self.inner = policy
         self.requests = 0
         self.generated_tokens = 0
         self.timeline = timeline
+        self.problem_id = problem_id
+        self.retry = retry or Retry(retries=0)
+        self.retried = 0  # failed tries that were tried again
+        self.gave_up: BaseException | None = None  # the error of a request that failed for good
 
     async def generate(self, prompts: Sequence[str], params: Sampling) -> list[list[Completion]]:
-        if self.timeline is None:
-            out = await self.inner.generate(prompts, params)
-        else:
-            with self.timeline.generating():
-                out = await self.inner.generate(prompts, params)
+        self._check_fits(prompts)
+        for attempt in range(self.retry.retries + 1):
+            try:
+                out = await self._once(prompts, params)
+                break
+            except Exception as exc:
+                if attempt == self.retry.retries or not retryable(exc):
+                    self.gave_up = exc
+                    raise
+                self.retried += 1
+                await asyncio.sleep(self.retry.backoff_s * 2 ** attempt)
         self.requests += 1
         self.generated_tokens += sum(c.n_tokens for per_prompt in out for c in per_prompt)
         return out
+
+    async def _once(self, prompts, params: Sampling) -> list[list[Completion]]:
+        call = self.inner.generate(prompts, params)
+        if self.retry.timeout_s is not None:
+            call = _timed(call, self.retry.timeout_s)
+        if self.timeline is None:
+            return await call
+        with self.timeline.generating():
+            return await call
+
+    def _check_fits(self, prompts) -> None:
+        """A prompt of the model's context length or more is refused here, before the backend sees it, with
+        the problem id and the token count (vLLM would fail it with neither)."""
+        limit = getattr(self.inner, "max_context", None)
+        if limit is None:
+            return
+        for prompt in prompts:
+            n = len(self.inner.encode(prompt)) if isinstance(prompt, str) else len(prompt)
+            if n >= limit:
+                self.gave_up = ContextLengthError(
+                    f"problem {self.problem_id}: its prompt of {n} tokens does not fit the model's context of "
+                    f"{limit} tokens", n, limit)
+                raise self.gave_up
 
     def chat_prompt(self, messages: list[dict]) -> str:
         return self.inner.chat_prompt(messages)
@@ -56,6 +116,23 @@ class CountingPolicy:
 
     def __getattr__(self, name):  # score(), stats, ... of the wrapped backend
         return getattr(self.inner, name)
+
+
+async def _timed(call, timeout_s: float):
+    try:
+        return await asyncio.wait_for(call, timeout_s)
+    except TimeoutError:
+        raise TimeoutError(f"a policy request took over {timeout_s:g} s") from None
+
+
+def failure_reason(exc: BaseException, counter: CountingPolicy) -> str:
+    """Why a problem failed, in one word: ``context_length``, ``timeout`` or ``backend`` (a policy request
+    that failed for good), or ``search`` (anything else its search raised)."""
+    if isinstance(exc, ContextLengthError):
+        return "context_length"
+    if exc is counter.gave_up:
+        return "timeout" if isinstance(exc, TimeoutError) else "backend"
+    return "search"
 
 
 @dataclass
@@ -70,7 +147,8 @@ class RunSummary:
     wall_time_s: float = 0.0
     evaluator_s: float = 0.0  # time evaluators (PRM, judge, self-eval, ...) were busy
     evaluator_overlap: float | None = None  # the share of it during which a generation was in flight
-    failures: list = field(default_factory=list)
+    failures: list = field(default_factory=list)  # {problem_id, reason, error} of each failed problem
+    retries: int = 0  # failed policy requests that were tried again
 
     def to_dict(self) -> dict:
         return dataclasses.asdict(self)
@@ -89,10 +167,16 @@ def load_trees(out_dir: str | Path) -> list[Tree]:
     return [Tree.load(p) for p in sorted((Path(out_dir) / "trees").glob("*.json"))]
 
 
-async def run_problems(problems: Sequence[Problem], search: SearchFn, search_cfg: object, ctx: SearchContext,
-                       out_dir: str | Path, *, concurrency: int = 8, resume: bool = True,
-                       progress: bool = True, progress_file=None) -> RunSummary:
-    """Search every problem, writing each tree as soon as it is done."""
+def pending(problems: Sequence[Problem], out_dir: str | Path) -> list[Problem]:
+    """The problems whose tree is not written yet (all of them are done when this is empty)."""
+    return [p for p in problems if not tree_path(Path(out_dir), p.id).exists()]
+
+
+async def run_problems(problems: Sequence[Problem], search: SearchFn, search_cfg: object,
+                       ctx: SearchContext | None, out_dir: str | Path, *, concurrency: int = 8, resume: bool = True,
+                       retry: Retry = Retry(), progress: bool = True, progress_file=None) -> RunSummary:
+    """Search every problem, writing each tree as soon as it is done. ``ctx`` may be None when every tree
+    is already written (a finished run needs no policy)."""
     out_dir = Path(out_dir)
     (out_dir / "trees").mkdir(parents=True, exist_ok=True)
     summary = RunSummary(problems=len(problems))
@@ -107,6 +191,11 @@ async def run_problems(problems: Sequence[Problem], search: SearchFn, search_cfg
             summary.generated_tokens += tree.meta.get("generated_tokens", 0)
         else:
             todo.append(problem)
+    if not todo:
+        summary.wall_time_s = round(time.perf_counter() - start, 3)
+        return summary
+    if ctx is None:
+        raise ValueError(f"run_problems: {len(todo)} problems to search and no SearchContext")
 
     bar = _progress(len(todo), progress, progress_file)
     timeline = ctx.timeline or Timeline()
@@ -114,16 +203,17 @@ async def run_problems(problems: Sequence[Problem], search: SearchFn, search_cfg
 
     async def one(problem: Problem) -> None:
         async with gate:
-            counter = CountingPolicy(ctx.policy, timeline)
+            counter = CountingPolicy(ctx.policy, timeline, problem_id=problem.id, retry=retry)
             local = dataclasses.replace(ctx, policy=counter, timeline=timeline)
             t0 = time.perf_counter()
             try:
                 tree = await search(problem, local, search_cfg)
             except Exception as exc:  # one bad problem never kills the run
                 summary.failed += 1
-                record = {"problem_id": problem.id, "error": f"{type(exc).__name__}: {exc}",
+                record = {"problem_id": problem.id, "reason": failure_reason(exc, counter),
+                          "error": f"{type(exc).__name__}: {exc}", "retries": counter.retried,
                           "traceback": traceback.format_exc(limit=5)}
-                summary.failures.append(record["error"])
+                summary.failures.append({k: record[k] for k in ("problem_id", "reason", "error")})
                 with open(out_dir / "errors.jsonl", "a", encoding="utf-8") as f:
                     f.write(json.dumps(record) + "\n")
             else:
@@ -145,6 +235,7 @@ async def run_problems(problems: Sequence[Problem], search: SearchFn, search_cfg
                 summary.nodes += len(tree)
             summary.generated_tokens += counter.generated_tokens
             summary.requests += counter.requests
+            summary.retries += counter.retried
             if bar is not None:
                 bar.update(1)
                 rate = summary.generated_tokens / max(time.perf_counter() - start, 1e-9)

@@ -2,7 +2,8 @@
 
 Many searches await the policy at once. A backend is only fast when it sees their requests together, so
 ``Coalescer`` gathers the requests that arrive within one event-loop tick (plus a short optional window)
-and hands them to the backend as one batch; each caller still awaits its own result.
+and hands them to the backend as one batch; each caller still awaits its own result, or its own error: one
+bad request (a prompt too long, a backend error) must not fail the searches whose requests it was batched with.
 """
 
 from __future__ import annotations
@@ -130,6 +131,25 @@ def truncate_at_stop(text: str, stop: Sequence[str]) -> tuple[str, str | None]:
     return text[: best + len(which)], which
 
 
+class ContextLengthError(ValueError):
+    """A prompt leaves no room in the model's context. Retrying cannot help, so the runner does not."""
+
+    retryable = False
+
+    def __init__(self, message: str, n_tokens: int | None = None, limit: int | None = None) -> None:
+        super().__init__(message)
+        self.n_tokens = n_tokens
+        self.limit = limit
+
+
+def check_fits(prompt_len: int, limit: int | None) -> None:
+    """Raise ``ContextLengthError`` when a prompt of ``prompt_len`` tokens leaves no room for one generated
+    token (vLLM's rule: a prompt of ``max_model_len`` tokens or more is refused)."""
+    if limit is not None and prompt_len >= limit:
+        raise ContextLengthError(f"a prompt of {prompt_len} tokens does not fit the model's context of {limit} "
+                                 "tokens", prompt_len, limit)
+
+
 @dataclass
 class _Pending:
     prompts: list[Prompt]
@@ -137,17 +157,22 @@ class _Pending:
     future: asyncio.Future = field(repr=False)
 
 
-BatchFn = Callable[[list[tuple[list[Prompt], Sampling]]], Awaitable[list[list[list[Completion]]]]]
+# For each request: its completions per prompt, or the exception that request alone failed with.
+BatchFn = Callable[[list[tuple[list[Prompt], Sampling]]], Awaitable[list[Union[list[list[Completion]], BaseException]]]]
 
 
 class Coalescer:
     """Merge concurrent ``generate`` calls into batches for a backend.
 
     ``run_batch`` receives a list of (prompts, params) requests and returns, for each, the completions per
-    prompt. Requests are gathered until the event loop has nothing else ready (one tick) or ``window_s``
-    passes, capped at ``max_prompts`` prompts per batch. With ``serial=True`` one batch runs at a time
-    (for backends like transformers that use the whole machine per call); requests arriving meanwhile
-    wait and form the next batch.
+    prompt, or an exception, which fails that request alone. Requests are gathered until the event loop has
+    nothing else ready (one tick) or ``window_s`` passes, capped at ``max_prompts`` prompts per batch. With
+    ``serial=True`` one batch runs at a time (for backends like transformers that use the whole machine per
+    call); requests arriving meanwhile wait and form the next batch.
+
+    When ``run_batch`` raises on a batch of several requests, each request is run again on its own, so only
+    the one that caused the error fails: its neighbours pay one more call, which is rare, instead of their
+    whole search.
     """
 
     def __init__(self, run_batch: BatchFn, *, max_prompts: int = 256, window_s: float = 0.0,
@@ -191,13 +216,30 @@ class Coalescer:
     async def _run(self, batch: list[_Pending]) -> None:
         try:
             results = await self._run_batch([(p.prompts, p.params) for p in batch])
-        except BaseException as exc:  # every caller learns of the failure
-            for p in batch:
-                if not p.future.done():
-                    p.future.set_exception(exc)
-            if not isinstance(exc, Exception):
-                raise
+        except Exception as exc:
+            if len(batch) > 1:  # which request failed? each alone: only that one fails
+                alive = [p for p in batch if not p.future.done()]
+                if self.serial:
+                    for p in alive:
+                        await self._run([p])
+                else:
+                    await asyncio.gather(*(self._run([p]) for p in alive))
+                return
+            _settle(batch[0], exc)
             return
+        except BaseException as exc:  # cancelled, interrupted: every caller learns of it
+            for p in batch:
+                _settle(p, exc)
+            raise
         for p, r in zip(batch, results):
-            if not p.future.done():
-                p.future.set_result(r)
+            _settle(p, r)
+
+
+def _settle(pending: _Pending, outcome) -> None:
+    """Hand a caller its result, or its exception."""
+    if pending.future.done():  # the caller gave up (cancelled, timed out)
+        return
+    if isinstance(outcome, BaseException):
+        pending.future.set_exception(outcome)
+    else:
+        pending.future.set_result(outcome)

@@ -47,7 +47,8 @@ import threading
 from dataclasses import dataclass, field
 from typing import Sequence
 
-from treepref.backends.base import Coalescer, Completion, GenerationStats, Prompt, Sampling, truncate_at_stop
+from treepref.backends.base import (Coalescer, Completion, GenerationStats, Prompt, Sampling, check_fits,
+                                    truncate_at_stop)
 
 
 def _row_seed(seed: int, i: int, j: int) -> str:
@@ -129,6 +130,8 @@ class HFPolicy:
         probe = self.tokenizer("a").input_ids
         self._bos = bos if bos is not None and probe and probe[0] == bos else None
 
+        # A prompt must be shorter than the positions the model was trained on (None: no known limit).
+        self.max_context: int | None = getattr(self.model.config, "max_position_embeddings", None)
         self.max_batch_rows = max(1, int(max_batch_rows))
         self.stats = GenerationStats()
         self.model_calls = 0  # model.generate calls (also counted in stats.batches)
@@ -161,6 +164,7 @@ class HFPolicy:
         ids = self.encode(prompt) if isinstance(prompt, str) else [int(t) for t in prompt]
         if not ids:
             raise ValueError("HFPolicy needs a prompt of at least one token")
+        check_fits(len(ids), self.max_context)
         return ids
 
     # ------------------------------------------------------------------------------------------- generation
@@ -173,14 +177,22 @@ class HFPolicy:
     async def _run_batch(self, requests: list[tuple[list[Prompt], Sampling]]) -> list[list[list[Completion]]]:
         results = await asyncio.to_thread(self._generate_sync, requests)
         for (prompts, params), result in zip(requests, results):
-            self.stats.record(prompts, params, result)
+            if not isinstance(result, BaseException):
+                self.stats.record(prompts, params, result)
         return results
 
-    def _generate_sync(self, requests: list[tuple[list[Prompt], Sampling]]) -> list[list[list[Completion]]]:
+    def _generate_sync(self, requests: list[tuple[list[Prompt], Sampling]]) -> list:
+        """Each request's completions, or the error of a request whose prompt the model cannot take (empty,
+        too long): the other requests of the batch are generated."""
         rows: list[_Row] = []
+        errors: dict[int, Exception] = {}
         for r, (prompts, params) in enumerate(requests):
-            for i, prompt in enumerate(prompts):
-                ids = self._prompt_ids(prompt)
+            try:
+                prompt_ids = [self._prompt_ids(prompt) for prompt in prompts]
+            except ValueError as exc:
+                errors[r] = exc
+                continue
+            for i, ids in enumerate(prompt_ids):
                 for j in range(params.n):
                     seed = _row_seed(params.seed, i, j) if params.seed is not None else self._rng.getrandbits(48)
                     rows.append(_Row(r, i, j, ids, params, random.Random(seed)))
@@ -193,7 +205,7 @@ class HFPolicy:
         out = [[[None] * params.n for _ in prompts] for prompts, params in requests]
         for row in rows:
             out[row.request][row.prompt][row.sample] = self._completion(row)
-        return out
+        return [errors.get(r, result) for r, result in enumerate(out)]
 
     def _generate_chunk(self, rows: list[_Row]) -> None:
         import torch

@@ -32,6 +32,8 @@ _RETRY_STATUS = {408, 409, 429, 500, 502, 503, 504}
 class OpenAIBackendError(RuntimeError):
     """The server refused a request (a 4xx other than 408/409/429), or retries ran out."""
 
+    retryable = False  # this backend has retried what can be retried; the runner does not try again
+
     def __init__(self, message: str, status: int | None = None, body: str | None = None) -> None:
         super().__init__(message)
         self.status = status
