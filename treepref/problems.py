@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import gzip
 import json as _json
 from dataclasses import dataclass, field
 from pathlib import Path
@@ -81,7 +82,7 @@ class ProblemLoadError(ValueError):
 
 
 def read_rows(path: str | Path) -> Iterator[tuple[int, dict | ProblemError]]:
-    """Yield ``(line, row)`` from a JSONL, JSON (a list of objects) or parquet file.
+    """Yield ``(line, row)`` from a JSONL (or ``.jsonl.gz``), JSON (a list of objects) or parquet file.
 
     A row that cannot be read yields a :class:`ProblemError` in its place. JSONL lines are physical
     1-based line numbers (blank lines are skipped); parquet and JSON-array rows are 1-based row numbers.
@@ -108,7 +109,8 @@ def read_rows(path: str | Path) -> Iterator[tuple[int, dict | ProblemError]]:
         if isinstance(data, dict):
             yield 1, data
             return
-    with path.open("rb") as f:
+    opener = gzip.open if suffix == ".gz" else open  # JSON Lines, compressed or not (HumanEval ships .jsonl.gz)
+    with opener(path, "rb") as f:
         for i, raw in enumerate(f, start=1):
             try:
                 line = raw.decode("utf-8")

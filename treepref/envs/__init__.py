@@ -20,6 +20,7 @@ ENVS: dict[str, tuple[str, str, str]] = {
     "shop": ("treepref.envs.shop", "ShopEnv", "shop"),
     "tools": ("treepref.envs.tools", "ToolEnv", "tools"),
     "response": ("treepref.envs.response", "ResponseEnv", "instructions"),
+    "code": ("treepref.envs.code", "CodeEnv", "humaneval"),
 }
 
 # What the engine sets itself (from the policy), never an option.

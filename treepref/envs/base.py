@@ -52,8 +52,10 @@ class Environment(Protocol):
     """What a search needs from an environment. Optional attributes the engine reads with defaults:
     ``interactive`` (False: a Monte Carlo completion is one generation cut into steps by ``split``; True: it
     alternates action and ``step`` until the episode ends, because each action needs its observation),
-    ``reward_range`` (the rewards ``step`` may give, checked by ``treepref check-env``), and
-    ``messages(problem)`` (the prompt as chat messages, for the conversational export layout)."""
+    ``reward_range`` (the rewards ``step`` may give, checked by ``treepref check-env``), ``episode_stop``
+    (stop strings after which nothing more belongs to the episode, so a Monte Carlo completion stops there:
+    code's body is over at a line back at column 0), and ``messages(problem)`` (the prompt as chat messages,
+    for the conversational export layout)."""
 
     stop: tuple[str, ...]  # stop strings that end one step of generation
 

@@ -177,7 +177,10 @@ async def rollouts(tree: Tree, states: dict[int, State], node: int, ctx: SearchC
     if getattr(ctx.env, "interactive", False):
         lasts = list(await asyncio.gather(*(play_out(tree, states, node, ctx) for _ in range(n))))
     else:
-        params = ctx.sampling.with_(n=n, stop=(), max_tokens=ctx.rollout_max_tokens)
+        # no step boundary, but an env may say where an episode is over (code: the body ended), so a
+        # completion does not run on past it
+        params = ctx.sampling.with_(n=n, stop=tuple(getattr(ctx.env, "episode_stop", ())),
+                                    max_tokens=ctx.rollout_max_tokens)
         results = await ctx.policy.generate([ctx.env.render(states[node])], params)
         record_generation(tree, results)
         lasts = [await add_completion(tree, states, node, ctx, c) for c in results[0]]

@@ -27,14 +27,20 @@ What is and is not guaranteed:
     it (a C extension, an interpreter bug) is only held by the OS-level measures above.
   * Not root and no user namespaces: no network namespace (the hook still blocks sockets), no uid change
     (RLIMIT_NPROC then counts all of the user's processes, so it is set to their current count + limit).
-  * Test results travel back through an inherited file descriptor; code that wants to forge "passed" can
-    write to it. This guards the machine against model code, not the reward against adversarial code.
 
-Tests are Python statements (usually ``assert f(x) == y``) run one by one after the code, in its namespace.
+Who decides the verdict (``treepref.verifiers.sandbox_child``): two processes per run. The *worker* is the
+sandboxed interpreter above; it loads the solution and only answers calls to its functions, over a pair of
+pipes. The *harness* is a second, trusted interpreter outside the sandbox that holds the tests: it runs them
+with the solution's functions as proxies, turns every answer back into a plain value (so an object whose
+``__eq__`` always says True cannot arrive), and writes the verdict to its own stdout, which the worker has
+no descriptor of. The expected values never enter the worker. Whatever the solution does (exit before the
+tests, crash, hang, patch builtins or the test helpers, print markers, write fake records to every
+descriptor it holds) can only make its calls fail; ``tests/test_sandbox_forgery.py`` tries each.
 """
 
 from __future__ import annotations
 
+import functools
 import json
 import os
 import random
@@ -48,10 +54,12 @@ import tempfile
 import time
 from dataclasses import dataclass, field
 from functools import lru_cache
+from pathlib import Path
 from typing import Sequence
 
 from treepref.problems import Problem
 
+_CHILD = Path(__file__).with_name("sandbox_child.py")  # the worker's and the harness's program
 CLONE_NEWNET = 0x40000000
 CLONE_NEWUSER = 0x10000000
 
@@ -79,119 +87,11 @@ class SandboxResult:
     stdout: str = ""
     stderr: str = ""
     isolation: dict = field(default_factory=dict)  # what this run actually got (net namespace, uid)
+    tests: list[dict] = field(default_factory=list)  # per test, as the harness saw it: index, ok, message
 
     @property
     def pass_rate(self) -> float:
         return (self.n_tests - len(self.failed)) / self.n_tests if self.n_tests else float(self.passed)
-
-
-# --------------------------------------------------------------------------------------------- the child
-_RUNNER = r'''
-import json, os, sys, sysconfig, traceback
-spec = json.loads(sys.stdin.read())
-MAIN = os.getpid()
-out = os.fdopen(spec["fd"], "w", buffering=1)
-def emit(**event):
-    if os.getpid() == MAIN:
-        out.write(json.dumps(event) + "\n")
-ROOT = os.path.realpath(spec["root"])
-READ = [ROOT] + sorted({os.path.realpath(sysconfig.get_paths()[k]) for k in ("stdlib", "platstdlib")})
-DEVICES = {"/dev/null", "/dev/urandom", "/dev/zero", "/dev/random"}
-WRITE_FLAGS = os.O_WRONLY | os.O_RDWR | os.O_CREAT | os.O_APPEND | os.O_TRUNC
-WRITE_EVENTS = {"os.remove", "os.rename", "os.rmdir", "os.mkdir", "os.chmod", "os.chown", "os.link",
-                "os.symlink", "os.truncate", "os.utime", "os.chflags", "os.setxattr", "os.removexattr",
-                "shutil.copyfile", "shutil.copymode", "shutil.copystat", "shutil.copytree", "shutil.move",
-                "shutil.rmtree", "shutil.make_archive", "shutil.unpack_archive"}
-READ_EVENTS = {"os.listdir", "os.scandir", "os.chdir", "glob.glob", "os.getxattr", "os.listxattr"}
-DENY_PREFIX = ("socket.", "ctypes.", "os.exec", "os.posix_spawn", "os.spawn", "os.system", "os.startfile",
-               "subprocess.", "urllib.", "http.", "ftplib.", "smtplib.", "imaplib.", "poplib.", "nntplib.",
-               "telnetlib.", "webbrowser.", "os.fork" if spec["no_fork"] else "\0")
-DENY_IMPORTS = {"ctypes", "_ctypes", "_posixsubprocess"}
-class SandboxError(PermissionError):
-    pass
-def inside(path, roots):
-    if isinstance(path, int):
-        return True
-    try:
-        p = os.path.realpath(os.fsdecode(path))
-    except Exception:
-        return False
-    return p in DEVICES or any(p == r or p.startswith(r + os.sep) for r in roots)
-busy = False
-def hook(event, args):
-    global busy
-    if busy:
-        return
-    busy = True
-    try:
-        if event == "open":
-            path, mode, flags = (tuple(args) + (None, None, None))[:3]
-            writing = (isinstance(mode, str) and any(c in mode for c in "wax+")) or (
-                isinstance(flags, int) and flags & WRITE_FLAGS)
-            if not inside(path, [ROOT] if writing else READ):
-                raise SandboxError("sandbox: %s of %r is not allowed" % ("write" if writing else "read", path))
-        elif event in WRITE_EVENTS:
-            for a in args[:2]:
-                if isinstance(a, (str, bytes, os.PathLike)) and not inside(a, [ROOT]):
-                    raise SandboxError("sandbox: %s on %r is not allowed" % (event, a))
-        elif event in READ_EVENTS:
-            if args and isinstance(args[0], (str, bytes, os.PathLike)) and not inside(args[0], READ):
-                raise SandboxError("sandbox: %s of %r is not allowed" % (event, args[0]))
-        elif event == "import":
-            if args and args[0] in DENY_IMPORTS:
-                raise SandboxError("sandbox: import of %s is not allowed" % args[0])
-        elif event.startswith(DENY_PREFIX):
-            raise SandboxError("sandbox: %s is not allowed" % event)
-    finally:
-        busy = False
-def kind(exc):
-    if isinstance(exc, MemoryError):
-        return "memory"
-    if isinstance(exc, SandboxError):
-        return "forbidden"
-    if isinstance(exc, BlockingIOError):
-        return "process_limit"
-    return "runtime"
-def describe(exc):
-    return ("%s: %s" % (type(exc).__name__, exc))[:500]
-if spec["fence"]:
-    sys.addaudithook(hook)
-try:
-    code = compile(spec["code"], "<solution>", "exec")
-except (SyntaxError, ValueError) as exc:
-    emit(event="error", kind="syntax", message=describe(exc))
-    os._exit(0)
-ns = {"__name__": "__main__", "__builtins__": __builtins__}
-try:
-    exec(code, ns)
-except SystemExit as exc:
-    if exc.code not in (None, 0):
-        if os.getpid() != MAIN:
-            os._exit(1)
-        emit(event="error", kind="runtime", message="SystemExit(%r)" % (exc.code,))
-        os._exit(0)
-except BaseException as exc:
-    if os.getpid() != MAIN:
-        os._exit(1)
-    emit(event="error", kind=kind(exc), message=describe(exc))
-    os._exit(0)
-if os.getpid() != MAIN:
-    os._exit(0)
-emit(event="loaded")
-for i, test in enumerate(spec["tests"]):
-    try:
-        exec(compile(test, "<test %d>" % i, "exec"), ns)
-        ok, message, k = True, "", None
-    except AssertionError as exc:
-        ok, message, k = False, describe(exc), None
-    except BaseException as exc:
-        ok, message, k = False, describe(exc), kind(exc)
-    if os.getpid() != MAIN:
-        os._exit(0)
-    emit(event="test", index=i, ok=ok, message=message, kind=k)
-emit(event="done")
-os._exit(0)
-'''
 
 
 # --------------------------------------------------------------------------------------------- the parent
@@ -298,13 +198,27 @@ def _own_process_count() -> int:
     return len(_uid_processes(os.getuid()))
 
 
-def run_code(code: str, tests: Sequence[str] = (), *, limits: Limits = Limits(), python: str | None = None,
-             block_fork: bool = False, python_fence: bool = True) -> SandboxResult:
-    """Run ``code`` and then each test statement in a sandboxed interpreter; see the module docstring.
+def _child_source() -> str:
+    return _CHILD.read_text(encoding="utf-8")
+
+
+def run_code(code: str, tests: Sequence[str] = (), *, check: str | None = None, entry_point: str | None = None,
+             setup: str = "", limits: Limits = Limits(), python: str | None = None, block_fork: bool = False,
+             python_fence: bool = True) -> SandboxResult:
+    """Run ``code`` in the sandbox and test it from outside; see the module docstring.
+
+    Tests come in one of two layouts. ``tests``: statements (MBPP's ``assert f(x) == y``), each one test;
+    names they call that nothing else defines are the solution's functions. ``check``: a test module
+    defining ``check(candidate)`` (HumanEval's), called with the solution's ``entry_point``; each top-level
+    statement of its body that asserts on the candidate is a test. ``setup`` is trusted code the tests see
+    (HumanEval's prompt with its helper functions; MBPP's ``test_setup_code``); the solution runs apart.
 
     ``block_fork``: also refuse ``os.fork`` in the audit hook. ``python_fence=False`` leaves the audit hook
     out, so tests can check what the OS-level measures hold on their own.
     """
+    if check is not None and not entry_point:
+        raise ValueError("a check module needs the entry_point it is called with")
+    n_tests = len(tests)
     as_root = os.geteuid() == 0
     python = python or sandbox_python(as_root)
     caps = _probe(python, as_root)
@@ -315,8 +229,12 @@ def run_code(code: str, tests: Sequence[str] = (), *, limits: Limits = Limits(),
     isolation = {"net_namespace": bool(net_flags), "uid": uid, "python": python}
 
     root = tempfile.mkdtemp(prefix="treepref-sandbox-")
+    solution = os.path.join(root, "solution.py")
+    with open(solution, "w", encoding="utf-8") as f:
+        f.write(code)
     if uid is not None:
         os.chown(root, uid, uid)
+        os.chown(solution, uid, uid)
     os.chmod(root, 0o700)
 
     def preexec() -> None:
@@ -336,54 +254,63 @@ def run_code(code: str, tests: Sequence[str] = (), *, limits: Limits = Limits(),
             os.setuid(uid)
 
     env = {"PATH": "/usr/bin:/bin", "HOME": root, "TMPDIR": root, "LANG": "C.UTF-8", "LC_ALL": "C.UTF-8"}
-    results = tempfile.TemporaryFile()
-    stdout, stderr = tempfile.TemporaryFile(), tempfile.TemporaryFile()
-    spec = {"code": code, "tests": list(tests), "root": root, "fd": results.fileno(), "no_fork": block_fork,
-            "fence": python_fence}
+    stdout, stderr, harness_err = tempfile.TemporaryFile(), tempfile.TemporaryFile(), tempfile.TemporaryFile()
+    requests_r, requests_w = os.pipe()
+    answers_r, answers_w = os.pipe()
+    source = _child_source()
     start = time.monotonic()
-    timed_out = False
-    proc = None
+    worker = harness = None
+    verdict_text, harness_timed_out = "", False
     try:
+        spec = {"root": root, "requests_fd": requests_r, "answers_fd": answers_w, "fence": python_fence,
+                "no_fork": block_fork}
         try:
-            proc = subprocess.Popen([python, "-I", "-S", "-c", _RUNNER], stdin=subprocess.PIPE, stdout=stdout,
-                                    stderr=stderr, cwd=root, env=env, preexec_fn=preexec,
-                                    pass_fds=(results.fileno(),), close_fds=True)
+            worker = subprocess.Popen([python, "-I", "-S", "-c", source, "worker", json.dumps(spec)],
+                                      stdin=subprocess.DEVNULL, stdout=stdout, stderr=stderr, cwd=root, env=env,
+                                      preexec_fn=preexec, pass_fds=(requests_r, answers_w), close_fds=True)
         except (OSError, subprocess.SubprocessError) as exc:
-            return SandboxResult(False, len(tests), list(range(len(tests))), "setup", str(exc),
-                                 isolation=isolation)
+            return SandboxResult(False, n_tests, list(range(n_tests)), "setup", str(exc), isolation=isolation)
+        harness = subprocess.Popen([sys.executable, "-I", "-S", "-c", source, "harness"], stdin=subprocess.PIPE,
+                                   stdout=subprocess.PIPE, stderr=harness_err, pass_fds=(requests_w, answers_r),
+                                   close_fds=True, start_new_session=True, env=env, cwd=tempfile.gettempdir())
+        # pass_fds keeps the numbers: the harness holds the pipes' other ends under the same descriptors
+        job = {"requests_fd": requests_w, "answers_fd": answers_r, "wall_s": limits.wall_s, "n_tests": n_tests,
+               "tests": list(tests), "check": check, "entry_point": entry_point, "setup": setup}
+        for fd in (requests_r, requests_w, answers_r, answers_w):
+            os.close(fd)
+        requests_r = requests_w = answers_r = answers_w = -1
         try:
-            proc.stdin.write(json.dumps(spec).encode())
-            proc.stdin.close()
-        except BrokenPipeError:
-            pass
-        try:
-            proc.wait(timeout=limits.wall_s)
-        except subprocess.TimeoutExpired:
-            timed_out = True
-            try:
-                os.killpg(proc.pid, signal.SIGKILL)
-            except ProcessLookupError:
-                pass
-            proc.wait()
+            verdict_text = harness.communicate(json.dumps(job).encode(), timeout=limits.wall_s + 5)[0].decode(
+                "utf-8", "replace")
+        except subprocess.TimeoutExpired:  # the tests themselves hung: nothing passed
+            harness_timed_out = True
+            _kill_group(harness.pid)
+            harness.wait()
+        worker_done = worker.poll() is not None
     finally:
-        if proc is not None:
-            try:
-                os.killpg(proc.pid, signal.SIGKILL)  # leftovers in its process group
-            except (ProcessLookupError, PermissionError):
-                pass
+        for fd in (requests_r, requests_w, answers_r, answers_w):
+            if fd >= 0:
+                os.close(fd)
+        if harness is not None and harness.poll() is None:
+            _kill_group(harness.pid)
+            harness.wait()
+        if worker is not None:
+            _kill_group(worker.pid)  # it and whatever it left in its process group
+            worker.wait()
         if uid is not None:
             _kill_uid(uid)  # and any that left the group
         shutil.rmtree(root, ignore_errors=True)
     duration = time.monotonic() - start
-    results.seek(0)
-    events = []
-    for line in results.read().decode("utf-8", "replace").splitlines():
-        try:
-            events.append(json.loads(line))
-        except json.JSONDecodeError:
-            continue
-    return _summarise(events, len(tests), proc.returncode, timed_out, duration, _read(stdout), _read(stderr),
-                      isolation, limits)
+    verdict = _verdict(verdict_text)
+    return _summarise(verdict, n_tests, worker.returncode if worker_done else None, harness_timed_out, duration,
+                      _read(stdout), _read(stderr), isolation, limits)
+
+
+def _kill_group(pid: int) -> None:
+    try:
+        os.killpg(pid, signal.SIGKILL)
+    except (ProcessLookupError, PermissionError):
+        pass
 
 
 def _read(f, limit: int = 4000) -> str:
@@ -391,32 +318,53 @@ def _read(f, limit: int = 4000) -> str:
     return f.read(limit).decode("utf-8", "replace")
 
 
-def _summarise(events: list[dict], n_tests: int, returncode: int, timed_out: bool, duration: float,
+def _verdict(text: str) -> dict:
+    """The harness's one line; anything else (it died, it was killed) is a verdict of nothing passed."""
+    try:
+        verdict = json.loads(text.strip().splitlines()[-1])
+    except (ValueError, IndexError):
+        return {"load": None, "tests": [], "done": False}
+    return verdict if isinstance(verdict, dict) else {"load": None, "tests": [], "done": False}
+
+
+def _summarise(verdict: dict, n_tests: int, returncode: int | None, harness_timed_out: bool, duration: float,
                stdout: str, stderr: str, isolation: dict, limits: Limits) -> SandboxResult:
-    ok = {e["index"] for e in events if e.get("event") == "test" and e.get("ok")}
+    """Passed means: the harness finished and saw every test pass. The error names why not, for people;
+    the worker's own reports can only make it worse."""
+    records = verdict.get("tests") or []
+    if verdict.get("done") and verdict.get("n_tests") is not None:
+        n_tests = int(verdict["n_tests"])
+    ok = {r["index"] for r in records if r.get("ok")}
     failed = [i for i in range(n_tests) if i not in ok]
-    done = any(e.get("event") == "done" for e in events)
-    errors = [e for e in events if e.get("event") == "error"]
-    test_kinds = [e.get("kind") for e in events if e.get("event") == "test" and e.get("kind")]
+    load = verdict.get("load") or {}
+    kinds = [r.get("kind") for r in records if r.get("kind")]
     error, message = None, ""
-    if errors:
-        error, message = errors[0].get("kind", "runtime"), errors[0].get("message", "")
-    elif timed_out:
+    if harness_timed_out or "timeout" in kinds or load.get("kind") == "timeout":
         error, message = "timeout", f"wall-clock limit of {limits.wall_s}s"
-    elif returncode is not None and returncode < 0:
+    elif load.get("ok") is False and load.get("kind") != "killed":
+        error, message = load.get("kind", "runtime"), load.get("message", "")
+    elif load.get("kind") == "killed" or "killed" in kinds or not verdict.get("done"):
+        error, message = _death(returncode, duration, limits)
+    elif verdict.get("setup_error"):
+        error, message = "setup", verdict["setup_error"]
+    elif any(k in kinds for k in ("memory", "forbidden", "process_limit")):
+        error = next(k for k in kinds if k in ("memory", "forbidden", "process_limit"))
+    passed = bool(verdict.get("done")) and error is None and not failed
+    tests = [{"index": r.get("index"), "ok": bool(r.get("ok")), "message": r.get("message", "")} for r in records]
+    return SandboxResult(passed, n_tests, failed, error, message, returncode, duration, stdout, stderr, isolation,
+                         tests)
+
+
+def _death(returncode: int | None, duration: float, limits: Limits) -> tuple[str, str]:
+    """Why the solution's process ended early, from how it ended."""
+    if returncode is not None and returncode < 0:
         sig = -returncode
         if sig in (signal.SIGXCPU, signal.SIGKILL) and duration >= limits.cpu_s * 0.9:
-            error, message = "timeout", f"CPU limit of {limits.cpu_s}s ({signal.Signals(sig).name})"
-        elif sig == signal.SIGXFSZ:
-            error, message = "file_size", f"file size limit of {limits.fsize_mb} MB"
-        else:
-            error, message = "killed", f"killed by {signal.Signals(sig).name}"
-    elif not done:
-        error, message = "killed", f"exited with status {returncode} before finishing"
-    elif "memory" in test_kinds or "forbidden" in test_kinds or "process_limit" in test_kinds:
-        error = next(k for k in test_kinds if k in ("memory", "forbidden", "process_limit"))
-    passed = error is None and done and not failed
-    return SandboxResult(passed, n_tests, failed, error, message, returncode, duration, stdout, stderr, isolation)
+            return "timeout", f"CPU limit of {limits.cpu_s}s ({signal.Signals(sig).name})"
+        if sig == signal.SIGXFSZ:
+            return "file_size", f"file size limit of {limits.fsize_mb} MB"
+        return "killed", f"killed by {signal.Signals(sig).name}"
+    return "killed", f"exited with status {returncode} before finishing"
 
 
 # --------------------------------------------------------------------------------------------- verifier
@@ -431,28 +379,53 @@ def extract_code(text: str) -> str:
     return (py or [b for _, b in blocks])[-1]
 
 
+def test_layout(meta: dict, tests_key: str = "tests") -> dict | None:
+    """``run_code``'s test keywords from a problem's meta (HumanEval: ``test`` + ``entry_point``, with the
+    prompt's helpers as setup; MBPP and plain lists: ``tests`` statements, ``setup``), None without tests."""
+    if meta.get("test") and meta.get("entry_point"):
+        return {"check": meta["test"], "entry_point": meta["entry_point"], "setup": meta.get("setup", "")}
+    tests = meta.get(tests_key)
+    if not tests:
+        return None
+    return {"tests": [tests] if isinstance(tests, str) else list(tests), "setup": meta.get("setup", ""),
+            "entry_point": meta.get("entry_point")}
+
+
 @dataclass
 class CodeVerifier:
-    """``OutcomeVerifier`` for code: run the response's code against ``problem.meta[tests_key]``.
+    """``OutcomeVerifier`` for code: run the response's code against the problem's tests (``test_layout``).
 
     Returns 1.0 / 0.0 (all tests pass or not), or the share of tests passed with ``partial=True``; None when
-    the problem has no tests. The sandbox is synchronous, so it runs in a worker thread.
+    the problem has no tests. Runs go to a pool of ``workers`` threads (default: one per CPU), each waiting
+    on its own sandboxed processes, so the event loop never blocks and generation goes on meanwhile.
     """
 
     limits: Limits = field(default_factory=Limits)
     tests_key: str = "tests"
     partial: bool = False
     python: str | None = None
+    workers: int | None = None
+
+    def __post_init__(self) -> None:
+        self._pool = None
+
+    async def run(self, problem: Problem, code: str) -> SandboxResult | None:
+        """The sandbox's result for ``code`` on ``problem``'s tests (None: it has none)."""
+        import asyncio
+        from concurrent.futures import ThreadPoolExecutor
+
+        layout = test_layout(problem.meta or {}, self.tests_key)
+        if layout is None:
+            return None
+        if self._pool is None:
+            self._pool = ThreadPoolExecutor(max_workers=self.workers or os.cpu_count() or 1,
+                                            thread_name_prefix="treepref-sandbox")
+        call = functools.partial(run_code, code, limits=self.limits, python=self.python, **layout)
+        return await asyncio.get_running_loop().run_in_executor(self._pool, call)
 
     async def __call__(self, problem: Problem, response: str) -> float | None:
-        import asyncio
-
-        tests = problem.meta.get(self.tests_key)
-        if not tests:
+        result = await self.run(problem, extract_code(response))
+        if result is None:
             return None
-        if isinstance(tests, str):
-            tests = [tests]
-        result = await asyncio.to_thread(run_code, extract_code(response), list(tests), limits=self.limits,
-                                         python=self.python)
         # Tests never reached (after a crash or a timeout) count as failed, so pass_rate is already 0 there.
         return result.pass_rate if self.partial else float(result.passed)
