@@ -66,12 +66,24 @@ def test_summary_trees_and_exports_load(run_dir):
     assert stats["rows"] == len(pairs)
 
 
-def test_rerun_resumes_and_extract_writes_another_format(run_dir, capsys):
+def no_model(monkeypatch):
+    """Fail the test if a backend is built."""
+    import treepref.backends
+
+    def refuse(*args, **kwargs):
+        raise AssertionError("a finished run loaded the model")
+
+    monkeypatch.setattr(treepref.backends, "make_policy", refuse)
+
+
+def test_rerun_resumes_and_extract_writes_another_format(run_dir, capsys, monkeypatch):
     out, _ = run_dir
     before = {p.name: p.stat().st_mtime_ns for p in (out / "trees").glob("*.json")}
+    no_model(monkeypatch)  # every problem has its tree: nothing to generate, no model to load
     assert main(["generate", "-c", str(out / "config.yaml"), "--quiet", "--no-extract"]) == 0
     summary = json.loads((out / "summary.json").read_text())
     assert summary["resumed"] == 2 and summary["searched"] == 0
+    assert summary["total_wall_time_s"] < 5
     assert {p.name: p.stat().st_mtime_ns for p in (out / "trees").glob("*.json")} == before
     from treepref.extract import FORMATS
 
@@ -143,3 +155,78 @@ def test_help_lists_searches_backends_formats_and_rules_without_markup(capsys):
     for name in [*SEARCHES, *FORMATS, *RULES, "hf", "vllm", "openai"]:
         assert f"\n  {name} " in out, name
     assert "``" not in out and "train" in out and "view" in out
+
+
+@pytest.mark.parametrize("override,part", [
+    ("search.options.simulations=4", "search"),
+    ("sampling.temperature=0.5", "sampling"),
+    ("problems.options.count=1", "problems"),
+    ("model.backend=vllm", "model"),
+    ("env.max_depth=3", "env"),
+])
+def test_a_rerun_with_another_recipe_is_refused_and_force_continues(run_dir, tmp_path, capsys, monkeypatch,
+                                                                    override, part):
+    out = tmp_path / "run"
+    shutil.copytree(run_dir[0], out)
+    config, summary = (out / "config.yaml").read_bytes(), (out / "summary.json").read_bytes()
+    attempts = sorted(p.name for p in (out / "attempts").iterdir()) if (out / "attempts").exists() else []
+    no_model(monkeypatch)
+    args = ["generate", "-c", str(out / "config.yaml"), "-o", str(out), "--quiet", "--no-extract", "--set", override]
+    capsys.readouterr()
+    assert main(args) == 2
+    err = capsys.readouterr().err.strip()
+    assert err == (f"treepref: generate error: {out} holds the trees of another recipe ({part} differ from "
+                   f"{out / 'config.yaml'}); write to another --output, or pass --force to continue this run with "
+                   "the new recipe")
+    # nothing written: the run folder still describes its own recipe and its last attempt
+    assert (out / "config.yaml").read_bytes() == config and (out / "summary.json").read_bytes() == summary
+    assert (sorted(p.name for p in (out / "attempts").iterdir()) if attempts else []) == attempts
+
+    assert main(args + ["--force"]) == 0  # the trees are kept and resumed (count=1: one of them)
+    assert json.loads((out / "recipe.json").read_text())["forced"] == [part]
+    previous = out / "attempts" / str(len(attempts) + 1)  # the attempt before this one, as it was
+    assert (previous / "config.yaml").read_bytes() == config and (previous / "summary.json").read_bytes() == summary
+    assert main(args) == 0  # the new recipe is the run's now
+
+
+def test_a_change_outside_the_recipe_is_not_a_mismatch(run_dir, tmp_path, monkeypatch):
+    out = tmp_path / "run"
+    shutil.copytree(run_dir[0], out)
+    no_model(monkeypatch)
+    for override in ("run.concurrency=1", "extract.formats=[trees]", "model.options={num_threads: 2}"):
+        assert main(["generate", "-c", str(out / "config.yaml"), "-o", str(out), "--quiet", "--set", override]) == 0
+
+
+def test_failures_exit_nonzero_and_stale_errors_move_to_history(tmp_path, model_dir, capsys):
+    """Every request times out: the run exits 1 and says where the details are (0 with --allow-failures);
+    a clean rerun leaves no stale errors.jsonl, and attempts/<n>/ keeps each attempt's records."""
+    problems = tmp_path / "problems.jsonl"
+    problems.write_text("".join(json.dumps({"id": f"q{i}", "prompt": f"What is {i} + 1?", "answer": str(i + 1)})
+                                + "\n" for i in range(2)))
+    out = tmp_path / "run"
+    recipe = tmp_path / "recipe.yaml"
+    recipe.write_text(f"""
+model: {{name: {model_dir}, backend: hf, options: {{num_threads: 1}}}}
+problems: {{source: file, options: {{path: {problems}}}}}
+env: {{max_depth: 2, max_tokens: 32}}
+sampling: {{max_tokens: 8, rollout_max_tokens: 16}}
+search: {{name: mcts, options: {{simulations: 2, k: 2, n_rollouts: 1}}}}
+extract: {{formats: [trees]}}
+run: {{output: {out}, retries: 0, request_timeout_s: 0.001}}
+""")
+    args = ["generate", "-c", str(recipe), "--quiet"]
+    capsys.readouterr()
+    assert main(args) == 1
+    err = capsys.readouterr().err
+    assert f"2 of 2 problems failed; details in {out / 'errors.jsonl'}" in err and "--allow-failures" in err
+    assert "failed q0 (timeout): TimeoutError: a policy request took over 0.001 s" in err
+    assert main(args + ["--allow-failures"]) == 0
+    assert main(args + ["--set", "run.request_timeout_s=null"]) == 0
+    assert not (out / "errors.jsonl").exists()
+    summary = json.loads((out / "summary.json").read_text())
+    assert (summary["searched"], summary["failed"]) == (2, 0)
+    for n in ("1", "2"):
+        errors = [json.loads(line) for line in (out / "attempts" / n / "errors.jsonl").read_text().splitlines()]
+        assert sorted(e["problem_id"] for e in errors) == ["q0", "q1"] and {e["reason"] for e in errors} == {"timeout"}
+        assert json.loads((out / "attempts" / n / "summary.json").read_text())["failed"] == 2
+    assert sorted(p.name for p in (out / "attempts").iterdir()) == ["1", "2"]

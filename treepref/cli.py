@@ -2,17 +2,24 @@
 ``treepref train`` trains a policy or a verifier on that data; ``treepref evaluate`` measures a policy (and a
 trained verifier or PRM) on held-out problems.
 
-A run folder holds ``config.yaml`` (the resolved config), ``trees/`` (one JSON file per problem),
-``problem_errors.jsonl`` (rows of the problems file that could not be read), ``errors.jsonl`` (problems whose
-search failed), ``exports/<format>/`` (datasets with their ``stats.json``) and ``summary.json``.
+A run folder holds one recipe's trees: ``config.yaml`` (the resolved config), ``recipe.json`` (the fingerprint
+a rerun must match, see ``treepref.run_folder``), ``trees/`` (one JSON file per problem), and the records of
+the latest attempt: ``problem_errors.jsonl`` (rows of the problems file that could not be read),
+``errors.jsonl`` (problems whose search failed, with the reason), ``summary.json``; older attempts' records
+are in ``attempts/<n>/``. ``exports/<format>/`` holds datasets with their ``stats.json``.
+
+``generate`` exits 0 when every problem has its tree, 1 when some problem failed (``--allow-failures`` or
+``run.allow_failures: true``: 0), 2 on a user mistake (nothing written), 130 when interrupted.
 """
 
 from __future__ import annotations
 
 import argparse
 import asyncio
+import contextlib
 import json
 import os
+import signal
 import sys
 import time
 from pathlib import Path
@@ -35,6 +42,10 @@ def main(argv: list[str] | None = None) -> int:
     gen.add_argument("--quiet", action="store_true", help="no progress bar")
     gen.add_argument("--verbose", "-v", action="store_true",
                      help="show the engines' logs here instead of in RUN/logs/engine.log")
+    gen.add_argument("--force", action="store_true",
+                     help="continue a run folder whose trees came from a different recipe")
+    gen.add_argument("--allow-failures", action="store_true",
+                     help="exit 0 even when some problems failed (as run.allow_failures: true)")
 
     ext = sub.add_parser("extract", help="export preference data from a run's trees")
     ext.add_argument("run", help="run folder written by treepref generate")
@@ -159,17 +170,25 @@ def _generate(args) -> int:
         print("treepref: no problems to search", file=sys.stderr)
         return 1
     from treepref.models import check_model
+    from treepref.run_folder import RecipeMismatch, check_recipe, fingerprint, start_attempt, write_recipe
 
     try:
         check_model(cfg.model.name)
-    except ValueError as exc:
+        recipe = fingerprint(cfg, problems)
+        forced = check_recipe(out, recipe, force=args.force)
+    except (ValueError, RecipeMismatch) as exc:
         raise UserInputError(str(exc)) from None
     out.mkdir(parents=True, exist_ok=True)
+    start_attempt(out)  # the previous attempt's summary and errors go to attempts/<n>/
     import yaml
 
     from treepref.tree import atomic_write_text
 
     atomic_write_text(out / "config.yaml", yaml.safe_dump(cfg.to_dict(), sort_keys=False))
+    write_recipe(out, recipe, forced)
+    if forced:
+        print(f"treepref: --force: continuing {out} with a new recipe ({', '.join(forced)} changed)",
+              file=sys.stderr)
     _report_problem_errors(errors, out)
     from treepref.console import engine_log
 
@@ -178,8 +197,14 @@ def _generate(args) -> int:
           f"{cfg.model.name or 'SmolLM2-135M-Instruct (embedded)'} on {cfg.model.backend}, into {out}"
           + ("" if args.verbose else f" (engine log: {engine})"), flush=True)
     started = time.time()
-    with engine_log(engine, enabled=not args.verbose) as terminal:
-        summary = asyncio.run(_search_all(cfg, problems, out, progress=not args.quiet, progress_file=terminal))
+    with _sigterm_as_interrupt(), engine_log(engine, enabled=not args.verbose) as terminal:
+        try:
+            summary = asyncio.run(_search_all(cfg, problems, out, progress=not args.quiet,
+                                              progress_file=terminal))
+        except KeyboardInterrupt:
+            print(f"treepref: interrupted; the trees written so far are kept in {out / 'trees'} (rerun to "
+                  "resume)", file=terminal)
+            return 130
         result = {"config": str(args.config), "output": str(out), **summary.to_dict()}
         if not args.no_extract:
             result["exports"] = _export(out, cfg, cfg.extract.formats, cfg.extract.rule, cfg.extract.value,
@@ -191,7 +216,38 @@ def _generate(args) -> int:
 
     write_json(out / "summary.json", result)
     _print_summary(result)
-    return 0
+    return _failures_exit(summary, out, allow=args.allow_failures or cfg.run.allow_failures)
+
+
+def _failures_exit(summary, out: Path, allow: bool) -> int:
+    """Name the failed problems (a few) and where the rest is; 1 when any failed, unless allowed."""
+    if not summary.failed:
+        return 0
+    for f in summary.failures[:10]:
+        print(f"treepref: failed {f['problem_id']} ({f['reason']}): {f['error']}", file=sys.stderr)
+    print(f"treepref: {summary.failed} of {summary.problems} problems failed; details in {out / 'errors.jsonl'}"
+          + ("" if allow else " (rerun to retry them; --allow-failures to exit 0)"), file=sys.stderr)
+    return 0 if allow else 1
+
+
+@contextlib.contextmanager
+def _sigterm_as_interrupt():
+    """SIGTERM stops a run the way Ctrl-C does, so the engine is shut down (its processes with it) rather
+    than the process vanishing; the previous handler comes back afterwards."""
+    import threading
+
+    if threading.current_thread() is not threading.main_thread():
+        yield
+        return
+
+    def interrupt(signum, frame):
+        signal.raise_signal(signal.SIGINT)
+
+    previous = signal.signal(signal.SIGTERM, interrupt)
+    try:
+        yield
+    finally:
+        signal.signal(signal.SIGTERM, previous)
 
 
 def _problems(cfg: Config):
@@ -241,16 +297,20 @@ def build_context(cfg: Config, policy):
 
 async def _search_all(cfg: Config, problems, out: Path, progress: bool, progress_file=None):
     from treepref.backends import make_policy
-    from treepref.runner import run_problems
+    from treepref.runner import Retry, pending, run_problems
     from treepref.search import build_config, get_search
 
     search_fn = get_search(cfg.search.name)
     search_cfg = build_config(cfg.search.name, cfg.search.options, cfg.source)
+    retry = Retry(cfg.run.retries, cfg.run.retry_backoff_s, cfg.run.request_timeout_s)
+    options = dict(concurrency=cfg.run.concurrency, resume=cfg.run.resume, retry=retry, progress=progress,
+                   progress_file=progress_file)
+    if cfg.run.resume and not pending(problems, out):  # a finished run: no model to load
+        return await run_problems(problems, search_fn, search_cfg, None, out, **options)
     policy = make_policy(cfg.model.backend, cfg.model.name, **cfg.model.options)
     try:
         ctx = build_context(cfg, policy)
-        return await run_problems(problems, search_fn, search_cfg, ctx, out, concurrency=cfg.run.concurrency,
-                                  resume=cfg.run.resume, progress=progress, progress_file=progress_file)
+        return await run_problems(problems, search_fn, search_cfg, ctx, out, **options)
     finally:
         close = getattr(policy, "close", None)
         if close is not None:
