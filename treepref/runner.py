@@ -67,7 +67,7 @@ class CountingPolicy:
         self.problem_id = problem_id
         self.retry = retry or Retry(retries=0)
         self.retried = 0  # failed tries that were tried again
-        self.gave_up: BaseException | None = None  # the error of a request that failed for good
+        self.gave_up: list[BaseException] = []  # the errors of requests that failed for good
 
     async def generate(self, prompts: Sequence[str], params: Sampling) -> list[list[Completion]]:
         self._check_fits(prompts)
@@ -77,7 +77,7 @@ class CountingPolicy:
                 break
             except Exception as exc:
                 if attempt == self.retry.retries or not retryable(exc):
-                    self.gave_up = exc
+                    self.gave_up.append(exc)
                     raise
                 self.retried += 1
                 await asyncio.sleep(self.retry.backoff_s * 2 ** attempt)
@@ -103,10 +103,8 @@ class CountingPolicy:
         for prompt in prompts:
             n = len(self.inner.encode(prompt)) if isinstance(prompt, str) else len(prompt)
             if n >= limit:
-                self.gave_up = ContextLengthError(
-                    f"problem {self.problem_id}: its prompt of {n} tokens does not fit the model's context of "
-                    f"{limit} tokens", n, limit)
-                raise self.gave_up
+                raise ContextLengthError(f"problem {self.problem_id}: its prompt of {n} tokens does not fit the "
+                                         f"model's context of {limit} tokens", n, limit)
 
     def chat_prompt(self, messages: list[dict]) -> str:
         return self.inner.chat_prompt(messages)
@@ -130,7 +128,7 @@ def failure_reason(exc: BaseException, counter: CountingPolicy) -> str:
     that failed for good), or ``search`` (anything else its search raised)."""
     if isinstance(exc, ContextLengthError):
         return "context_length"
-    if exc is counter.gave_up:
+    if any(exc is e for e in counter.gave_up):  # (searches with parallel workers may have several)
         return "timeout" if isinstance(exc, TimeoutError) else "backend"
     return "search"
 
