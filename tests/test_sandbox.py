@@ -83,3 +83,32 @@ def test_code_verifier():
     assert asyncio.run(CodeVerifier(limits=FAST)(problem, response)) == 0.0
     assert asyncio.run(CodeVerifier(limits=FAST, partial=True)(problem, response)) == 0.5
     assert asyncio.run(CodeVerifier()(Problem(id="x", prompt="?"), response)) is None
+
+
+def test_runs_leave_the_event_loop_free_and_the_pool_bounded():
+    """Runs wait in the verifier's pool of ``workers`` threads: the loop keeps ticking meanwhile (generation
+    goes on), and no more than ``workers`` run at once."""
+    slow = "import time\ndef add(a, b):\n    time.sleep(0.5)\n    return a + b\n"
+    problem = Problem(id="s", prompt="Write add.", meta={"tests": ["assert add(1, 2) == 3"]})
+    verifier = CodeVerifier(limits=FAST, workers=2)
+
+    async def main():
+        ticks = 0
+
+        async def ticker():
+            nonlocal ticks
+            while True:
+                await asyncio.sleep(0.01)
+                ticks += 1
+
+        task = asyncio.create_task(ticker())
+        t0 = asyncio.get_running_loop().time()
+        scores = await asyncio.gather(*(verifier(problem, slow) for _ in range(4)))
+        wall = asyncio.get_running_loop().time() - t0
+        task.cancel()
+        return scores, ticks, wall
+
+    scores, ticks, wall = asyncio.run(main())
+    assert scores == [1.0] * 4
+    assert ticks >= wall / 0.01 * 0.5  # the loop ran throughout
+    assert wall >= 2 * 0.5  # four half-second runs, two at a time: at least two rounds

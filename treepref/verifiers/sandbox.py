@@ -27,6 +27,9 @@ What is and is not guaranteed:
     it (a C extension, an interpreter bug) is only held by the OS-level measures above.
   * Not root and no user namespaces: no network namespace (the hook still blocks sockets), no uid change
     (RLIMIT_NPROC then counts all of the user's processes, so it is set to their current count + limit).
+    The worker then shares the harness's uid: the harness makes itself non-dumpable so the worker cannot
+    ptrace it or open its descriptors through /proc, and the hook refuses /proc; it could still kill it,
+    which only fails the run.
 
 Who decides the verdict (``treepref.verifiers.sandbox_child``): two processes per run. The *worker* is the
 sandboxed interpreter above; it loads the solution and only answers calls to its functions, over a pair of
