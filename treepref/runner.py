@@ -170,16 +170,23 @@ def pending(problems: Sequence[Problem], out_dir: str | Path) -> list[Problem]:
     return [p for p in problems if not tree_path(Path(out_dir), p.id).exists()]
 
 
-async def run_problems(problems: Sequence[Problem], search: SearchFn, search_cfg: object,
-                       ctx: SearchContext | None, out_dir: str | Path, *, concurrency: int = 8, resume: bool = True,
-                       retry: Retry = Retry(), progress: bool = True, progress_file=None) -> RunSummary:
-    """Search every problem, writing each tree as soon as it is done. ``ctx`` may be None when every tree
-    is already written (a finished run needs no policy)."""
-    out_dir = Path(out_dir)
+@dataclass
+class Outcome:
+    """What one problem's search left: its tree (annotated, not yet written) or its failure record, and what
+    it cost. Picklable, so a search run elsewhere (a Ray actor) hands back the same thing."""
+
+    problem_id: str
+    tree: Tree | None = None
+    failure: dict | None = None  # {problem_id, reason, error, retries, traceback}
+    generated_tokens: int = 0
+    requests: int = 0
+    retried: int = 0
+
+
+def start_summary(problems: Sequence[Problem], out_dir: Path, resume: bool) -> tuple[RunSummary, list[Problem]]:
+    """The summary with the trees already written counted as resumed, and the problems left to search."""
     (out_dir / "trees").mkdir(parents=True, exist_ok=True)
-    summary = RunSummary(problems=len(problems))
-    start = time.perf_counter()
-    todo = []
+    summary, todo = RunSummary(problems=len(problems)), []
     for problem in problems:
         path = tree_path(out_dir, problem.id)
         if resume and path.exists():
@@ -189,6 +196,66 @@ async def run_problems(problems: Sequence[Problem], search: SearchFn, search_cfg
             summary.generated_tokens += tree.meta.get("generated_tokens", 0)
         else:
             todo.append(problem)
+    return summary, todo
+
+
+async def search_one(problem: Problem, search: SearchFn, search_cfg: object, ctx: SearchContext,
+                     timeline: Timeline, retry: Retry) -> Outcome:
+    """One problem's search on the shared ``ctx``; whatever it raises becomes its failure record, so one bad
+    problem never kills the run."""
+    counter = CountingPolicy(ctx.policy, timeline, problem_id=problem.id, retry=retry)
+    local = dataclasses.replace(ctx, policy=counter, timeline=timeline)
+    t0 = time.perf_counter()
+    out = Outcome(problem.id)
+    try:
+        tree = await search(problem, local, search_cfg)
+    except Exception as exc:
+        out.failure = {"problem_id": problem.id, "reason": failure_reason(exc, counter),
+                       "error": f"{type(exc).__name__}: {exc}", "retries": counter.retried,
+                       "traceback": traceback.format_exc(limit=5)}
+    else:
+        # The search helpers count what they generate into the same keys; the runner's count is kept
+        # because it also sees policy calls made outside them (judges, self-evaluation).
+        tree.meta.update(generated_tokens=counter.generated_tokens, policy_requests=counter.requests,
+                         wall_time_s=round(time.perf_counter() - t0, 3))
+        # Which environment, and how it was set up (the tree itself records the text it rendered).
+        tree.meta.setdefault("env", getattr(ctx.env, "name", type(ctx.env).__name__))
+        for key in ("system", "delimiter"):
+            if hasattr(ctx.env, key):
+                tree.meta.setdefault(key, getattr(ctx.env, key))
+        if getattr(ctx.env, "few_shot", ()):
+            tree.meta.setdefault("few_shot", shots_to_json(ctx.env.few_shot))
+        if problem.meta:  # what a domain's checker needs (arithmetic: the expression, intermediates)
+            tree.meta.setdefault("problem_meta", problem.meta)
+        out.tree = tree
+    out.generated_tokens, out.requests, out.retried = counter.generated_tokens, counter.requests, counter.retried
+    return out
+
+
+def record(outcome: Outcome, summary: RunSummary, out_dir: Path) -> None:
+    """Write a finished tree atomically, or append the failure to ``errors.jsonl``; count it in ``summary``."""
+    if outcome.failure is not None:
+        summary.failed += 1
+        summary.failures.append({k: outcome.failure[k] for k in ("problem_id", "reason", "error")})
+        with open(out_dir / "errors.jsonl", "a", encoding="utf-8") as f:
+            f.write(json.dumps(outcome.failure) + "\n")
+    else:
+        outcome.tree.save(tree_path(out_dir, outcome.problem_id))
+        summary.searched += 1
+        summary.nodes += len(outcome.tree)
+    summary.generated_tokens += outcome.generated_tokens
+    summary.requests += outcome.requests
+    summary.retries += outcome.retried
+
+
+async def run_problems(problems: Sequence[Problem], search: SearchFn, search_cfg: object,
+                       ctx: SearchContext | None, out_dir: str | Path, *, concurrency: int = 8, resume: bool = True,
+                       retry: Retry = Retry(), progress: bool = True, progress_file=None) -> RunSummary:
+    """Search every problem, writing each tree as soon as it is done. ``ctx`` may be None when every tree
+    is already written (a finished run needs no policy)."""
+    out_dir = Path(out_dir)
+    start = time.perf_counter()
+    summary, todo = start_summary(problems, out_dir, resume)
     if not todo:
         summary.wall_time_s = round(time.perf_counter() - start, 3)
         return summary
@@ -201,44 +268,8 @@ async def run_problems(problems: Sequence[Problem], search: SearchFn, search_cfg
 
     async def one(problem: Problem) -> None:
         async with gate:
-            counter = CountingPolicy(ctx.policy, timeline, problem_id=problem.id, retry=retry)
-            local = dataclasses.replace(ctx, policy=counter, timeline=timeline)
-            t0 = time.perf_counter()
-            try:
-                tree = await search(problem, local, search_cfg)
-            except Exception as exc:  # one bad problem never kills the run
-                summary.failed += 1
-                record = {"problem_id": problem.id, "reason": failure_reason(exc, counter),
-                          "error": f"{type(exc).__name__}: {exc}", "retries": counter.retried,
-                          "traceback": traceback.format_exc(limit=5)}
-                summary.failures.append({k: record[k] for k in ("problem_id", "reason", "error")})
-                with open(out_dir / "errors.jsonl", "a", encoding="utf-8") as f:
-                    f.write(json.dumps(record) + "\n")
-            else:
-                # The search helpers count what they generate into the same keys; the runner's count is kept
-                # because it also sees policy calls made outside them (judges, self-evaluation).
-                tree.meta.update(generated_tokens=counter.generated_tokens, policy_requests=counter.requests,
-                                 wall_time_s=round(time.perf_counter() - t0, 3))
-                # Which environment, and how it was set up (the tree itself records the text it rendered).
-                tree.meta.setdefault("env", getattr(ctx.env, "name", type(ctx.env).__name__))
-                for key in ("system", "delimiter"):
-                    if hasattr(ctx.env, key):
-                        tree.meta.setdefault(key, getattr(ctx.env, key))
-                if getattr(ctx.env, "few_shot", ()):
-                    tree.meta.setdefault("few_shot", shots_to_json(ctx.env.few_shot))
-                if problem.meta:  # what a domain's checker needs (arithmetic: the expression, intermediates)
-                    tree.meta.setdefault("problem_meta", problem.meta)
-                tree.save(tree_path(out_dir, problem.id))
-                summary.searched += 1
-                summary.nodes += len(tree)
-            summary.generated_tokens += counter.generated_tokens
-            summary.requests += counter.requests
-            summary.retries += counter.retried
-            if bar is not None:
-                bar.update(1)
-                rate = summary.generated_tokens / max(time.perf_counter() - start, 1e-9)
-                bar.set_postfix(nodes=summary.nodes, tokens=summary.generated_tokens, tok_s=round(rate),
-                                failed=summary.failed)
+            record(await search_one(problem, search, search_cfg, ctx, timeline, retry), summary, out_dir)
+            update_progress(bar, summary, start)
 
     try:
         await asyncio.gather(*(one(p) for p in todo))
@@ -249,6 +280,14 @@ async def run_problems(problems: Sequence[Problem], search: SearchFn, search_cfg
     overlap = timeline.summary()
     summary.evaluator_s, summary.evaluator_overlap = overlap["evaluator_s"], overlap["evaluator_overlap"]
     return summary
+
+
+def update_progress(bar, summary: RunSummary, start: float) -> None:
+    if bar is not None:
+        bar.update(1)
+        rate = summary.generated_tokens / max(time.perf_counter() - start, 1e-9)
+        bar.set_postfix(nodes=summary.nodes, tokens=summary.generated_tokens, tok_s=round(rate),
+                        failed=summary.failed)
 
 
 def _progress(total: int, enabled: bool, file=None):
