@@ -13,6 +13,7 @@ the child exits, so an engine built in a worker thread would be killed when that
 
 from __future__ import annotations
 
+import multiprocessing
 import multiprocessing.process
 import os
 import signal
@@ -66,12 +67,18 @@ def tether_engine_processes() -> None:
 
         def tethered_start(self) -> None:
             target = getattr(self, "_target", None)
-            if target is not None and _is_engine(target):
+            if target is not None and _is_engine(target) and _parent_is_us(self):
                 self._target = Tethered(target, os.getpid())
             start(self)
 
         multiprocessing.process.BaseProcess.start = tethered_start
         _installed = True
+
+
+def _parent_is_us(process) -> bool:
+    """A forkserver's children have the server as their parent: watching it would tell nothing."""
+    method = getattr(process, "_start_method", None) or multiprocessing.get_start_method(allow_none=True)
+    return method != "forkserver"
 
 
 def _is_engine(target) -> bool:
