@@ -72,14 +72,31 @@ class ExtractSection:
 
 
 @dataclass
+class RaySection:
+    """``run.ray``: the actors of ``run.executor: ray`` (docs/scaling.md)."""
+
+    address: str | None = None  # an existing cluster ("auto", "ray://head:10001"); None: a local Ray for the run
+    actors: int = 1  # policies, each with its own backend (one vLLM engine per GPU)
+    num_gpus: float = 0  # GPUs per actor (1 for vLLM on a GPU)
+    num_cpus: float = 1  # CPUs per actor
+    placement: str | None = None  # PACK | SPREAD | STRICT_PACK | STRICT_SPREAD: reserve all actors' bundles first
+    actor_retries: int = 2  # a problem whose actor died is sent to another this many times, then failed
+    max_replacements: int | None = None  # actors started in place of dead ones; None: 2 x actors
+    start_timeout_s: float = 600.0  # actors must have built their policies within this
+    log_to_driver: bool = False  # print the actors' output here (a local Ray started for the run only)
+
+
+@dataclass
 class RunSection:
     output: str = "runs/demo"
-    concurrency: int = 8  # problems searched at once
+    concurrency: int = 8  # problems searched at once (with run.executor: ray, per actor)
     resume: bool = True  # skip problems whose tree is already written
     retries: int = 2  # more tries of a failed policy request (backoff doubling from retry_backoff_s)
     retry_backoff_s: float = 1.0
     request_timeout_s: float | None = None  # one policy request (queueing included); None: no limit
     allow_failures: bool = False  # exit 0 even when problems failed (also: generate --allow-failures)
+    executor: str = "local"  # local (one process) | ray (actors, docs/scaling.md)
+    ray: RaySection = field(default_factory=RaySection)
 
 
 @dataclass
@@ -240,6 +257,7 @@ def _validate(cfg: Config) -> None:
         raise ConfigError(f"{src}: run.retries and run.retry_backoff_s must be >= 0")
     if cfg.run.request_timeout_s is not None and cfg.run.request_timeout_s <= 0:
         raise ConfigError(f"{src}: run.request_timeout_s must be > 0 (or null: no limit)")
+    _check_executor(cfg.run, src)
     if cfg.extract.layout not in ("standard", "conversational"):
         raise ConfigError(f"{src}: extract.layout must be standard or conversational")
     from treepref.few_shot import FewShotError, load_shots
@@ -273,6 +291,19 @@ def _validate(cfg: Config) -> None:
         raise ConfigError(str(exc) if src in str(exc) else f"{src}: search: {exc}") from None
     _check_kwargs("treepref.domains", "build_problems", cfg.problems.options, src, "problems.options")
     _check_formats(cfg, src)
+
+
+def _check_executor(run: RunSection, src: str) -> None:
+    from treepref.executors import EXECUTORS
+
+    if run.executor not in EXECUTORS:
+        raise ConfigError(f"{src}: run.executor must be one of {', '.join(EXECUTORS)}, got {run.executor!r}")
+    r = run.ray
+    if r.actors < 1 or r.actor_retries < 0 or (r.max_replacements or 0) < 0 or r.num_gpus < 0 or r.num_cpus < 0:
+        raise ConfigError(f"{src}: run.ray: actors must be >= 1; actor_retries, max_replacements, num_gpus and "
+                          "num_cpus >= 0")
+    if r.placement not in (None, "PACK", "SPREAD", "STRICT_PACK", "STRICT_SPREAD"):
+        raise ConfigError(f"{src}: run.ray.placement must be PACK, SPREAD, STRICT_PACK, STRICT_SPREAD or null")
 
 
 def _check_kwargs(module: str, func: str, options: dict, src: str, key: str) -> None:
