@@ -174,6 +174,10 @@ def _generate(args) -> int:
 
     try:
         check_model(cfg.model.name)
+        if cfg.run.executor == "ray":
+            from treepref.executors import require_ray
+
+            require_ray()  # a one-line error when the extra is missing (MissingExtra is a ValueError)
         recipe = fingerprint(cfg, problems)
         forced = check_recipe(out, recipe, force=args.force)
     except (ValueError, RecipeMismatch) as exc:
@@ -199,8 +203,13 @@ def _generate(args) -> int:
     started = time.time()
     with _sigterm_as_interrupt(), engine_log(engine, enabled=not args.verbose) as terminal:
         try:
-            summary = asyncio.run(_search_all(cfg, problems, out, progress=not args.quiet,
-                                              progress_file=terminal))
+            if cfg.run.executor == "ray":  # problems sharded over Ray actors (docs/scaling.md)
+                from treepref.executors.ray import run_config
+
+                summary = run_config(cfg, problems, out, progress=not args.quiet, progress_file=terminal)
+            else:
+                summary = asyncio.run(_search_all(cfg, problems, out, progress=not args.quiet,
+                                                  progress_file=terminal))
         except KeyboardInterrupt:
             print(f"treepref: interrupted; the trees written so far are kept in {out / 'trees'} (rerun to "
                   "resume)", file=terminal)
