@@ -167,7 +167,10 @@ def _generate(args) -> int:
     # Everything a user can get wrong is checked before the run folder is touched or an engine starts.
     problems, errors = _problems(cfg)
     if not problems:
-        print("treepref: no problems to search", file=sys.stderr)
+        for e in errors[:5]:  # every row was bad: say which and why (no run folder is written)
+            print(f"treepref: bad problem row: {e}", file=sys.stderr)
+        more = f" ({len(errors)} bad rows)" if errors else ""
+        print(f"treepref: no problems to search{more}", file=sys.stderr)
         return 1
     from treepref.models import check_model
     from treepref.run_folder import RecipeMismatch, check_recipe, fingerprint, start_attempt, write_recipe
