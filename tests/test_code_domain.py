@@ -6,6 +6,7 @@ from __future__ import annotations
 import ast
 import asyncio
 import json
+from pathlib import Path
 
 from treepref.domains import build_problems
 from treepref.domains.code import load_code
@@ -93,3 +94,16 @@ def test_mbpp_layout_and_bad_rows(tmp_path):
     assert ok.passed and ok.n_tests == 2
     assert not bad.passed and bad.failed == [0, 1]
     assert build_problems("code", path=str(path))[0][0].id == "11"
+
+
+def test_generate_names_bad_code_rows(tmp_path, capsys):
+    from treepref.cli import main
+
+    bad = tmp_path / "bad.jsonl"
+    bad.write_text(json.dumps({"task_id": 1, "text": "x", "code": "def f(:", "test_list": ["assert f(1) == 1"]}) + "\n")
+    out = tmp_path / "run"
+    config = Path(__file__).parent.parent / "configs" / "code.yaml"
+    code = main(["generate", "--config", str(config), "--set", "problems.source=code",
+                 "--set", f"problems.options.path={bad}", "--set", f"run.output={out}"])
+    err = capsys.readouterr().err
+    assert code == 1 and f"{bad}:1: code: not valid Python" in err and not out.exists()
