@@ -188,3 +188,13 @@ def test_tests_that_name_the_entry_point_call_the_solution():
     row = humaneval("HumanEval/33")
     assert he_run(row, row["canonical_solution"]).passed
     assert not he_run(row, "    return l\n").passed
+
+
+def test_modules_the_tests_use_are_the_harness_own():
+    """MBPP's tests call modules the solution imported (``math.isclose``): the harness imports its own
+    copy, so a solution that patches the module in its process changes nothing for the tests."""
+    tests = ["assert math.isclose(area(1), 3.141592653589793)", "assert area(0) == 0"]
+    right = "import math\ndef area(r):\n    return math.pi * r * r\n"
+    assert run_code(right, tests, limits=FAST).passed
+    patched = "import math\nmath.isclose = lambda *a, **k: True\ndef area(r):\n    return 0.5\n"
+    assert run_code(patched, tests, limits=FAST).pass_rate == 0.0
