@@ -19,6 +19,8 @@ from __future__ import annotations
 
 import asyncio
 import os
+import signal
+import threading
 import time
 import uuid
 from collections import deque
@@ -136,7 +138,7 @@ def run_problems_ray(problems: Sequence[Problem], search, search_cfg: object, bu
     ray = require_ray()
     started_ray = not ray.is_initialized()
     if started_ray:
-        ray.init(address=options.address, include_dashboard=False, log_to_driver=options.log_to_driver)
+        _init(ray, options)
     pool = _Pool(ray, options, build, search, search_cfg, retry, concurrency, summary)
     bar = _progress(len(todo), progress, progress_file)
     try:
@@ -151,6 +153,16 @@ def run_problems_ray(problems: Sequence[Problem], search, search_cfg: object, bu
             ray.shutdown()
     summary.wall_time_s = round(time.perf_counter() - start, 3)
     return summary
+
+
+def _init(ray, options: RaySection) -> None:
+    """Start (or join) Ray for this run, keeping this process's SIGTERM handler: ``ray.init`` replaces it with
+    one that aborts the process (exit -6, no cleanup), so ``generate``'s SIGTERM-as-Ctrl-C would be lost."""
+    main = threading.current_thread() is threading.main_thread()
+    previous = signal.getsignal(signal.SIGTERM) if main else None
+    ray.init(address=options.address, include_dashboard=False, log_to_driver=options.log_to_driver)
+    if main and previous is not None:
+        signal.signal(signal.SIGTERM, previous)
 
 
 class _Pool:
