@@ -13,7 +13,7 @@ from treepref.cli import _export, _problems, build_context
 from treepref.config import load_config
 from treepref.runner import load_trees, run_problems
 from treepref.search import build_config, get_search
-from treepref.verifiers.sandbox import run_code, test_layout
+from treepref.verifiers.sandbox import run_code, layout_of
 
 pytestmark = [pytest.mark.slow, pytest.mark.vllm]
 CONFIG = Path(__file__).parent.parent / "configs" / "code.yaml"
@@ -44,7 +44,7 @@ def test_code_recipe(vllm_policy, aio, tmp_path):
             if not (tree.terminated[n] and "n_tests" in tree.info[n]):
                 continue
             code, _ = env.solution(problem, tree.prompt_text(n)[len(head):])
-            again = run_code(code, **test_layout(problem.meta), limits=env.verifier.limits)
+            again = run_code(code, **layout_of(problem.meta), limits=env.verifier.limits)
             expected = again.pass_rate if env.reward == "share" else float(again.passed)
             assert again.passed == tree.info[n]["success"] and tree.reward[n] == pytest.approx(expected)
             judged += 1

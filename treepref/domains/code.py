@@ -8,7 +8,7 @@ body). MBPP rows: ``task_id``, ``text`` (the task in words), ``code`` (a referen
 
 Every problem becomes "continue this function": ``meta["code"]`` is the code the policy continues
 (HumanEval's prompt; for MBPP the reference's imports and ``def`` line, so the tests' function name and
-arguments are fixed), and its tests are in the layout ``verifiers.sandbox.test_layout`` reads.
+arguments are fixed), and its tests are in the layout ``verifiers.sandbox.layout_of`` reads.
 """
 
 from __future__ import annotations

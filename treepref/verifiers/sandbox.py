@@ -382,7 +382,7 @@ def extract_code(text: str) -> str:
     return (py or [b for _, b in blocks])[-1]
 
 
-def test_layout(meta: dict, tests_key: str = "tests") -> dict | None:
+def layout_of(meta: dict, tests_key: str = "tests") -> dict | None:
     """``run_code``'s test keywords from a problem's meta (HumanEval: ``test`` + ``entry_point``, with the
     prompt's helpers as setup; MBPP and plain lists: ``tests`` statements, ``setup``), None without tests."""
     if meta.get("test") and meta.get("entry_point"):
@@ -396,7 +396,7 @@ def test_layout(meta: dict, tests_key: str = "tests") -> dict | None:
 
 @dataclass
 class CodeVerifier:
-    """``OutcomeVerifier`` for code: run the response's code against the problem's tests (``test_layout``).
+    """``OutcomeVerifier`` for code: run the response's code against the problem's tests (``layout_of``).
 
     Returns 1.0 / 0.0 (all tests pass or not), or the share of tests passed with ``partial=True``; None when
     the problem has no tests. Runs go to a pool of ``workers`` threads (default: one per CPU), each waiting
@@ -417,7 +417,7 @@ class CodeVerifier:
         import asyncio
         from concurrent.futures import ThreadPoolExecutor
 
-        layout = test_layout(problem.meta or {}, self.tests_key)
+        layout = layout_of(problem.meta or {}, self.tests_key)
         if layout is None:
             return None
         if self._pool is None:
