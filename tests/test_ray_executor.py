@@ -172,6 +172,7 @@ def test_failures_are_recorded_like_the_local_runner_and_a_rerun_resumes(cluster
     errors = {e["problem_id"]: e for e in map(json.loads, (out / "errors.jsonl").read_text().splitlines())}
     assert errors["p/1"]["reason"] == "search" and "boom on p/1" in errors["p/1"]["error"]
     assert errors["p/2"]["reason"] == "actor" and errors["p/2"]["retries"] == 2
+    assert errors["p/2"]["error"].startswith("ActorDiedError: ") and "\n" not in errors["p/2"]["error"]
     assert summary.actor_deaths == 2 and summary.resubmitted == ["p/2"]
     assert sorted(t.problem_id for t in load_trees(out)) == ["p/0", "p/3", "p/4", "p/5"]
 
@@ -221,3 +222,72 @@ def test_a_missing_ray_is_one_line(monkeypatch):
     monkeypatch.setitem(sys.modules, "ray", None)
     with pytest.raises(MissingExtra, match=r"pip install 'treepref\[ray\]'"):
         require_ray()
+
+
+def test_actors_in_a_placement_group_and_a_replacement_in_the_dead_ones_bundle(cluster, tmp_path):
+    """With ``placement``, the two bundles take both of the cluster's CPUs, so the replacement of a killed
+    actor can only start in the bundle its predecessor left; the group is removed at the end."""
+    from ray.util import placement_group_table
+
+    from treepref.executors.ray import run_problems_ray
+
+    out = tmp_path / "ray"
+    watcher = _kill_when(cluster, out, 1, "-1-1")
+    summary = run_problems_ray(problems(20), slow_mcts, CFG, scripted_context, out,
+                               options=RaySection(actors=2, placement="STRICT_PACK"), concurrency=2, progress=False)
+    watcher[0].join()
+    assert len(watcher) == 2 and (summary.actor_deaths, summary.actors) == (1, 3)
+    assert (summary.searched, summary.failed) == (20, 0) and len(load_trees(out)) == 20
+    assert summary.per_actor[watcher[1].replace("-1-1", "-1-2")] > 0  # the replacement started, and searched
+    assert all(g["state"] == "REMOVED" for g in placement_group_table().values())
+
+
+def two_builds_only(folder) -> SearchContext:
+    """A factory that works in the first two actors and fails in any later one (each build leaves a file)."""
+    (Path(folder) / str(os.getpid())).touch()
+    if len(list(Path(folder).iterdir())) > 2:
+        raise OSError("the model's node is gone")
+    return scripted_context()
+
+
+def test_a_replacement_that_cannot_start_gets_no_problem_and_the_survivor_finishes(cluster, tmp_path):
+    from treepref.executors.ray import run_problems_ray
+
+    builds, out = tmp_path / "builds", tmp_path / "ray"
+    builds.mkdir()
+    watcher = _kill_when(cluster, out, 1, "-0-0")
+    summary = run_problems_ray(problems(8), slow_mcts, CFG, functools.partial(two_builds_only, str(builds)), out,
+                               options=RaySection(actors=2), concurrency=2, progress=False)
+    watcher[0].join()
+    assert len(watcher) == 2 and summary.actors == 3
+    assert summary.actor_deaths == 2  # the killed one, and its replacement that could not build
+    assert 1 <= len(summary.resubmitted) <= 2  # only what the killed one held: none was sent to the replacement
+    assert (summary.searched, summary.failed) == (8, 0)
+    replacement = watcher[1].replace("-0-0", "-0-2")
+    assert summary.per_actor[replacement] == 0 and summary.per_actor[watcher[1].replace("-0-0", "-1-1")] >= 6
+
+
+def test_an_actor_that_cannot_build_its_policy_stops_the_run_before_any_problem(cluster, tmp_path):
+    from treepref.executors.ray import run_problems_ray
+
+    def broken():
+        raise FileNotFoundError("no model at /nowhere")
+
+    with pytest.raises(RuntimeError, match="could not build its policy: .*no model at /nowhere"):
+        run_problems_ray(problems(3), mcts, CFG, broken, tmp_path, options=RaySection(actors=2), progress=False)
+    assert not list((tmp_path / "trees").glob("*.json")) and not (tmp_path / "errors.jsonl").exists()
+    assert not [n for n in cluster.util.list_named_actors() if n.startswith("treepref-")]  # none left behind
+
+
+def test_generate_without_ray_is_one_line_and_touches_nothing(tmp_path, model_dir, monkeypatch, capsys):
+    from treepref.cli import main
+
+    out = tmp_path / "run"
+    recipe = tmp_path / "r.yaml"
+    recipe.write_text(f"model: {{name: {model_dir}, backend: hf}}\nrun: {{output: {out}, executor: ray}}\n")
+    monkeypatch.setitem(sys.modules, "ray", None)  # as if the extra were not installed
+    assert main(["generate", "--config", str(recipe)]) == 2
+    err = capsys.readouterr().err.strip().splitlines()
+    assert err == ["treepref: generate error: run.executor: ray needs the ray package: pip install 'treepref[ray]' "
+                   "(or pip install 'ray>=2.9')"]
+    assert not out.exists()

@@ -116,6 +116,8 @@ class _Slot:
     name: str = ""
     alive: bool = False
     in_flight: int = 0
+    starting: object = None  # a replacement's start call, until it has built its policy
+    since: float = 0.0  # when that replacement was launched
 
 
 def run_problems_ray(problems: Sequence[Problem], search, search_cfg: object, build: ContextFactory,
@@ -229,21 +231,51 @@ class _Pool:
         if self.replacements > 0:
             self.replacements -= 1
             self.launch(slot)
+            slot.starting, slot.since = slot.actor.start.remote(), time.monotonic()
+
+    def poll_starting(self) -> None:
+        """A replacement gets problems only once it has built its policy, so none waits on an actor that
+        cannot start. One whose start fails, or that finds no room within ``start_timeout_s`` (its node gone,
+        the cluster full), is given up and not replaced again."""
+        for slot in self.slots:
+            if slot.starting is None:
+                continue
+            ready, _ = self.ray.wait([slot.starting], timeout=0)
+            if ready:
+                try:
+                    self.ray.get(slot.starting)
+                    slot.starting = None
+                    continue
+                except self.ray.exceptions.RayError:
+                    pass
+            elif time.monotonic() - slot.since < self.options.start_timeout_s:
+                continue
+            slot.alive, slot.starting = False, None
+            self.summary.actor_deaths += 1
+            self.ray.kill(slot.actor, no_restart=True)
+
+    def starting(self) -> list:
+        return [s.starting for s in self.slots if s.starting is not None]
+
+    def ready(self) -> list:
+        """The actors that are alive and have built their policies."""
+        return [s.actor for s in self.slots if s.alive and s.starting is None]
 
     def free(self) -> _Slot | None:
         """The live actor with the fewest searches in flight, if any has room (load-aware dispatch)."""
-        room = [s for s in self.slots if s.alive and s.in_flight < self.concurrency]
+        room = [s for s in self.slots if s.alive and s.starting is None and s.in_flight < self.concurrency]
         return min(room, key=lambda s: (s.in_flight, s.index)) if room else None
 
     def stop(self) -> None:
-        live = [s.actor for s in self.slots if s.alive]
-        if live:  # let backends shut their engines down, then stop the actors
+        ready = self.ready()
+        if ready:  # let backends shut their engines down, then stop the actors
             try:
-                self.ray.get([a.close.remote() for a in live], timeout=60)
+                self.ray.get([a.close.remote() for a in ready], timeout=60)
             except Exception:
                 pass
-        for actor in live:
-            self.ray.kill(actor, no_restart=True)
+        for slot in self.slots:
+            if slot.alive:
+                self.ray.kill(slot.actor, no_restart=True)
         if self.group is not None:
             from ray.util.placement_group import remove_placement_group
 
@@ -255,17 +287,21 @@ def _dispatch(pool: _Pool, queue: deque, summary: RaySummary, out_dir: Path, bar
     ray = pool.ray
     in_flight: dict = {}  # ref -> (slot, the actor it was sent to, its name, problem, deaths so far)
     while queue or in_flight:
+        pool.poll_starting()
         while queue and (slot := pool.free()) is not None:
             problem, deaths = queue.popleft()
             in_flight[slot.actor.run.remote(problem)] = (slot, slot.actor, slot.name, problem, deaths)
             slot.in_flight += 1
-        if not in_flight:  # problems left, no live actor and no replacement left
+        starting = pool.starting()
+        if not in_flight and not starting:  # problems left, no live actor and no replacement coming
             for problem, deaths in queue:
                 _fail(problem, deaths, "no live actor left to search it", summary, out_dir)
                 update_progress(bar, summary, start)
             return
-        done, _ = ray.wait(list(in_flight), num_returns=1, timeout=1.0)
+        done, _ = ray.wait(list(in_flight) + starting, num_returns=1, timeout=1.0)
         for ref in done:
+            if ref not in in_flight:  # a replacement has started: it gets problems on the next round
+                continue
             slot, actor, name, problem, deaths = in_flight.pop(ref)
             same = slot.actor is actor  # not a result of the actor this slot had before a replacement
             if same:
@@ -293,16 +329,19 @@ def _fail(problem: Problem, deaths: int, error: str, summary: RunSummary, out_di
 
 
 def _cause(exc: BaseException) -> str:
-    """The first line of a Ray error, which is otherwise a page of traceback."""
+    """One line for a Ray error, which is otherwise a page of traceback: the exception raised in the actor
+    (a ``RayTaskError`` carries it as ``cause``), else the error's first line (an actor's death)."""
+    cause = getattr(exc, "cause", None)
+    if isinstance(cause, BaseException):
+        exc = cause
     text = str(exc).strip().splitlines()
     return f"{type(exc).__name__}: {text[0] if text else ''}"
 
 
 def _merge_timelines(pool: _Pool, summary: RunSummary) -> None:
     """Evaluator time over the live actors (summed) and its overlap with generation (weighted by that time)."""
-    live = [s.actor for s in pool.slots if s.alive]
     try:
-        parts = pool.ray.get([a.timeline_summary.remote() for a in live], timeout=60)
+        parts = pool.ray.get([a.timeline_summary.remote() for a in pool.ready()], timeout=60)
     except Exception:
         return
     busy = sum(p["evaluator_s"] for p in parts)
