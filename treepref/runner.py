@@ -27,6 +27,7 @@ from treepref.backends.base import Completion, ContextLengthError, Policy, Sampl
 from treepref.few_shot import shots_to_json
 from treepref.problems import Problem
 from treepref.search.base import SearchContext
+from treepref.search.checkpoint import Checkpoint
 from treepref.timeline import Timeline
 from treepref.tree import Tree, atomic_write_text
 
@@ -160,6 +161,11 @@ def tree_path(out_dir: Path, problem_id: str) -> Path:
     return out_dir / "trees" / f"{safe}.json"
 
 
+def checkpoint_path(out_dir: Path, problem_id: str) -> Path:
+    """Where a long search on ``problem_id`` saves itself mid-way (``search.checkpoint``)."""
+    return out_dir / "checkpoints" / (tree_path(out_dir, problem_id).stem + ".pkl")
+
+
 def load_trees(out_dir: str | Path) -> list[Tree]:
     """Every tree of a run folder, in file-name order."""
     return [Tree.load(p) for p in sorted((Path(out_dir) / "trees").glob("*.json"))]
@@ -200,11 +206,11 @@ def start_summary(problems: Sequence[Problem], out_dir: Path, resume: bool) -> t
 
 
 async def search_one(problem: Problem, search: SearchFn, search_cfg: object, ctx: SearchContext,
-                     timeline: Timeline, retry: Retry) -> Outcome:
+                     timeline: Timeline, retry: Retry, checkpoint: Checkpoint | None = None) -> Outcome:
     """One problem's search on the shared ``ctx``; whatever it raises becomes its failure record, so one bad
-    problem never kills the run."""
+    problem never kills the run. ``checkpoint``: where a search that checkpoints saves itself (and resumes)."""
     counter = CountingPolicy(ctx.policy, timeline, problem_id=problem.id, retry=retry)
-    local = dataclasses.replace(ctx, policy=counter, timeline=timeline)
+    local = dataclasses.replace(ctx, policy=counter, timeline=timeline, checkpoint=checkpoint)
     t0 = time.perf_counter()
     out = Outcome(problem.id)
     try:
@@ -216,8 +222,9 @@ async def search_one(problem: Problem, search: SearchFn, search_cfg: object, ctx
     else:
         # The search helpers count what they generate into the same keys; the runner's count is kept
         # because it also sees policy calls made outside them (judges, self-evaluation).
-        tree.meta.update(generated_tokens=counter.generated_tokens, policy_requests=counter.requests,
-                         wall_time_s=round(time.perf_counter() - t0, 3))
+        before = (checkpoint.tokens_before, checkpoint.requests_before) if checkpoint is not None else (0, 0)
+        tree.meta.update(generated_tokens=counter.generated_tokens + before[0],
+                         policy_requests=counter.requests + before[1], wall_time_s=round(time.perf_counter() - t0, 3))
         # Which environment, and how it was set up (the tree itself records the text it rendered).
         tree.meta.setdefault("env", getattr(ctx.env, "name", type(ctx.env).__name__))
         for key in ("system", "delimiter"):
@@ -241,6 +248,7 @@ def record(outcome: Outcome, summary: RunSummary, out_dir: Path) -> None:
             f.write(json.dumps(outcome.failure) + "\n")
     else:
         outcome.tree.save(tree_path(out_dir, outcome.problem_id))
+        checkpoint_path(out_dir, outcome.problem_id).unlink(missing_ok=True)  # the tree supersedes it
         summary.searched += 1
         summary.nodes += len(outcome.tree)
     summary.generated_tokens += outcome.generated_tokens
@@ -268,7 +276,8 @@ async def run_problems(problems: Sequence[Problem], search: SearchFn, search_cfg
 
     async def one(problem: Problem) -> None:
         async with gate:
-            record(await search_one(problem, search, search_cfg, ctx, timeline, retry), summary, out_dir)
+            checkpoint = Checkpoint(checkpoint_path(out_dir, problem.id), resume=resume)
+            record(await search_one(problem, search, search_cfg, ctx, timeline, retry, checkpoint), summary, out_dir)
             update_progress(bar, summary, start)
 
     try:

@@ -20,6 +20,7 @@ from typing import Sequence
 from treepref.backends.base import Completion, Policy, Sampling
 from treepref.envs.base import Environment, State, is_success
 from treepref.problems import Problem
+from treepref.search.checkpoint import Checkpoint
 from treepref.timeline import Timeline
 from treepref.tree import ROOT, STEP, Tree
 
@@ -34,6 +35,7 @@ class SearchContext:
     rollout_max_tokens: int = 384  # budget of one Monte Carlo completion (all remaining steps)
     success: float = 1.0  # the reward counted as solved when the environment does not say (``is_success``)
     timeline: Timeline | None = None  # generation and evaluation intervals (the runner sets one per run)
+    checkpoint: Checkpoint | None = None  # where a long search saves itself (the runner sets one per problem)
 
     def __post_init__(self) -> None:
         # An environment that encodes text (its prompts) must use the policy's tokenizer, or the ids it sends

@@ -77,6 +77,9 @@ class MCTSConfig:
     ``n_rollouts`` completions (``k`` unused), so no sampled token is off a valued path."""
     token_budget: int | None = None
     """Stop starting simulations once the tree has generated this many tokens (None: no limit)."""
+    checkpoint_every: int | None = None
+    """Save the search every this many simulations (in the runner: ``RUN/checkpoints/``), so a run stopped
+    mid-search resumes it instead of starting over (None: off, right for short searches)."""
     evaluator: dict | None = None
     """Where a new node's value comes from (``search.evaluators``): rollouts, a PRM, a verifier, a judge,
     self-evaluation, a step scorer or a weighted mix; None: ``n_rollouts`` completions (``default_value``
@@ -119,6 +122,8 @@ class MCTSConfig:
                                  "evaluator kind 'rollouts' (or none)")
         if not 0.0 < self.discount <= 1.0:
             raise ValueError(f"MCTSConfig.discount must be in (0, 1], got {self.discount}")
+        if self.checkpoint_every is not None and self.checkpoint_every < 1:
+            raise ValueError(f"MCTSConfig.checkpoint_every must be >= 1 or None, got {self.checkpoint_every}")
 
 
 def puct_scores(tree: Tree, node: int, children: list[int], c_puct: float, fpu: float,
@@ -162,25 +167,62 @@ class _Search:
         self.final_visits = 0
         self.streak = 0  # free visits since the last simulation that generated
         self.done = 0
+        self.in_flight = 0
+        self.saved_at = 0  # ``started`` when last checkpointed
+        self.gate = asyncio.Event()  # closed while a checkpoint waits for the simulations in flight
+        self.gate.set()
+
+    # The counters a checkpoint carries (in flight there is nothing at a checkpoint: no pending, no virtual).
+    SAVED = ("expanded", "spent", "started", "final_visits", "streak", "done", "saved_at")
+
+    def saved(self) -> dict:
+        return {"tree": self.tree, "states": self.states, "search": {k: getattr(self, k) for k in self.SAVED}}
+
+    def restore(self, counters: dict) -> None:
+        for k in self.SAVED:
+            setattr(self, k, counters[k])
+
+    def _going(self) -> bool:
+        return (self.started < self.cfg.simulations and ROOT not in self.spent
+                and not over_budget(self.tree, self.cfg.token_budget))
 
     async def run(self) -> None:
         await asyncio.gather(*(self._worker() for _ in range(self.cfg.parallel_simulations)))
 
     async def _worker(self) -> None:
         cfg = self.cfg
-        while (self.started < cfg.simulations and ROOT not in self.spent
-               and not over_budget(self.tree, cfg.token_budget)):
+        while self._going():
+            await self.gate.wait()
+            if not self._going():
+                break
             self.started += 1
-            outcome = await self._simulate()
+            self.in_flight += 1
+            try:
+                outcome = await self._simulate()
+            finally:
+                self.in_flight -= 1
             if outcome == "generated":
                 self.streak = 0
-            if outcome == "generated" or (outcome == "final" and not cfg.revisit_finals):
-                continue
-            self.started -= 1  # a free visit of a final node, or a path into a subtree spent meanwhile
-            if outcome == "final":
-                self.final_visits += 1
-                self.streak += 1
-            await asyncio.sleep(0)
+            elif outcome != "final" or cfg.revisit_finals:
+                self.started -= 1  # a free visit of a final node, or a path into a subtree spent meanwhile
+                if outcome == "final":
+                    self.final_visits += 1
+                    self.streak += 1
+            self._checkpoint()
+            if outcome != "generated" and (outcome != "final" or cfg.revisit_finals):
+                await asyncio.sleep(0)
+
+    def _checkpoint(self) -> None:
+        """Every ``checkpoint_every`` simulations: stop starting new ones, and save once none is in flight."""
+        every, checkpoint = self.cfg.checkpoint_every, self.ctx.checkpoint
+        if not every or checkpoint is None:
+            return
+        if self.started - self.saved_at >= every:
+            self.gate.clear()
+        if not self.gate.is_set() and self.in_flight == 0:  # the last one in flight saves, then opens
+            self.saved_at = self.started
+            checkpoint.save(self.saved())
+            self.gate.set()
 
     async def _simulate(self) -> str:
         """One simulation: "generated" (a node was expanded and valued), "final" (a final node's reward was
@@ -275,8 +317,14 @@ class _Search:
 async def mcts(problem: Problem, ctx: SearchContext, cfg: MCTSConfig | None = None) -> Tree:
     """Run MCTS/PUCT on ``problem`` and return the tree (visits and value sums hold the backed-up values)."""
     cfg = cfg or MCTSConfig()
-    tree, states = new_tree(problem, ctx, "mcts", settings_of(cfg))
+    saved = ctx.checkpoint.load() if cfg.checkpoint_every and ctx.checkpoint is not None else None
+    if saved is not None:  # a run stopped mid-search: go on from its last checkpoint
+        tree, states = saved["tree"], saved["states"]
+    else:
+        tree, states = new_tree(problem, ctx, "mcts", settings_of(cfg))
     search = _Search(tree, states, ctx, cfg)
+    if saved is not None:
+        search.restore(saved["search"])
     await search.run()
     tree.meta["stats"] = {"simulations": search.started, "final_visits": search.final_visits,
                           "backups": search.done,
