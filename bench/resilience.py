@@ -146,7 +146,7 @@ def dispatch(n: int) -> None:
         asyncio.run(run_problems(problems, mcts, cfg, _scripted(), Path(tmp) / "local", concurrency=16, progress=False))
         print(f"local runner: {n} problems in {time.perf_counter() - t0:.2f} s")
         t0 = time.perf_counter()
-        ray.init(num_cpus=2, include_dashboard=False, log_to_driver=False)
+        ray.init(address="local", num_cpus=2, include_dashboard=False, log_to_driver=False)
         print(f"ray.init: {time.perf_counter() - t0:.1f} s")
         for actors in (1, 2):
             t0 = time.perf_counter()

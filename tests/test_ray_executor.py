@@ -33,7 +33,7 @@ def cluster():
     import ray.cloudpickle
 
     ray.cloudpickle.register_pickle_by_value(sys.modules[__name__])
-    ray.init(num_cpus=2, include_dashboard=False, log_to_driver=False)
+    ray.init(address="local", num_cpus=2, include_dashboard=False, log_to_driver=False)
     yield ray
     ray.shutdown()
 
@@ -268,12 +268,12 @@ def test_a_replacement_that_cannot_start_gets_no_problem_and_the_survivor_finish
 
 
 def test_an_actor_that_cannot_build_its_policy_stops_the_run_before_any_problem(cluster, tmp_path):
-    from treepref.executors.ray import run_problems_ray
+    from treepref.executors.ray import RayExecutorError, run_problems_ray
 
     def broken():
         raise FileNotFoundError("no model at /nowhere")
 
-    with pytest.raises(RuntimeError, match="could not build its policy: .*no model at /nowhere"):
+    with pytest.raises(RayExecutorError, match="could not build its policy: .*no model at /nowhere"):
         run_problems_ray(problems(3), mcts, CFG, broken, tmp_path, options=RaySection(actors=2), progress=False)
     assert not list((tmp_path / "trees").glob("*.json")) and not (tmp_path / "errors.jsonl").exists()
     assert not [n for n in cluster.util.list_named_actors() if n.startswith("treepref-")]  # none left behind
@@ -291,3 +291,17 @@ def test_generate_without_ray_is_one_line_and_touches_nothing(tmp_path, model_di
     assert err == ["treepref: generate error: run.executor: ray needs the ray package: pip install 'treepref[ray]' "
                    "(or pip install 'ray>=2.9')"]
     assert not out.exists()
+
+
+def test_generate_asking_for_gpus_the_cluster_lacks_fails_in_one_line(cluster, tmp_path, model_dir, capfd):
+    from treepref.cli import main
+
+    out = tmp_path / "run"
+    recipe = tmp_path / "r.yaml"
+    recipe.write_text(f"model: {{name: {model_dir}, backend: hf}}\nproblems: {{options: {{count: 2}}}}\n"
+                      f"run: {{output: {out}, executor: ray, ray: {{actors: 2, num_gpus: 1, start_timeout_s: 3}}}}\n")
+    assert main(["generate", "--config", str(recipe), "--no-extract", "--quiet"]) == 1
+    err = [line for line in capfd.readouterr().err.splitlines() if line.startswith("treepref: ray executor")]
+    assert len(err) == 1 and "2 actors of 1 CPU, 1 GPU not started within 3 s; the cluster has" in err[0]
+    assert not list((out / "trees").glob("*.json"))
+    assert not [n for n in cluster.util.list_named_actors() if n.startswith("treepref-")]

@@ -207,9 +207,13 @@ def _generate(args) -> int:
     with _sigterm_as_interrupt(), engine_log(engine, enabled=not args.verbose) as terminal:
         try:
             if cfg.run.executor == "ray":  # problems sharded over Ray actors (docs/scaling.md)
-                from treepref.executors.ray import run_config
+                from treepref.executors.ray import RayExecutorError, run_config
 
-                summary = run_config(cfg, problems, out, progress=not args.quiet, progress_file=terminal)
+                try:
+                    summary = run_config(cfg, problems, out, progress=not args.quiet, progress_file=terminal)
+                except RayExecutorError as exc:  # no cluster, or actors that cannot start: one line
+                    print(f"treepref: {exc}", file=terminal)
+                    return 1
             else:
                 summary = asyncio.run(_search_all(cfg, problems, out, progress=not args.quiet,
                                                   progress_file=terminal))

@@ -39,6 +39,10 @@ from treepref.timeline import Timeline
 ContextFactory = Callable[[], SearchContext]
 
 
+class RayExecutorError(RuntimeError):
+    """The run cannot go on: no cluster to connect to, or actors that cannot start (one line)."""
+
+
 @dataclass
 class RaySummary(RunSummary):
     """The local runner's summary, plus what the actors did."""
@@ -116,6 +120,7 @@ class _Slot:
     name: str = ""
     alive: bool = False
     in_flight: int = 0
+    ready: bool = False  # its actor has built its policy (only then does it get problems)
     starting: object = None  # a replacement's start call, until it has built its policy
     since: float = 0.0  # when that replacement was launched
 
@@ -162,7 +167,16 @@ def _init(ray, options: RaySection) -> None:
     one that aborts the process (exit -6, no cleanup), so ``generate``'s SIGTERM-as-Ctrl-C would be lost."""
     main = threading.current_thread() is threading.main_thread()
     previous = signal.getsignal(signal.SIGTERM) if main else None
-    ray.init(address=options.address, include_dashboard=False, log_to_driver=options.log_to_driver)
+    try:
+        # "local": a fresh Ray for this run, even where `ray start` left a cluster (or a stale record of one)
+        ray.init(address=options.address or "local", include_dashboard=False, log_to_driver=options.log_to_driver)
+    except (ConnectionError, RuntimeError) as exc:  # a token the cluster refuses, a cluster that went away, ...
+        root = exc
+        while root.__cause__ is not None:
+            root = root.__cause__
+        last = str(root).strip().splitlines()[-1:] or [""]  # Ray puts the real error on the last line
+        raise RayExecutorError(f"ray executor: cannot connect to the Ray cluster at {options.address}: "
+                           f"{_cause(exc)}; {last[0][:240]}") from None
     if main and previous is not None:
         signal.signal(signal.SIGTERM, previous)
 
@@ -192,16 +206,18 @@ class _Pool:
             try:
                 ray.get(self.group.ready(), timeout=o.start_timeout_s)
             except ray.exceptions.GetTimeoutError:
-                raise RuntimeError(self._no_room(f"a {o.placement} placement group of {o.actors} x {bundle}")) from None
+                raise RayExecutorError(self._no_room(f"a {o.placement} placement group of {o.actors} x {bundle}")) from None
         for slot in self.slots:
             self.launch(slot)
         refs = {slot.actor.start.remote(): slot for slot in self.slots}
         try:
             ray.get(list(refs), timeout=o.start_timeout_s)
+            for slot in self.slots:
+                slot.ready = True
         except ray.exceptions.GetTimeoutError:
-            raise RuntimeError(self._no_room(f"{o.actors} actors of {o.num_cpus:g} CPU, {o.num_gpus:g} GPU")) from None
+            raise RayExecutorError(self._no_room(f"{o.actors} actors of {o.num_cpus:g} CPU, {o.num_gpus:g} GPU")) from None
         except ray.exceptions.RayError as exc:
-            raise RuntimeError(f"ray executor: an actor could not build its policy: {_cause(exc)}") from None
+            raise RayExecutorError(f"ray executor: an actor could not build its policy: {_cause(exc)}") from None
 
     def _no_room(self, what: str) -> str:
         return (f"ray executor: {what} not started within {self.options.start_timeout_s:g} s; the cluster has "
@@ -217,7 +233,7 @@ class _Pool:
 
             opts["scheduling_strategy"] = PlacementGroupSchedulingStrategy(self.group, placement_group_bundle_index=slot.index)
         slot.actor = self.cls.options(**opts).remote(*self.args)
-        slot.alive, slot.in_flight = True, 0
+        slot.alive, slot.ready, slot.in_flight = True, False, 0
         self.summary.actors += 1
         self.summary.per_actor.setdefault(slot.name, 0)
 
@@ -244,7 +260,7 @@ class _Pool:
             if ready:
                 try:
                     self.ray.get(slot.starting)
-                    slot.starting = None
+                    slot.starting, slot.ready = None, True
                     continue
                 except self.ray.exceptions.RayError:
                     pass
@@ -259,11 +275,11 @@ class _Pool:
 
     def ready(self) -> list:
         """The actors that are alive and have built their policies."""
-        return [s.actor for s in self.slots if s.alive and s.starting is None]
+        return [s.actor for s in self.slots if s.alive and s.ready]
 
     def free(self) -> _Slot | None:
         """The live actor with the fewest searches in flight, if any has room (load-aware dispatch)."""
-        room = [s for s in self.slots if s.alive and s.starting is None and s.in_flight < self.concurrency]
+        room = [s for s in self.slots if s.alive and s.ready and s.in_flight < self.concurrency]
         return min(room, key=lambda s: (s.in_flight, s.index)) if room else None
 
     def stop(self) -> None:
