@@ -305,3 +305,31 @@ def test_generate_asking_for_gpus_the_cluster_lacks_fails_in_one_line(cluster, t
     assert len(err) == 1 and "2 actors of 1 CPU, 1 GPU not started within 3 s; the cluster has" in err[0]
     assert not list((out / "trees").glob("*.json"))
     assert not [n for n in cluster.util.list_named_actors() if n.startswith("treepref-")]
+
+
+async def noting_mcts(problem, ctx, cfg):
+    """MCTS that notes in its tree where the runner told it to checkpoint."""
+    tree = await mcts(problem, ctx, cfg)
+    tree.meta["checkpoint_at"] = str(ctx.checkpoint.path) if ctx.checkpoint is not None else None
+    return tree
+
+
+def test_actors_on_the_drivers_machine_checkpoint_into_the_run_folder(cluster, tmp_path):
+    """On one machine the actors get the local runner's checkpoint paths, so a long search of a dead actor
+    resumes mid-way on the next one; the driver removes each checkpoint when it writes the tree."""
+    from treepref.executors.ray import run_problems_ray
+    from treepref.runner import checkpoint_path
+
+    cfg = MCTSConfig(simulations=6, k=2, checkpoint_every=2)
+    local = tmp_path / "local"
+    asyncio.run(run_problems(problems(4), mcts, cfg, scripted_context(), local, concurrency=4, progress=False))
+    expected = {t.problem_id: texts(t) for t in load_trees(local)}
+    out = tmp_path / "ray"
+    summary = run_problems_ray(problems(4), noting_mcts, cfg, scripted_context, out, options=RaySection(actors=2),
+                               concurrency=2, progress=False)
+    assert summary.searched == 4
+    trees = load_trees(out)
+    assert [t.meta.pop("checkpoint_at") for t in trees] == [str(checkpoint_path(out, t.problem_id)) for t in trees]
+    assert {t.problem_id: texts(t) for t in trees} == expected
+    # The actors saved checkpoints there (the folder is theirs), and none is left once the trees are written.
+    assert (out / "checkpoints").is_dir() and not list((out / "checkpoints").iterdir())

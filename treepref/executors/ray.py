@@ -31,8 +31,9 @@ from typing import Callable, Sequence
 from treepref.config import Config, RaySection
 from treepref.executors import require_ray
 from treepref.problems import Problem
-from treepref.runner import (Outcome, Retry, RunSummary, _progress, record, search_one, start_summary,
-                             update_progress)
+from treepref.runner import (Outcome, Retry, RunSummary, _progress, checkpoint_path, record, search_one,
+                             start_summary, update_progress)
+from treepref.search.checkpoint import Checkpoint
 from treepref.search.base import SearchContext
 from treepref.timeline import Timeline
 
@@ -95,9 +96,10 @@ class SearchWorker:
         return {"pid": os.getpid(), "node": ray.get_runtime_context().get_node_id(),
                 "gpus": [str(g) for g in ray.get_gpu_ids()]}
 
-    async def run(self, problem: Problem) -> Outcome:
+    async def run(self, problem: Problem, checkpoint: Checkpoint | None = None) -> Outcome:
         await self.start()
-        return await search_one(problem, self.search, self.search_cfg, self.ctx, self.timeline, self.retry)
+        return await search_one(problem, self.search, self.search_cfg, self.ctx, self.timeline, self.retry,
+                                checkpoint)
 
     async def timeline_summary(self) -> dict:
         return self.timeline.summary()
@@ -147,6 +149,8 @@ def run_problems_ray(problems: Sequence[Problem], search, search_cfg: object, bu
     if started_ray:
         _init(ray, options)
     pool = _Pool(ray, options, build, search, search_cfg, retry, concurrency, summary)
+    # Mid-search checkpoints go to RUN/checkpoints/, which the actors can reach only on the driver's machine.
+    pool.checkpoints = (out_dir, resume) if _one_machine(ray) else None
     bar = _progress(len(todo), progress, progress_file)
     try:
         pool.start()
@@ -191,6 +195,7 @@ class _Pool:
         self.run_id = uuid.uuid4().hex[:8]
         self.replacements = options.max_replacements if options.max_replacements is not None else 2 * options.actors
         self.group = None
+        self.checkpoints: tuple | None = None  # (run folder, resume) where actors share the driver's disk
         self.slots = [_Slot(i) for i in range(options.actors)]
         self.cls = ray.remote(SearchWorker)
 
@@ -306,7 +311,9 @@ def _dispatch(pool: _Pool, queue: deque, summary: RaySummary, out_dir: Path, bar
         pool.poll_starting()
         while queue and (slot := pool.free()) is not None:
             problem, deaths = queue.popleft()
-            in_flight[slot.actor.run.remote(problem)] = (slot, slot.actor, slot.name, problem, deaths)
+            ckpt = None if pool.checkpoints is None else Checkpoint(checkpoint_path(out_dir, problem.id),
+                                                                    resume=pool.checkpoints[1])
+            in_flight[slot.actor.run.remote(problem, ckpt)] = (slot, slot.actor, slot.name, problem, deaths)
             slot.in_flight += 1
         starting = pool.starting()
         if not in_flight and not starting:  # problems left, no live actor and no replacement coming
@@ -337,6 +344,12 @@ def _dispatch(pool: _Pool, queue: deque, summary: RaySummary, out_dir: Path, bar
             record(outcome, summary, out_dir)
             summary.per_actor[name] += 1
             update_progress(bar, summary, start)
+
+
+def _one_machine(ray) -> bool:
+    """Whether every node of the cluster is the driver's machine (so actors share its disk)."""
+    here = ray.util.get_node_ip_address()
+    return all(n["NodeManagerAddress"] == here for n in ray.nodes() if n.get("Alive"))
 
 
 def _fail(problem: Problem, deaths: int, error: str, summary: RunSummary, out_dir: Path) -> None:
