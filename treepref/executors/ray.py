@@ -149,10 +149,10 @@ def run_problems_ray(problems: Sequence[Problem], search, search_cfg: object, bu
     if started_ray:
         _init(ray, options)
     pool = _Pool(ray, options, build, search, search_cfg, retry, concurrency, summary)
-    # Mid-search checkpoints go to RUN/checkpoints/, which the actors can reach only on the driver's machine.
-    pool.checkpoints = (out_dir, resume) if _one_machine(ray) else None
     bar = _progress(len(todo), progress, progress_file)
     try:
+        # Mid-search checkpoints go to RUN/checkpoints/, which the actors can reach only on the driver's machine.
+        pool.checkpoints = (out_dir, resume) if _one_machine(ray) else None
         pool.start()
         _dispatch(pool, deque((p, 0) for p in todo), summary, out_dir, bar, start)
         _merge_timelines(pool, summary)
@@ -180,7 +180,7 @@ def _init(ray, options: RaySection) -> None:
             root = root.__cause__
         last = str(root).strip().splitlines()[-1:] or [""]  # Ray puts the real error on the last line
         raise RayExecutorError(f"ray executor: cannot connect to the Ray cluster at {options.address}: "
-                           f"{_cause(exc)}; {last[0][:240]}") from None
+                               f"{_cause(exc)}; {last[0][:240]}") from None
     if main and previous is not None:
         signal.signal(signal.SIGTERM, previous)
 
