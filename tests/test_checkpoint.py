@@ -141,6 +141,16 @@ def test_a_fresh_run_ignores_an_old_checkpoint(tmp_path):
     assert counting.calls == uninterrupted(lambda: ScriptedPolicy(script), cfg, tmp_path / "a", PROBLEMS[:1])
 
 
+def test_a_checkpoint_of_other_settings_is_not_resumed(tmp_path):
+    cfg = MCTSConfig(simulations=12, k=3, n_rollouts=1, checkpoint_every=3)
+    asyncio.run(run_problems(PROBLEMS[:1], mcts, cfg, context(CrashingPolicy(ScriptedPolicy(script), 14)), tmp_path,
+                             concurrency=1, retry=NO_RETRY, progress=False))
+    other = MCTSConfig(simulations=12, k=2, n_rollouts=1, checkpoint_every=3)
+    counting = Counting(ScriptedPolicy(script))
+    asyncio.run(run_problems(PROBLEMS[:1], mcts, other, context(counting), tmp_path, concurrency=1, progress=False))
+    assert counting.calls == uninterrupted(lambda: ScriptedPolicy(script), other, tmp_path / "a", PROBLEMS[:1])
+
+
 def test_checkpoint_every_is_validated():
     with pytest.raises(ValueError, match="checkpoint_every"):
         MCTSConfig(checkpoint_every=0)

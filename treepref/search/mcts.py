@@ -318,6 +318,9 @@ async def mcts(problem: Problem, ctx: SearchContext, cfg: MCTSConfig | None = No
     """Run MCTS/PUCT on ``problem`` and return the tree (visits and value sums hold the backed-up values)."""
     cfg = cfg or MCTSConfig()
     saved = ctx.checkpoint.load() if cfg.checkpoint_every and ctx.checkpoint is not None else None
+    if saved is not None and (saved["tree"].meta.get("settings") != settings_of(cfg)
+                              or saved["tree"].prompt != problem.prompt):
+        saved = None  # saved by another search or for another problem (a --force rerun): start over
     if saved is not None:  # a run stopped mid-search: go on from its last checkpoint
         tree, states = saved["tree"], saved["states"]
     else:
