@@ -109,6 +109,66 @@ def case(executor: str, sig: str, count: int, work: Path) -> dict:
     return result
 
 
+RANDOM_RECIPE = """
+model: {{name: null, backend: {backend}, options: {options}}}
+problems: {{source: arithmetic, options: {{count: {count}, seed: 0, difficulty: 2}}}}
+env: {{max_depth: 5, max_tokens: 160, few_shot: "arithmetic:2"}}
+sampling: {{temperature: 0.9, max_tokens: 48, rollout_max_tokens: 128}}
+search: {{name: mcts, options: {{simulations: 8, k: 2, n_rollouts: 1, checkpoint_every: 2}}}}
+run: {{output: {out}, concurrency: 4}}
+"""
+
+
+def random_kills(n: int, count: int, backend: str, horizon: float, seed: int, work: Path) -> dict:
+    """``n`` SIGKILLs of one run at moments drawn uniformly in (1 s, ``horizon``) after each start (model
+    loading, searches, tree and checkpoint writes all included), a resume after each, then a run to the end;
+    then the run folder is audited against the problem set."""
+    import random
+
+    from treepref.tree import Tree
+
+    rng = random.Random(seed)
+    out = work / "random"
+    options = "{num_threads: 1}" if backend == "hf" else "{cpu_kv_cache_gib: 2, max_model_len: 2048}"
+    recipe = work / "random.yaml"
+    recipe.write_text(RANDOM_RECIPE.format(backend=backend, options=options, count=count, out=out))
+    kills, orphans = [], []
+    for _ in range(n):
+        proc = generate(recipe)
+        at = rng.uniform(1.0, horizon)
+        time.sleep(at)
+        kids = descendants(proc.pid)
+        finished = proc.poll() is not None
+        proc.send_signal(signal.SIGKILL)
+        proc.wait(timeout=60)
+        time.sleep(30)  # what the tether and Ray need to notice
+        left = _alive(kids)
+        orphans += [p.pid for p in left]
+        for p in left:
+            p.kill()
+        kills.append({"at_s": round(at, 1), "trees_after": trees(out), "finished_before_kill": finished,
+                      "descendants": len(kids), "orphaned": len(left),
+                      "checkpoints": len(list((out / "checkpoints").glob("*.pkl"))) if (out / "checkpoints").is_dir() else 0})
+        print(json.dumps(kills[-1]), flush=True)
+    final = generate(recipe)
+    final.communicate(timeout=1800)
+    ids, corrupt = [], 0
+    for f in sorted((out / "trees").glob("*.json")):
+        try:
+            ids.append(Tree.load(f).problem_id)
+        except Exception:
+            corrupt += 1
+    from treepref.domains import build_problems
+
+    wanted = {p.id for p in build_problems("arithmetic", count=count, seed=0, difficulty=2)[0]}
+    return {"kills": kills, "final_exit": final.returncode, "problems": count,
+            "lost": len(wanted - set(ids)), "duplicated": len(ids) - len(set(ids)), "corrupt": corrupt,
+            "foreign": len(set(ids) - wanted), "orphaned_processes": len(orphans),
+            "temp_files": len(list((out / "trees").glob(".*"))),
+            "checkpoints_left": len(list((out / "checkpoints").glob("*"))) if (out / "checkpoints").is_dir() else 0,
+            "backend": backend, "seed": seed}
+
+
 async def _exact(problem, answer):
     return float(answer == problem.answer)
 
@@ -162,9 +222,32 @@ def main() -> None:
     parser.add_argument("--cases", nargs="*", default=[f"{e}:{s}" for e in ("local", "ray") for s in SIGNALS])
     parser.add_argument("--count", type=int, default=10)
     parser.add_argument("--dispatch", type=int, metavar="N", help="only time the executors' overhead on N problems")
+    parser.add_argument("--random-kills", type=int, metavar="N", help="N SIGKILLs at random moments of one MCTS "
+                        "run (checkpointing), then resume and audit: lost / duplicated / corrupt / orphaned")
+    parser.add_argument("--backend", default="hf", choices=["hf", "vllm"])
+    parser.add_argument("--horizon", type=float, default=40.0, help="random kills fall in (1 s, this) after a start")
+    parser.add_argument("--seed", type=int, default=0)
     args = parser.parse_args()
     if args.dispatch:
         dispatch(args.dispatch)
+        return
+    if args.random_kills:
+        with tempfile.TemporaryDirectory(prefix="resilience-") as tmp:
+            res = random_kills(args.random_kills, args.count, args.backend, args.horizon, args.seed, Path(tmp))
+        res["command"] = "python bench/resilience.py " + " ".join(sys.argv[1:])
+        results = ROOT / "bench" / "results"
+        (results / "resilience-random.json").write_text(json.dumps(res, indent=2) + "\n")
+        rows = "\n".join(f"| {i + 1} | {k['at_s']} | {k['trees_after']} | {k['checkpoints']} | {k['descendants']} | "
+                         f"{k['orphaned']} |" for i, k in enumerate(res["kills"]))
+        (results / "resilience-random.md").write_text(
+            f"# SIGKILL at random moments, then resume (bench/resilience.py)\n\n`{res['command']}`: MCTS with "
+            f"`checkpoint_every: 2` on {res['problems']} arithmetic problems ({res['backend']} backend).\n\n"
+            "| kill | at s after start | trees written | checkpoints on disk | descendants | orphaned |\n"
+            "|---|---|---|---|---|---|\n" + rows + "\n\n"
+            f"After the final run (exit {res['final_exit']}): **lost {res['lost']}, duplicated {res['duplicated']}, "
+            f"corrupt {res['corrupt']}, orphaned processes {res['orphaned_processes']}**; foreign trees "
+            f"{res['foreign']}, temporary files {res['temp_files']}, checkpoints left {res['checkpoints_left']}.\n")
+        print(json.dumps(res, indent=1))
         return
     rows = []
     with tempfile.TemporaryDirectory(prefix="resilience-") as tmp:
