@@ -198,3 +198,8 @@ def test_modules_the_tests_use_are_the_harness_own():
     assert run_code(right, tests, limits=FAST).passed
     patched = "import math\nmath.isclose = lambda *a, **k: True\ndef area(r):\n    return 0.5\n"
     assert run_code(patched, tests, limits=FAST).pass_rate == 0.0
+
+
+def test_a_broken_test_module_is_a_setup_error_not_a_pass():
+    r = run_code("def f():\n    return 1\n", check="x = 1\n", entry_point="f", limits=FAST)
+    assert not r.passed and r.error == "setup" and "check(candidate)" in r.message

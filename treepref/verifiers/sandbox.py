@@ -346,10 +346,10 @@ def _summarise(verdict: dict, n_tests: int, returncode: int | None, harness_time
         error, message = "timeout", f"wall-clock limit of {limits.wall_s}s"
     elif load.get("ok") is False and load.get("kind") != "killed":
         error, message = load.get("kind", "runtime"), load.get("message", "")
+    elif verdict.get("setup_error"):  # the tests' own setup failed (a bad check module): nothing was tested
+        error, message = "setup", verdict["setup_error"]
     elif load.get("kind") == "killed" or "killed" in kinds or not verdict.get("done"):
         error, message = _death(returncode, duration, limits)
-    elif verdict.get("setup_error"):
-        error, message = "setup", verdict["setup_error"]
     elif any(k in kinds for k in ("memory", "forbidden", "process_limit")):
         error = next(k for k in kinds if k in ("memory", "forbidden", "process_limit"))
     passed = bool(verdict.get("done")) and error is None and not failed
