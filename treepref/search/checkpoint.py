@@ -10,11 +10,11 @@ deterministic backend the resumed tree is the tree an uninterrupted run would ha
 from __future__ import annotations
 
 import logging
-import os
 import pickle
-import tempfile
 from dataclasses import dataclass
 from pathlib import Path
+
+from treepref.tree import atomic_write_bytes
 
 log = logging.getLogger(__name__)
 
@@ -47,21 +47,13 @@ class Checkpoint:
     def save(self, state: dict) -> None:
         if self.broken:
             return
-        self.path.parent.mkdir(parents=True, exist_ok=True)
-        fd, tmp = tempfile.mkstemp(dir=self.path.parent, prefix=f".{self.path.name}.", suffix=".tmp")
         try:
-            with os.fdopen(fd, "wb") as f:
-                pickle.dump(state, f, protocol=pickle.HIGHEST_PROTOCOL)
-                f.flush()
-                os.fsync(f.fileno())
-            os.replace(tmp, self.path)
+            data = pickle.dumps(state, protocol=pickle.HIGHEST_PROTOCOL)
         except (pickle.PicklingError, TypeError, AttributeError) as exc:
             self.broken = True  # keep searching; this problem just cannot be resumed mid-way
             log.warning("cannot checkpoint %s: %s", self.path.name, exc)
-            Path(tmp).unlink(missing_ok=True)
-        except BaseException:
-            Path(tmp).unlink(missing_ok=True)
-            raise
+            return
+        atomic_write_bytes(self.path, data)
 
     def clear(self) -> None:
         self.path.unlink(missing_ok=True)
