@@ -29,6 +29,7 @@ from pathlib import Path
 sys.path.insert(0, str(Path(__file__).resolve().parents[1]))
 
 from treepref.domains import build_problems  # noqa: E402
+from treepref.domains.code import reference_solution  # noqa: E402
 from treepref.tree import atomic_write_text  # noqa: E402
 from treepref.verifiers.sandbox import CodeVerifier, Limits, run_code, sandbox_python  # noqa: E402
 
@@ -37,13 +38,13 @@ LIMITS = Limits(cpu_s=5, wall_s=20)
 
 def bare(problem) -> bool:
     m = problem.meta
-    program = m["code"] + m["canonical_solution"] + "\n" + m["test"] + f"\ncheck({m['entry_point']})\n"
+    program = reference_solution(problem) + "\n" + m["test"] + f"\ncheck({m['entry_point']})\n"
     return subprocess.run([sys.executable, "-I", "-S", "-c", program], capture_output=True, timeout=60).returncode == 0
 
 
 def sandboxed(problem) -> bool:
     m = problem.meta
-    return run_code(m["code"] + m["canonical_solution"], check=m["test"], entry_point=m["entry_point"],
+    return run_code(reference_solution(problem), check=m["test"], entry_point=m["entry_point"],
                     setup=m["setup"], limits=LIMITS).passed
 
 
@@ -57,7 +58,7 @@ def timed(fn, items, workers: int) -> tuple[float, int]:
 async def through_verifier(problems, workers: int) -> tuple[float, int]:
     verifier = CodeVerifier(LIMITS, workers=workers)
     t0 = time.perf_counter()
-    results = await asyncio.gather(*(verifier.run(p, p.meta["code"] + p.meta["canonical_solution"]) for p in problems))
+    results = await asyncio.gather(*(verifier.run(p, reference_solution(p)) for p in problems))
     return time.perf_counter() - t0, sum(r.passed for r in results)
 
 

@@ -9,7 +9,7 @@ import json
 from pathlib import Path
 
 from treepref.domains import build_problems
-from treepref.domains.code import load_code
+from treepref.domains.code import load_code, reference_solution
 from treepref.verifiers.sandbox import CodeVerifier, Limits
 
 VERIFIER = CodeVerifier(Limits(cpu_s=5, wall_s=20), workers=2)
@@ -33,7 +33,7 @@ def _wrong(v):
 
 def wrong_solution(problem) -> str:
     """The reference with every value its entry point returns changed."""
-    module = ast.parse(problem.meta["code"] + problem.meta["canonical_solution"])
+    module = ast.parse(reference_solution(problem))
     for fn in module.body:
         if isinstance(fn, ast.FunctionDef) and fn.name == problem.meta["entry_point"]:
             for node in ast.walk(fn):
@@ -57,7 +57,7 @@ def test_humaneval_loads_from_the_package():
 
 def test_every_reference_solution_passes_and_a_wrong_one_fails():
     problems = build_problems("humaneval")[0]
-    right = asyncio.run(verdicts(problems, [p.meta["code"] + p.meta["canonical_solution"] for p in problems]))
+    right = asyncio.run(verdicts(problems, [reference_solution(p) for p in problems]))
     failing = [(p.id, r.error, r.tests[:2]) for p, r in zip(problems, right) if not r.passed]
     assert not failing, failing
     assert all(r.n_tests >= 1 for r in right)
@@ -89,7 +89,7 @@ def test_mbpp_layout_and_bad_rows(tmp_path):
     mbpp = problems[0]
     assert mbpp.meta["code"] == "import re\ndef remove_Occ(s, ch):\n" and mbpp.meta["entry_point"] == "remove_Occ"
     assert "Your code should pass these tests" in mbpp.prompt
-    ok, bad = asyncio.run(verdicts([mbpp, mbpp], [mbpp.meta["canonical_solution"],
+    ok, bad = asyncio.run(verdicts([mbpp, mbpp], [reference_solution(mbpp),
                                                    mbpp.meta["code"] + "    return s\n"]))
     assert ok.passed and ok.n_tests == 2
     assert not bad.passed and bad.failed == [0, 1]

@@ -39,6 +39,12 @@ def humaneval_file() -> Path:
                            "or `path` to a file in HumanEval's layout")
 
 
+def reference_solution(problem: Problem) -> str:
+    """The whole reference program: HumanEval's prompt + canonical body, or MBPP's reference code."""
+    meta = problem.meta
+    return meta["canonical_solution"] if meta.get("layout") == "mbpp" else meta["code"] + meta["canonical_solution"]
+
+
 def load_humaneval(path: str | Path | None = None) -> tuple[list[Problem], list[ProblemError]]:
     """HumanEval's 164 problems from the package (or ``path``), each row checked."""
     return load_code(humaneval_file() if path is None else path)
