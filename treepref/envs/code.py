@@ -93,10 +93,10 @@ class CodeEnv:
     def _head(self, problem: Problem) -> str:
         return self.template(self.messages(problem)) + "```python\n" + (problem.meta or {}).get("code", "").rstrip()
 
-    def _start(self, problem: Problem) -> tuple[str, tuple[int, ...]]:
-        """The prompt's text and ids: the chat turns, then the fence and the code, ending where the model
-        writes the body's first token (the ids of code + newline + indentation, cut before the first token
-        that would already be the body's)."""
+    def _start(self, problem: Problem) -> tuple[str, tuple[int, ...], str]:
+        """The prompt's text and ids, and the part of it past the code (the body's start): the chat turns,
+        then the fence and the code, ending where the model writes the body's first token (the ids of code +
+        newline + indentation, cut before the first token that would already be the body's)."""
         head = self._head(problem)
         lead = head + "\n" + " " * self.indent
         ids = self.tokens.encode(lead + "pass")
@@ -106,12 +106,12 @@ class CodeEnv:
         ids = tuple(ids[:keep])
         if not self.tokens.decode(list(ids)).startswith(head):  # a tokenizer that does not round-trip
             ids = tuple(self.tokens.encode(head))
-        return self.tokens.decode(list(ids)), ids
+        text = self.tokens.decode(list(ids))
+        return text, ids, text[len(head):] if text.startswith(head) else ""
 
     def initial(self, problem: Problem) -> State:
-        text, ids = self._start(problem)
-        head = self._head(problem)
-        return State(problem=problem, token_ids=ids, text=text, data=text[len(head):] if text.startswith(head) else "")
+        text, ids, body = self._start(problem)
+        return State(problem=problem, token_ids=ids, text=text, data=body)
 
     def render(self, state: State) -> tuple[int, ...]:
         return state.token_ids
