@@ -65,3 +65,45 @@ def test_budgets_truncate_without_reward():
     assert second.truncated and not second.terminated and second.reward is None
     long = ReasoningEnv(template=plain_template, verifier=exact, max_tokens=4)
     assert step(long, s, "one two three four five").truncated
+
+
+def test_a_step_check_ends_a_path_at_its_first_false_step():
+    """With ``step_check`` a step stating false arithmetic ends the episode unrewarded, so the right answer
+    written after it (a small model copies answers past its own slips) is never reached and earns nothing."""
+    problem = Problem("x", "Compute 12 + 5 + 1.", "18")
+    env = ReasoningEnv(template=plain_template, verifier=exact, step_check="arithmetic")
+    s = env.initial(problem)
+    false = step(env, s, "12 + 5 = 16")
+    assert (false.terminated, false.truncated, false.reward) == (True, False, 0.0)
+    assert false.info["step_check"] is False
+    true = step(env, s, "12 + 5 = 17")
+    assert not true.terminated and true.reward is None and "step_check" not in true.info
+    prose = step(env, true.state, "Now add one.")  # nothing to check: goes on
+    assert not prose.terminated
+    assert step(env, prose.state, "The answer is 18.").reward == 1.0
+    # a final line with false arithmetic fails even with the right number in it
+    assert step(env, true.state, "17 + 1 = 19, so the answer is 18.").reward == 0.0
+    # without the check the same slip goes on and the copied answer counts as solved
+    plain = ReasoningEnv(template=plain_template, verifier=exact)
+    slipped = step(plain, plain.initial(problem), "12 + 5 = 16")
+    assert not slipped.terminated
+    assert step(plain, slipped.state, "The answer is 18.").reward == 1.0
+
+
+def false_if_seven(problem, text):
+    return False if "7" in text else None
+
+
+def test_a_step_check_may_be_a_users_function_and_a_bad_name_is_one_error():
+    import pytest
+
+    from treepref.envs import EnvError, build_env
+
+    env = ReasoningEnv(template=plain_template, verifier=exact, step_check="test_reasoning_env:false_if_seven")
+    s = env.initial(Problem("x", "q", "1"))
+    assert step(env, s, "I have 7 apples").reward == 0.0 and not step(env, s, "I have 6").terminated
+    with pytest.raises(ValueError, match="step_check 'algebra': not one of arithmetic"):
+        ReasoningEnv(step_check="algebra")
+    with pytest.raises(EnvError, match=r"r\.yaml: environment 'reasoning': step_check 'nowhere:f' cannot be "
+                                       r"imported"):
+        build_env("reasoning", {"step_check": "nowhere:f"}, source="r.yaml")

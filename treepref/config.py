@@ -45,6 +45,7 @@ class EnvSection:
     delimiter: str = "\n\n"  # a step ends at this string
     answer_pattern: str | None = None  # regex whose first group is the final answer; None: the default
     few_shot: str | list | None = None  # worked examples: a built-in set (arithmetic), a JSONL file, or a list
+    step_check: str | None = None  # a check of each step's claims (arithmetic | module:function); None: off
 
 
 @dataclass
@@ -153,7 +154,7 @@ def config_from_dict(data: dict, source: str = "<dict>") -> Config:
     return cfg
 
 
-REASONING_ONLY = {"delimiter": "\n\n", "answer_pattern": None, "few_shot": None}
+REASONING_ONLY = {"delimiter": "\n\n", "answer_pattern": None, "few_shot": None, "step_check": None}
 
 
 def env_settings(cfg: Config) -> dict:
@@ -172,6 +173,8 @@ def env_settings(cfg: Config) -> dict:
         out.setdefault("few_shot", load_shots(e.few_shot, cfg.source))
         if e.answer_pattern:
             out.setdefault("answer_pattern", e.answer_pattern)
+        if e.step_check:
+            out.setdefault("step_check", e.step_check)
     return out
 
 
@@ -274,6 +277,14 @@ def _validate(cfg: Config) -> None:
                 raise ConfigError(f"{src}: env.answer_pattern needs a group that captures the answer")
         except re.error as exc:
             raise ConfigError(f"{src}: env.answer_pattern is not a valid regex: {exc}") from None
+    step_check = env_settings(cfg).get("step_check") if cfg.env.name == "reasoning" else None
+    if step_check is not None:
+        from treepref.verifiers.step_check import load_step_check
+
+        try:
+            load_step_check(step_check)
+        except ValueError as exc:
+            raise ConfigError(f"{src}: env.{exc}") from None
     # The environment, search and problem options are checked against the code that will receive them.
     from treepref.envs import EnvError, check_environment
 

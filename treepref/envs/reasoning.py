@@ -38,6 +38,9 @@ class ReasoningEnv:
     the sequence without stating one, the value its last step concludes with is its answer (small models
     often finish with "so 13 + 3 = 16."; an operand is never taken), unless ``last_number_fallback`` is off.
     A terminated state is rewarded by ``verifier`` (1.0 right, 0.0 wrong, None without a reference answer).
+    ``step_check`` (``verifiers.step_check``: ``arithmetic`` or ``module:function``) checks each step as it is
+    taken: a step stating something false ends the episode with reward 0 (``info["step_check"] = False``),
+    so a right answer reached through false arithmetic is not a success and no more tokens go below it.
     ``few_shot`` worked examples go before the problem as earlier chat turns, their steps joined with
     ``delimiter``.
     """
@@ -54,8 +57,14 @@ class ReasoningEnv:
     max_tokens: int = 1024
     last_number_fallback: bool = True  # when the model ends without stating an answer, take the last number
     few_shot: tuple[Shot, ...] = ()
+    step_check: str | None = None  # a check of each step's own claims (``verifiers.step_check``); None: off
 
     def __post_init__(self) -> None:
+        self._check = None
+        if self.step_check is not None:
+            from treepref.verifiers.step_check import load_step_check
+
+            self._check = load_step_check(self.step_check)
         self._answer_re = re.compile(self.answer_pattern, re.IGNORECASE | re.MULTILINE) if self.answer_pattern else None
         if self.verifier is None:
             from treepref.verifiers.math import MathVerifier
@@ -116,9 +125,13 @@ class ReasoningEnv:
         new = State(state.problem, state.steps + (text,), state.n_tokens + len(token_ids), state.data,
                     state.token_ids + tuple(token_ids), self.render_text(state) + rendered)
         answer = self.final_answer(text, ended=ended)
+        info = {"answer": answer}
+        if self._check is not None and self._check(state.problem, text) is False:
+            info["step_check"] = False
+            return Transition(new, 0.0, True, False, info)
         terminated = answer is not None or ended
         reward = None
         if terminated:
             reward = 0.0 if answer is None else await self.verifier(state.problem, answer)
         truncated = not terminated and (new.depth >= self.max_depth or new.n_tokens >= self.max_tokens)
-        return Transition(new, reward, terminated, truncated, {"answer": answer})
+        return Transition(new, reward, terminated, truncated, info)

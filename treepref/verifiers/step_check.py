@@ -1,0 +1,36 @@
+"""Exact step checks: a step whose stated arithmetic is false ends its episode as a failure.
+
+An outcome verifier reads only the final answer, so a path that writes ``12 + 5 = 16`` and still ends on
+the right number (a small model copies answers and slips in the middle) counts as solved, every step on it
+gains value, and pairs taken under it teach a wrong step. A step check closes that hole where a domain can
+check what a step states on its own: ``check(problem, step_text) -> bool | None`` (False: the step states
+something false; None: nothing to check). It knows nothing of the reference solution: a true step off the
+intended route passes. ``env.options.step_check`` names one (``arithmetic``, or ``module:function``).
+"""
+
+from __future__ import annotations
+
+import importlib
+from typing import Callable
+
+from treepref.problems import Problem
+
+StepCheck = Callable[[Problem, str], "bool | None"]
+
+# Short names for the checks treepref ships.
+BUILTIN = {"arithmetic": "treepref.domains.arithmetic:check_step"}
+
+
+def load_step_check(name: str) -> StepCheck:
+    """The check ``name`` denotes (a key of ``BUILTIN`` or ``module:function``); ValueError naming it if not."""
+    target = BUILTIN.get(name, name)
+    module, _, attr = target.partition(":")
+    if not module or not attr:
+        raise ValueError(f"step_check {name!r}: not one of {', '.join(BUILTIN)} nor 'module:function'")
+    try:
+        check = getattr(importlib.import_module(module), attr)
+    except (ImportError, AttributeError) as exc:
+        raise ValueError(f"step_check {name!r} cannot be imported ({exc})") from None
+    if not callable(check):
+        raise ValueError(f"step_check {name!r} is not a function")
+    return check
