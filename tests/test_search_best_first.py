@@ -96,3 +96,28 @@ def test_config_validation_names_the_field(bad):
 def test_golden_tree():
     tree = run(best_first(PROBLEM, make_ctx(SCRIPT), BestFirstConfig(k=2, n_rollouts=2, max_expansions=5)))
     check_golden(tree, GOLDEN / "best_first_scripted.json")
+
+
+def test_rewiden_samples_again_a_node_whose_steps_all_ended():
+    """The root's first two steps are slips the step check ends: the frontier is empty after one expansion,
+    unless ``rewiden`` puts the root back; then its second sampling finds the right step and the answer."""
+    import dataclasses
+
+    from test_search_mcts import slips_first
+
+    def ctx():
+        c = make_ctx(slips_first(), max_depth=3)
+        c.env = dataclasses.replace(c.env, step_check="arithmetic")
+        return c
+
+    cfg = dict(k=2, n_rollouts=1, max_expansions=8, widen=0)
+    once = run(best_first(PROBLEM, ctx(), BestFirstConfig(**cfg)))
+    assert order(once) == [[]] and once.meta["stats"]["rewidened"] == 0
+    assert not once.meta["stats"]["found_correct"]
+    again = run(best_first(PROBLEM, ctx(), BestFirstConfig(**cfg, rewiden=1)))
+    assert order(again) == [[], [], ["1 + 1 = 2"]] and again.meta["stats"]["rewidened"] == 1
+    assert again.meta["stats"]["found_correct"]
+    right = node_by_steps(again, ["1 + 1 = 2"])
+    assert again.scores[right]["mc"] == 1.0
+    with pytest.raises(ValueError, match="rewiden"):
+        BestFirstConfig(rewiden=-1)

@@ -91,7 +91,7 @@ def test_backups_match_a_hand_run():
     assert got == {0: (11, 10.0), a: (10, 10.0), b: (1, 0.0), a2: (10, 10.0), b3: (1, 0.0)}
     assert tree.value(a) == 1.0  # the right path's Q does not decay with its visits
     assert tree.meta["stats"] == {"simulations": 3, "final_visits": 8, "backups": 11, "expansions": 3,
-                                  "exhausted": False}
+                                  "rewidened": 0, "exhausted": False}
     assert step_requests(ctx.policy) == [(), ("A",), ("B",)]  # the final steps were never expanded
     check_visits(tree)
 
@@ -190,13 +190,13 @@ def test_truncation_at_max_depth_and_no_expansion_of_final_nodes():
     # 1 root + 3 depth-1 expansions generate; 8 free visits of the truncated leaves, then walks that skip
     # final nodes find nothing to generate and spend the tree
     assert tree.meta["stats"] == {"simulations": 4, "final_visits": 8, "backups": 12, "expansions": 4,
-                                  "exhausted": True}
+                                  "rewidened": 0, "exhausted": True}
     check_visits(tree)
     # the older rule values each final node once and stops when the tree is spent: 1 + 3 + 9 simulations
     old = run(mcts(PROBLEM, make_ctx(chain, max_depth=2), MCTSConfig(simulations=100, k=3, n_rollouts=0,
                                                                       revisit_finals=False)))
     assert old.meta["stats"] == {"simulations": 13, "final_visits": 0, "backups": 13, "expansions": 4,
-                                 "exhausted": True}
+                                 "rewidened": 0, "exhausted": True}
 
 
 def test_identical_sibling_steps_are_merged():
@@ -281,3 +281,91 @@ def test_golden_tree():
     ctx = make_ctx(WIDE)
     cfg = MCTSConfig(simulations=10, k=2, c_puct=1.25, fpu=0.0, n_rollouts=2)
     check_golden(run(mcts(PROBLEM, ctx, cfg)), GOLDEN / "mcts_scripted.json")
+
+
+# "1 + 1 = 3" is a slip the script recovers from by copying the right answer: only a step check sees it
+SLIP = {(): ["1 + 1 = 2", "1 + 1 = 3"], ("1 + 1 = 2",): ["The answer is 2."], ("1 + 1 = 3",): ["The answer is 2."]}
+
+
+def test_a_step_check_turns_a_lucky_slip_into_a_failed_leaf_and_a_pair():
+    import dataclasses
+
+    from treepref.extract import export
+
+    cfg = MCTSConfig(simulations=6, k=2, n_rollouts=2, widen=0)  # the root's two completions take both steps
+    plain_ctx = make_ctx(SLIP, max_depth=3)
+    plain = run(mcts(PROBLEM, plain_ctx, cfg))
+    right, slip = node_by_steps(plain, ["1 + 1 = 2"]), node_by_steps(plain, ["1 + 1 = 3"])
+    assert plain.value(slip) == plain.value(right) == 1.0  # the outcome alone cannot tell them apart
+    rows, _ = export([plain], "step_pairs", rule="max_min", prefix=None, min_visits=None)
+    assert len(rows) == 0
+
+    ctx = make_ctx(SLIP, max_depth=3)
+    ctx.env = dataclasses.replace(ctx.env, step_check="arithmetic")
+    checked = run(mcts(PROBLEM, ctx, cfg))
+    right, slip = node_by_steps(checked, ["1 + 1 = 2"]), node_by_steps(checked, ["1 + 1 = 3"])
+    assert checked.terminated[slip] and checked.reward[slip] == 0.0 and checked.children(slip) == []
+    assert checked.info[slip]["step_check"] is False
+    assert checked.value(slip) == 0.0 and checked.value(right) == 1.0
+    rows, _ = export([checked], "step_pairs", rule="max_min")
+    assert [(r["chosen"], r["rejected"]) for r in rows] == [("1 + 1 = 2\n\n", "1 + 1 = 3\n\n")]
+    check_visits(checked)
+
+
+def slips_first():
+    """The root's first request (k = 2: the script is asked once per sample) writes two slips; any later one
+    writes the right step, then the answer."""
+    asked = []
+
+    def script(steps):
+        if steps:
+            return ["The answer is 2."]
+        asked.append(1)
+        return ["1 + 1 = 3", "1 + 1 = 4"] if len(asked) <= 2 else ["1 + 1 = 2"]
+    return script
+
+
+def test_rewiden_expands_a_node_whose_children_all_ended_instead_of_giving_up():
+    """Both first steps are slips the step check ends: without ``rewiden`` the tree is spent after one
+    simulation with its budget unused; with it, the walk that finds nothing under the root samples the
+    root again, and the right step it finds is valued and paired against a slip."""
+    import dataclasses
+
+    from treepref.extract import export
+
+    def ctx():
+        c = make_ctx(slips_first(), max_depth=3)
+        c.env = dataclasses.replace(c.env, step_check="arithmetic")
+        return c
+
+    cfg = dict(simulations=6, k=2, n_rollouts=0, default_value=0.5, widen=0, free_visits=2)
+    once = run(mcts(PROBLEM, ctx(), MCTSConfig(**cfg)))
+    assert once.meta["stats"]["exhausted"] and once.meta["stats"]["simulations"] == 1
+    assert [once.text[c] for c in once.children(0)] == ["1 + 1 = 3", "1 + 1 = 4"]
+
+    c = ctx()
+    again = run(mcts(PROBLEM, c, MCTSConfig(**cfg, rewiden=1)))
+    # the root is sampled again; so is the right step once its one child (the answer) has had its free
+    # visits; the second sampling of each adds nothing new, and then the tree is spent
+    assert step_requests(c.policy) == [(), (), ("1 + 1 = 2",), ("1 + 1 = 2",)]
+    assert again.meta["stats"]["rewidened"] == 2 and again.meta["stats"]["exhausted"]
+    right = node_by_steps(again, ["1 + 1 = 2"])
+    answer = node_by_steps(again, ["1 + 1 = 2", "The answer is 2."])
+    assert again.reward[answer] == 1.0 and again.value(right) > 0.5
+    rows, _ = export([again], "step_pairs", rule="max_min")
+    assert [(r["chosen"], r["rejected"]) for r in rows] == [("1 + 1 = 2\n\n", "1 + 1 = 3\n\n")]
+    check_visits(again)
+    with pytest.raises(ValueError, match="rewiden"):
+        MCTSConfig(rewiden=-1)
+
+
+def test_rewiden_ends_when_every_child_is_spent():
+    """A node whose children are all spent (not final) is reached, sampled again up to ``rewiden`` times and
+    then spent, and the search ends: before it was marked spent there, every later walk found nothing and
+    started over without end (the bench hung on three-operation problems)."""
+    # two non-final children whose own samples are always empty: each is spent at its expansion
+    script = {(): ["A", "B"], ("A",): [""], ("B",): [""]}
+    tree = run(asyncio.wait_for(mcts(PROBLEM, make_ctx(script, max_depth=4),
+                                     MCTSConfig(simulations=50, k=2, n_rollouts=0, widen=0, rewiden=2)), 10))
+    assert tree.meta["stats"]["exhausted"]
+    assert tree.meta["stats"]["rewidened"] == 2  # the root, twice; A and B were spent at their expansion

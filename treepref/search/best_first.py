@@ -4,7 +4,8 @@ A step's priority is the mean reward of ``n_rollouts`` sampled completions from 
 fraction that reach the right answer (``Tree.mc_value``). A final step is worth its own reward and is never
 expanded. The priority is kept in ``tree.scores[node]["mc"]``. The frontier is a priority queue on it (ties
 go to the earlier node). Each round pops the best ``parallel_expansions`` frontier nodes, expands each into
-``k`` steps and values every new step by rollouts, all at once, then pushes the non-final new steps.
+``k`` steps and values every new step by rollouts, all at once, then pushes the non-final new steps (and,
+with ``rewiden``, a node whose children all ended, to be sampled again).
 
 Values for exporters: every rollout outcome (and a final step's reward, once) is backed up from the step it
 was sampled from to the root, so ``Tree.value`` of a step is the mean outcome over every completion that
@@ -16,6 +17,7 @@ from __future__ import annotations
 
 import asyncio
 import heapq
+from collections import Counter
 from dataclasses import dataclass
 
 from treepref.problems import Problem
@@ -42,6 +44,9 @@ class BestFirstConfig:
     """Outcome of a completion or step that ran out of budget without an answer."""
     widen: int = 1
     """Extra expansion requests when all ``k`` samples of an expansion merged into one step."""
+    rewiden: int = 0
+    """Times a node every child of which is final (its steps all ended: a slip the environment's step check
+    ended, an answer) goes back on the frontier, at its value, to be expanded again; 0: once only."""
     token_budget: int | None = None
     """Stop expanding once the tree has generated this many tokens (None: no limit)."""
 
@@ -54,6 +59,8 @@ class BestFirstConfig:
             raise ValueError(f"BestFirstConfig.max_expansions must be >= 1, got {self.max_expansions}")
         if self.parallel_expansions < 1:
             raise ValueError(f"BestFirstConfig.parallel_expansions must be >= 1, got {self.parallel_expansions}")
+        if self.rewiden < 0:
+            raise ValueError(f"BestFirstConfig.rewiden must be >= 0, got {self.rewiden}")
 
 
 async def best_first(problem: Problem, ctx: SearchContext, cfg: BestFirstConfig | None = None) -> Tree:
@@ -63,6 +70,7 @@ async def best_first(problem: Problem, ctx: SearchContext, cfg: BestFirstConfig 
     frontier: list[tuple[float, int]] = [(-1.0, ROOT)]  # (-priority, node): heapq pops the smallest
     order: list[int] = []
     found = False
+    rewidened: Counter = Counter()
 
     async def grow(node: int) -> list[int]:
         children = await expand(tree, states, node, ctx, cfg.k, widen=cfg.widen)
@@ -77,13 +85,17 @@ async def best_first(problem: Problem, ctx: SearchContext, cfg: BestFirstConfig 
         width = min(cfg.parallel_expansions, cfg.max_expansions - len(order), len(frontier))
         batch = [heapq.heappop(frontier)[1] for _ in range(width)]
         order.extend(batch)
-        for children in await asyncio.gather(*(grow(n) for n in batch)):
+        for node, children in zip(batch, await asyncio.gather(*(grow(n) for n in batch))):
             for c in children:
                 if tree.is_final(c):
                     found = found or succeeded(tree, c, ctx.success)
                 else:
                     heapq.heappush(frontier, (-tree.scores[c]["mc"], c))
+            if rewidened[node] < cfg.rewiden and all(tree.is_final(c) for c in tree.children(node)):
+                rewidened[node] += 1
+                heapq.heappush(frontier, (-(tree.value(node) or 0.0), node))
 
     tree.meta["expansion_order"] = order
-    tree.meta["stats"] = {"expansions": len(order), "found_correct": found, "frontier_left": len(frontier)}
+    tree.meta["stats"] = {"expansions": len(order), "found_correct": found, "frontier_left": len(frontier),
+                          "rewidened": len(order) - len(set(order))}  # expansions of a node again
     return tree

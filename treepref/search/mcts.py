@@ -71,6 +71,12 @@ class MCTSConfig:
     """Free visits of final nodes in a row, after which the next walk skips final nodes and generates."""
     widen: int = 1
     """Extra expansion requests when all ``k`` samples of an expansion merged into one step."""
+    rewiden: int = 0
+    """Times an expanded node is expanded again (another ``k`` samples; ``expansion="completions"``: another
+    ``n_rollouts`` completions) when a walk finds nothing under it to go into (every child final or spent),
+    before the node counts as spent. A node whose sampled steps all ended (a slip the environment's step check
+    ended, an answer) then buys new siblings instead of ending the search with its budget unspent. 0: the
+    textbook rule (a node is expanded once)."""
     expansion: str = "steps"
     """"steps": a node's children are ``k`` sampled steps (one request with a stop at the delimiter), valued
     by ``n_rollouts`` completions beside them; "completions": its children are the first steps of its
@@ -111,6 +117,8 @@ class MCTSConfig:
             raise ValueError("MCTSConfig.n_rollouts must be >= 1 with expansion='completions'")
         if self.widen < 0:
             raise ValueError(f"MCTSConfig.widen must be >= 0, got {self.widen}")
+        if self.rewiden < 0:
+            raise ValueError(f"MCTSConfig.rewiden must be >= 0, got {self.rewiden}")
         if self.token_budget is not None and self.token_budget < 1:
             raise ValueError(f"MCTSConfig.token_budget must be >= 1 or None, got {self.token_budget}")
         if self.evaluator is not None:
@@ -162,6 +170,7 @@ class _Search:
         self.expanded: set[int] = set()
         self.pending: dict[int, asyncio.Task] = {}  # node -> its expansion in flight
         self.spent: set[int] = set()
+        self.rewidened: Counter = Counter()  # node -> times it was expanded again (``rewiden``)
         self.virtual: Counter = Counter()
         self.started = 0  # simulations that generate (started, and not given back)
         self.final_visits = 0
@@ -173,7 +182,7 @@ class _Search:
         self.gate.set()
 
     # The counters a checkpoint carries (in flight there is nothing at a checkpoint: no pending, no virtual).
-    SAVED = ("expanded", "spent", "started", "final_visits", "streak", "done", "saved_at")
+    SAVED = ("expanded", "spent", "rewidened", "started", "final_visits", "streak", "done", "saved_at")
 
     def saved(self) -> dict:
         return {"tree": self.tree, "states": self.states, "search": {k: getattr(self, k) for k in self.SAVED}}
@@ -243,7 +252,20 @@ class _Search:
                 skip_finals = cfg.revisit_finals and self.streak >= cfg.free_visits
                 choices = [c for c in children if c not in self.spent and not (skip_finals and tree.is_final(c))]
                 if not choices:
-                    if skip_finals:  # only final children left: nothing to generate under this node
+                    if node in self.pending:  # being expanded again: walk on into what it adds
+                        await self.pending[node]
+                        continue
+                    if self.rewidened[node] < cfg.rewiden:
+                        self.rewidened[node] += 1
+                        self.pending[node] = asyncio.ensure_future(self._regrow(node))
+                        outcomes = await self.pending[node]
+                        self._release(path)
+                        for last, value in outcomes:
+                            self._backup(last, value)
+                        return "generated"
+                    # nothing left to generate under this node: only final children (being skipped), or
+                    # every child spent (with ``rewiden`` that does not mark a node spent from below)
+                    if skip_finals or all(c in self.spent for c in children):
                         self._mark_spent(node)
                     self._release(path)
                     return "blocked"
@@ -281,6 +303,21 @@ class _Search:
             self._mark_spent(node)
         return outcomes
 
+    async def _regrow(self, node: int) -> list[tuple[int, float]]:
+        """Expand an expanded ``node`` again (``rewiden``); return the outcomes to back up: the rewards of the
+        new final children, or the completions' outcomes. New children that are not final are valued when a
+        walk first reaches them, as any unexpanded node is."""
+        cfg, tree = self.cfg, self.tree
+        before = set(tree.children(node))
+        try:
+            if cfg.expansion == "completions":
+                return await self._evaluate(node)
+            await expand(tree, self.states, node, self.ctx, cfg.k, cfg.prior_temperature, widen=0)
+            return [(c, leaf_value(tree, c, cfg.truncated_reward)) for c in tree.children(node)
+                    if c not in before and tree.is_final(c)]
+        finally:
+            del self.pending[node]
+
     async def _evaluate(self, node: int) -> list[tuple[int, float]]:
         if self.cfg.evaluator is not None and not self.tree.is_final(node):
             from treepref.search.evaluators import evaluate
@@ -309,6 +346,7 @@ class _Search:
         self.spent.add(node)
         tree, parent, finals = self.tree, self.tree.parent[node], self.cfg.revisit_finals
         while parent != NO_PARENT and parent in self.expanded and parent not in self.spent \
+                and self.rewidened[parent] >= self.cfg.rewiden \
                 and all(c in self.spent or (finals and tree.is_final(c)) for c in tree.children(parent)):
             self.spent.add(parent)
             parent = tree.parent[parent]
@@ -331,5 +369,6 @@ async def mcts(problem: Problem, ctx: SearchContext, cfg: MCTSConfig | None = No
     await search.run()
     tree.meta["stats"] = {"simulations": search.started, "final_visits": search.final_visits,
                           "backups": search.done,
-                          "expansions": len(search.expanded), "exhausted": ROOT in search.spent}
+                          "expansions": len(search.expanded), "rewidened": sum(search.rewidened.values()),
+                          "exhausted": ROOT in search.spent}
     return tree
