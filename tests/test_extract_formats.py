@@ -436,12 +436,24 @@ def test_min_visits_filter():
     assert stats["filters"]["min_visits"] == 4
 
 
+def test_exact_rejected_filter_keeps_pairs_whose_rejected_step_ended():
+    got, _ = srows("step_pairs", min_visits=None)
+    assert sides(got) == [("a", "b"), ("a1", "a2"), ("b1", "b2")]
+    got, stats = srows("step_pairs", min_visits=None, exact_rejected=True)  # a2 is final; b and b2 are not
+    assert sides(got) == [("a1", "a2")] and stats["dropped"]["exact_rejected"] == 2
+    got, stats = srows("step_pairs", min_visits=None, exact_rejected=False)
+    assert len(got) == 3 and "exact_rejected" not in stats["dropped"]
+    with pytest.raises(ValueError, match="exact_rejected must be true or false"):
+        srows("step_pairs", exact_rejected="yes")
+
+
 def test_filters_combine_in_order():
     got, stats = srows("step_pairs", prefix="success", min_visits=2, min_margin=0.5)
     assert sides(got) == [("a1", "a2")]
     assert stats["dropped"] == {"duplicates": 0, "prefix": 1, "min_visits": 0, "min_margin": 1}
-    assert stats["filters"] == {"prefix": "success", "prefix_value": 0.5, "min_visits": 2, "min_margin": 0.5,
-                                "min_edit": None, "max_per_node": None, "max_per_problem": None}
+    assert stats["filters"] == {"prefix": "success", "prefix_value": 0.5, "min_visits": 2,
+                                "exact_rejected": None, "min_margin": 0.5, "min_edit": None,
+                                "max_per_node": None, "max_per_problem": None}
     assert stats["rows"] == 1
 
 

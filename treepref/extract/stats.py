@@ -40,8 +40,8 @@ PREFIXES = (None, "any", "success", "value")
 # one good pair of 44 (good share 62% -> 62%) and raised flat sampling's good share from 63% to 77% by
 # dropping its single-sample sides (48 -> 20 good pairs): a side valued by one completion is a coin flip.
 # ``prefix_value`` is the threshold of ``prefix="value"`` and nothing else.
-FILTER_DEFAULTS = {"prefix": "success", "prefix_value": 0.5, "min_visits": 2, "min_margin": None,
-                   "min_edit": None, "max_per_node": None, "max_per_problem": None}
+FILTER_DEFAULTS = {"prefix": "success", "prefix_value": 0.5, "min_visits": 2, "exact_rejected": None,
+                   "min_margin": None, "min_edit": None, "max_per_node": None, "max_per_problem": None}
 
 
 def filter_settings(names, given: dict) -> dict:
@@ -50,6 +50,8 @@ def filter_settings(names, given: dict) -> dict:
     out = {name: given.get(name, FILTER_DEFAULTS[name]) for name in names}
     if out.get("prefix") not in PREFIXES:
         raise ValueError(f"unknown prefix {out['prefix']!r}; choose one of {list(PREFIXES)}")
+    if out.get("exact_rejected") not in (None, True, False):
+        raise ValueError(f"exact_rejected must be true or false, got {out['exact_rejected']!r}")
     if "prefix_value" in given and out.get("prefix") != "value":
         raise ValueError(f"prefix_value={given['prefix_value']!r} is read only with prefix='value' "
                          f"(got prefix={out.get('prefix')!r})")
@@ -63,7 +65,8 @@ def _prefix_ok(it: Item, prefix: str, threshold: float) -> bool:
 
 
 def apply_filters(items: list[Item], *, prefix: str | None = None, prefix_value: float = 0.5,
-                  min_visits: int | None = None, min_margin: float | None = None, min_edit: int | None = None,
+                  min_visits: int | None = None, exact_rejected: bool | None = None,
+                  min_margin: float | None = None, min_edit: int | None = None,
                   max_per_node: int | None = None, max_per_problem: int | None = None
                   ) -> tuple[list[Item], dict[str, int]]:
     """Filter items in this order, each one counting in ``dropped`` what it removed from what the earlier
@@ -75,6 +78,10 @@ def apply_filters(items: list[Item], *, prefix: str | None = None, prefix_value:
       None or ``"any"``: no condition (``"any"`` is counted, as 0).
     * ``min_visits`` (sibling pairs): each side that is not final needs at least this many visits (a final
       side's value is its reward, exact whatever its visits).
+    * ``exact_rejected`` (sibling pairs): True keeps pairs whose rejected step is final, so its value is its
+      own reward (a wrong answer, a step the environment's step check ended, a stop without an answer)
+      rather than an estimate from completions below it; a right step whose completions happened to fail
+      then never stands as rejected.
     * ``min_margin`` (unknown margins are dropped too), ``min_edit`` (characters between the two texts).
     * ``max_per_node``, ``max_per_problem``: caps, keeping the largest margins.
 
@@ -88,6 +95,9 @@ def apply_filters(items: list[Item], *, prefix: str | None = None, prefix_value:
     if min_visits is not None:
         kept = [it for it in items if all(v >= min_visits for v in it.checks["side_visits"])]
         dropped["min_visits"], items = len(items) - len(kept), kept
+    if exact_rejected:
+        kept = [it for it in items if it.checks["exact_rejected"]]
+        dropped["exact_rejected"], items = len(items) - len(kept), kept
     if min_margin is not None:
         kept = [it for it in items if it.margin is not None and it.margin >= min_margin]
         dropped["min_margin"], items = len(items) - len(kept), kept
