@@ -328,7 +328,8 @@ def slips_first():
 def test_rewiden_expands_a_node_whose_children_all_ended_instead_of_giving_up():
     """Both first steps are slips the step check ends: without ``rewiden`` the tree is spent after one
     simulation with its budget unused; with it, the walk that finds nothing under the root samples the
-    root again, and the right step it finds is valued and paired against a slip."""
+    root again, and the right step it finds is valued and paired against a slip. A node with a successful
+    child is not sampled again."""
     import dataclasses
 
     from treepref.extract import export
@@ -345,10 +346,9 @@ def test_rewiden_expands_a_node_whose_children_all_ended_instead_of_giving_up():
 
     c = ctx()
     again = run(mcts(PROBLEM, c, MCTSConfig(**cfg, rewiden=1)))
-    # the root is sampled again; so is the right step once its one child (the answer) has had its free
-    # visits; the second sampling of each adds nothing new, and then the tree is spent
-    assert step_requests(c.policy) == [(), (), ("1 + 1 = 2",), ("1 + 1 = 2",)]
-    assert again.meta["stats"]["rewidened"] == 2 and again.meta["stats"]["exhausted"]
+    # the root is sampled again; the right step is expanded once and not again, as its child succeeded
+    assert step_requests(c.policy) == [(), (), ("1 + 1 = 2",)]
+    assert again.meta["stats"]["rewidened"] == 1 and again.meta["stats"]["exhausted"]
     right = node_by_steps(again, ["1 + 1 = 2"])
     answer = node_by_steps(again, ["1 + 1 = 2", "The answer is 2."])
     assert again.reward[answer] == 1.0 and again.value(right) > 0.5

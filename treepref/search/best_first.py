@@ -5,7 +5,7 @@ fraction that reach the right answer (``Tree.mc_value``). A final step is worth 
 expanded. The priority is kept in ``tree.scores[node]["mc"]``. The frontier is a priority queue on it (ties
 go to the earlier node). Each round pops the best ``parallel_expansions`` frontier nodes, expands each into
 ``k`` steps and values every new step by rollouts, all at once, then pushes the non-final new steps (and,
-with ``rewiden``, a node whose children all ended, to be sampled again).
+with ``rewiden``, a node whose children all failed, to be sampled again).
 
 Values for exporters: every rollout outcome (and a final step's reward, once) is backed up from the step it
 was sampled from to the root, so ``Tree.value`` of a step is the mean outcome over every completion that
@@ -45,8 +45,8 @@ class BestFirstConfig:
     widen: int = 1
     """Extra expansion requests when all ``k`` samples of an expansion merged into one step."""
     rewiden: int = 0
-    """Times a node every child of which is final (its steps all ended: a slip the environment's step check
-    ended, an answer) goes back on the frontier, at its value, to be expanded again; 0: once only."""
+    """Times a node every child of which failed (its steps all ended unrewarded: a slip the environment's step
+    check ended, a wrong answer) goes back on the frontier, at its value, to be expanded again; 0: once only."""
     token_budget: int | None = None
     """Stop expanding once the tree has generated this many tokens (None: no limit)."""
 
@@ -91,7 +91,9 @@ async def best_first(problem: Problem, ctx: SearchContext, cfg: BestFirstConfig 
                     found = found or succeeded(tree, c, ctx.success)
                 else:
                     heapq.heappush(frontier, (-tree.scores[c]["mc"], c))
-            if rewidened[node] < cfg.rewiden and all(tree.is_final(c) for c in tree.children(node)):
+            kids = tree.children(node)
+            if rewidened[node] < cfg.rewiden and all(tree.is_final(c) and not succeeded(tree, c, ctx.success)
+                                                     for c in kids):
                 rewidened[node] += 1
                 heapq.heappush(frontier, (-(tree.value(node) or 0.0), node))
 

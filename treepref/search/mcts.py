@@ -35,7 +35,7 @@ from dataclasses import dataclass
 from treepref.envs.base import State
 from treepref.problems import Problem
 from treepref.search.base import (SearchContext, expand, leaf_value, new_tree, over_budget, rollouts, set_priors,
-                                  settings_of)
+                                  settings_of, succeeded)
 from treepref.tree import NO_PARENT, ROOT, Tree
 
 
@@ -73,10 +73,11 @@ class MCTSConfig:
     """Extra expansion requests when all ``k`` samples of an expansion merged into one step."""
     rewiden: int = 0
     """Times an expanded node is expanded again (another ``k`` samples; ``expansion="completions"``: another
-    ``n_rollouts`` completions) when a walk finds nothing under it to go into (every child final or spent),
-    before the node counts as spent. A node whose sampled steps all ended (a slip the environment's step check
-    ended, an answer) then buys new siblings instead of ending the search with its budget unspent. 0: the
-    textbook rule (a node is expanded once)."""
+    ``n_rollouts`` completions) when a walk finds nothing under it to go into (every child final or spent) and
+    none of its children succeeded, before the node counts as spent. A node whose sampled steps all failed (a
+    slip the environment's step check ended, a wrong answer) then buys new siblings instead of ending the
+    search with its budget unspent; one with a successful child is not resampled (more siblings of a found
+    answer were mostly prose endings). 0: the textbook rule (a node is expanded once)."""
     expansion: str = "steps"
     """"steps": a node's children are ``k`` sampled steps (one request with a stop at the delimiter), valued
     by ``n_rollouts`` completions beside them; "completions": its children are the first steps of its
@@ -255,7 +256,7 @@ class _Search:
                     if node in self.pending:  # being expanded again: walk on into what it adds
                         await self.pending[node]
                         continue
-                    if self.rewidened[node] < cfg.rewiden:
+                    if self._may_rewiden(node):
                         self.rewidened[node] += 1
                         self.pending[node] = asyncio.ensure_future(self._regrow(node))
                         outcomes = await self.pending[node]
@@ -303,6 +304,11 @@ class _Search:
             self._mark_spent(node)
         return outcomes
 
+    def _may_rewiden(self, node: int) -> bool:
+        """Whether ``node`` may be expanded again (``rewiden``): it has times left and no child succeeded."""
+        return self.rewidened[node] < self.cfg.rewiden and not any(
+            succeeded(self.tree, c, self.ctx.success) for c in self.tree.children(node))
+
     async def _regrow(self, node: int) -> list[tuple[int, float]]:
         """Expand an expanded ``node`` again (``rewiden``); return the outcomes to back up: the rewards of the
         new final children, or the completions' outcomes. New children that are not final are valued when a
@@ -346,7 +352,7 @@ class _Search:
         self.spent.add(node)
         tree, parent, finals = self.tree, self.tree.parent[node], self.cfg.revisit_finals
         while parent != NO_PARENT and parent in self.expanded and parent not in self.spent \
-                and self.rewidened[parent] >= self.cfg.rewiden \
+                and not self._may_rewiden(parent) \
                 and all(c in self.spent or (finals and tree.is_final(c)) for c in tree.children(parent)):
             self.spent.add(parent)
             parent = tree.parent[parent]
