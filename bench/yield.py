@@ -6,12 +6,15 @@ the same budget, and its pairs come from the trie of its samples by the same rul
 pair of every run is audited by the exact oracle (``treepref.extract.quality.pair_label_quality``): good =
 every prefix step right, chosen right, rejected wrong or off track. Each run is exported once per pair
 rule and filter setting (``EXPORTS``: max_min or margin pairs; none, a successful prefix, minimum visits,
-a margin), so what each costs and buys is visible side by side.
+a prefix of values >= 0.5, a final rejected step), so what each costs and buys is visible side by side.
+``--rewards`` runs each search with the outcome alone and/or with the environment's arithmetic step check
+(``REWARDS``); ``--keep`` keeps the trees and ``--reaudit`` audits kept trees again under today's ``EXPORTS``.
 
     python bench/yield.py --backend vllm --difficulty 2,3 --seeds 0,1 --problems 64 --cpu-kv-gib 2
     python bench/yield.py --backend scripted --problems 4 --seeds 0 --difficulty 2   # checks the harness
+    python bench/yield.py --problems 64 --reaudit /tmp/kept --out /tmp/yield-again  # new export settings
 
-Writes ``bench/results/yield.json`` (a list of records: search, difficulty, seed, filters, generated_tokens,
+Writes ``bench/results/yield.json`` (a list of records: search, reward, difficulty, seed, filters, generated_tokens,
 pairs, good, good_share, good_per_1m_tokens, problems_with_good, tokens_per_good, the oracle's buckets) and
 ``yield.md`` (medians over seeds, side by side). With ``--backend vllm`` the engine is spawned on CPU
 machines, hence the ``__main__`` guard, and every run shares one ``asyncio.run``.
@@ -21,8 +24,10 @@ from __future__ import annotations
 
 import argparse
 import asyncio
+import itertools
 import json
 import platform
+import re
 import statistics
 import sys
 import tempfile
@@ -47,20 +52,29 @@ SEARCHES = {
     "mcts": ("mcts", {"simulations": 200, "k": 3, "n_rollouts": 2, "c_puct": 1.0, "parallel_simulations": 2}),
     "mcts_completions": ("mcts", {"simulations": 200, "expansion": "completions", "n_rollouts": 4, "c_puct": 1.0,
                                   "parallel_simulations": 2}),
+    "mcts_rewiden": ("mcts", {"simulations": 200, "k": 3, "n_rollouts": 2, "c_puct": 1.0, "parallel_simulations": 2,
+                              "rewiden": 3}),
     "best_first": ("best_first", {"k": 3, "n_rollouts": 2, "max_expansions": 200, "stop_at_correct": False}),
+    "best_first_rewiden": ("best_first", {"k": 3, "n_rollouts": 2, "max_expansions": 200, "stop_at_correct": False,
+                                          "rewiden": 3}),
     "beam": ("beam", {"beam_width": 2, "k": 3, "n_rollouts": 2, "max_depth": 8}),
     "sample": ("sample", {"n": 4}),
 }
+# What a finished path earns: the stated answer alone, or also no false arithmetic on the way (the env's
+# step_check; it knows nothing of the reference solution, so a true step off the intended route passes).
+REWARDS = {"outcome": None, "checked": "arithmetic"}
 # Export settings every run is exported with: (pair rule, filters). "defaults" are the export's own pair
 # filters (a successful prefix, two visits per non-final side: ``extract.stats.FILTER_DEFAULTS``), which
-# were chosen from this bench; "no filter" turns them off.
+# were chosen from this bench; "no filter" turns them off; "value prefix" asks every prefix node for a value
+# >= 0.5 instead of a success below it, and "exact rejected" a final rejected step (its value is its reward).
 NO_FILTER = {"prefix": None, "min_visits": None}
 EXPORTS = {
     "max_min, no filter": ("max_min", NO_FILTER),
     "max_min, defaults": ("max_min", {}),
-    "margin, no filter": ("margin", NO_FILTER),
+    "max_min, defaults + exact rejected": ("max_min", {"exact_rejected": True}),
+    "max_min, value prefix + exact rejected": ("max_min", {"prefix": "value", "exact_rejected": True}),
     "margin, defaults": ("margin", {}),
-    "margin, defaults + margin 0.5": ("margin", {"min_margin": 0.5}),
+    "margin, value prefix + exact rejected": ("margin", {"prefix": "value", "exact_rejected": True}),
 }
 
 
@@ -73,6 +87,9 @@ def parse_args(argv=None):
     ap.add_argument("--problems", type=int, default=64)
     ap.add_argument("--budget", default="2:800,3:1200", help="tokens per problem, per difficulty (d:tokens,...)")
     ap.add_argument("--searches", default=",".join(SEARCHES))
+    ap.add_argument("--rewards", default="outcome,checked",
+                    help="outcome: the final answer alone; checked: also env step_check=arithmetic (a step "
+                         "stating false arithmetic ends its path unrewarded)")
     ap.add_argument("--temperature", type=float, default=0.9)
     ap.add_argument("--step-tokens", type=int, default=64)
     ap.add_argument("--rollout-tokens", type=int, default=160)
@@ -80,6 +97,8 @@ def parse_args(argv=None):
     ap.add_argument("--cpu-kv-gib", type=int, default=2)
     ap.add_argument("--out", default=str(Path(__file__).parent / "results" / "yield"))
     ap.add_argument("--keep", default=None, help="also keep every run's trees under this folder")
+    ap.add_argument("--reaudit", default=None, metavar="KEPT",
+                    help="generate nothing: audit the trees an earlier --keep KEPT holds under today's EXPORTS")
     return ap.parse_args(argv)
 
 
@@ -90,26 +109,27 @@ def scripted_policy():
     return ScriptedPolicy(lambda steps: ["1 + 1 = 2", "1 + 1 = 3", "The answer is 2." + EOS][: 3 - len(steps) % 2])
 
 
-def record(search, difficulty, seed, filt, trees, rows, problems, wall):
+def record(search, reward, difficulty, seed, filt, trees, rows, problems, wall):
     q = pair_label_quality(rows, {p.id: p for p in problems})
     tokens = sum(t.meta.get("generated_tokens", 0) for t in trees)
     good = q["good"]
-    return {"search": search, "difficulty": difficulty, "seed": seed, "filters": filt,
+    return {"search": search, "reward": reward, "difficulty": difficulty, "seed": seed, "filters": filt,
             "problems": len(trees), "generated_tokens": tokens, "pairs": q["pairs"], "good": good,
             "good_share": q["good_share"], "good_per_1m_tokens": round(good / tokens * 1e6, 1) if tokens else None,
             "problems_with_good": q["problems_with_good"],
             "tokens_per_good": round(tokens / good, 1) if good else None,
             "buckets": {k: q[k] for k in q if not k.endswith("_share") and k not in ("steps", "problems_with_good")},
             "steps": q["steps"],
-            "wall_s": round(wall, 1)}
+            "wall_s": None if wall is None else round(wall, 1)}
 
 
 async def run_all(args, policy):
     records = []
     budgets = {int(d): int(b) for d, b in (x.split(":") for x in args.budget.split(","))}
-    for difficulty in [int(d) for d in args.difficulty.split(",")]:
+    for difficulty, reward in itertools.product([int(d) for d in args.difficulty.split(",")],
+                                                args.rewards.split(",")):
         env = ReasoningEnv(template=policy.chat_prompt, tokenizer=policy, max_depth=difficulty + 3, max_tokens=320,
-                           few_shot=worked_examples(difficulty))
+                           few_shot=worked_examples(difficulty), step_check=REWARDS[reward])
         sampling = Sampling(temperature=args.temperature, top_p=0.95, max_tokens=args.step_tokens)
         ctx = SearchContext(env=env, policy=policy, sampling=sampling, rollout_max_tokens=args.rollout_tokens)
         for seed in [int(s) for s in args.seeds.split(",")]:
@@ -118,20 +138,45 @@ async def run_all(args, policy):
                 search, options = SEARCHES[name]
                 cfg = build_config(search, {**options, "token_budget": budgets[difficulty]}, "bench/yield.py")
                 with tempfile.TemporaryDirectory(prefix="yield-") as tmp:
-                    folder = Path(args.keep) / f"{name}-d{difficulty}-s{seed}" if args.keep else Path(tmp)
+                    folder = Path(args.keep) / f"{name}-{reward}-d{difficulty}-s{seed}" if args.keep else Path(tmp)
                     t0 = time.perf_counter()
                     await run_problems(problems, get_search(search), cfg, ctx, folder, concurrency=args.concurrency,
                                        resume=False, progress=False)
                     wall = time.perf_counter() - t0
                     trees = load_trees(folder)
-                for label, (rule, filt) in EXPORTS.items():
-                    ds, _ = export(trees, "step_pairs", template=policy.chat_prompt, rule=rule, **filt)
-                    rec = record(name, difficulty, seed, label, trees, list(ds), problems, wall)
-                    records.append(rec)
-                    print(json.dumps({k: rec[k] for k in ("search", "difficulty", "seed", "filters", "generated_tokens",
-                                                          "pairs", "good", "good_share", "good_per_1m_tokens")}),
-                          flush=True)
+                    if args.keep:
+                        atomic_write_text(folder / "wall.json", json.dumps({"wall_s": wall}))
+                records += audit(name, reward, difficulty, seed, trees, problems, wall)
                 save(args, records)
+    return records
+
+
+def audit(name, reward, difficulty, seed, trees, problems, wall) -> list[dict]:
+    """One record per export setting of one run's trees, each pair judged by the oracle."""
+    out = []
+    for label, (rule, filt) in EXPORTS.items():
+        ds, _ = export(trees, "step_pairs", rule=rule, **filt)
+        rec = record(name, reward, difficulty, seed, label, trees, list(ds), problems, wall)
+        out.append(rec)
+        print(json.dumps({k: rec[k] for k in ("search", "reward", "difficulty", "seed", "filters", "generated_tokens",
+                                              "pairs", "good", "good_share", "good_per_1m_tokens")}), flush=True)
+    return out
+
+
+def reaudit(args) -> list[dict]:
+    """Records for trees an earlier run kept (``--keep``): the same trees under today's ``EXPORTS``, without
+    generating anything, so a new export setting is compared on exactly the data the old ones saw."""
+    records = []
+    for folder in sorted(Path(args.reaudit).iterdir()):
+        m = re.fullmatch(r"(?P<name>\w+)-(?P<reward>\w+)-d(?P<d>\d+)-s(?P<seed>\d+)", folder.name)
+        if m is None or not folder.is_dir():
+            continue
+        d, seed = int(m["d"]), int(m["seed"])
+        trees = load_trees(folder)
+        wall_file = folder / "wall.json"
+        wall = json.loads(wall_file.read_text())["wall_s"] if wall_file.exists() else None
+        problems = generate(args.problems, seed=seed, difficulty=d)
+        records += audit(m["name"], m["reward"], d, seed, trees, problems, wall)
     return records
 
 
@@ -141,16 +186,18 @@ def median(xs):
 
 
 def table(records) -> str:
-    lines = ["| difficulty | search | export | tokens | pairs | good | good share | good per 1M tokens | "
-             "problems with a good pair | tokens per good pair |", "|---|---|---|---|---|---|---|---|---|---|"]
-    keys = sorted({(r["difficulty"], r["filters"], r["search"]) for r in records},
-                  key=lambda k: (k[0], list(EXPORTS).index(k[1]), k[2]))
-    for d, f, s in keys:
-        rs = [r for r in records if (r["difficulty"], r["filters"], r["search"]) == (d, f, s)]
+    lines = ["| difficulty | reward | search | export | tokens | pairs | good | good share | good per 1M tokens | "
+             "problems with a good pair | tokens per good pair |", "|---|---|---|---|---|---|---|---|---|---|---|"]
+    group = lambda r: (r["difficulty"], r.get("reward", "outcome"), r["filters"], r["search"])  # noqa: E731
+    keys = sorted({group(r) for r in records}, key=lambda k: (k[0], k[1], list(EXPORTS).index(k[2]), k[3]))
+    for key in keys:
+        rs = [r for r in records if group(r) == key]
         m = {k: median([r[k] for r in rs]) for k in ("generated_tokens", "pairs", "good", "good_share",
                                                       "good_per_1m_tokens", "problems_with_good", "tokens_per_good")}
-        lines.append(f"| {d} | {s} | {f} | {m['generated_tokens']} | {m['pairs']} | {m['good']} | {m['good_share']} | "
-                     f"**{m['good_per_1m_tokens']}** | {m['problems_with_good']} | {m['tokens_per_good']} |")
+        d, reward, f, s = key
+        lines.append(f"| {d} | {reward} | {s} | {f} | {m['generated_tokens']} | {m['pairs']} | {m['good']} | "
+                     f"{m['good_share']} | **{m['good_per_1m_tokens']}** | {m['problems_with_good']} | "
+                     f"{m['tokens_per_good']} |")
     return "\n".join(lines)
 
 
@@ -166,6 +213,11 @@ def save(args, records) -> None:
 
 def main(argv=None) -> int:
     args = parse_args(argv)
+    if args.reaudit:
+        records = reaudit(args)
+        save(args, records)
+        print(table(records))
+        return 0
     if args.backend == "scripted":
         policy = scripted_policy()
     elif args.backend == "vllm":
