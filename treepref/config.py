@@ -277,7 +277,8 @@ def _validate(cfg: Config) -> None:
                 raise ConfigError(f"{src}: env.answer_pattern needs a group that captures the answer")
         except re.error as exc:
             raise ConfigError(f"{src}: env.answer_pattern is not a valid regex: {exc}") from None
-    step_check = env_settings(cfg).get("step_check") if cfg.env.name == "reasoning" else None
+    settings = env_settings(cfg)
+    step_check = settings.get("step_check") if cfg.env.name == "reasoning" else None
     if step_check is not None:
         from treepref.verifiers.step_check import load_step_check
 
@@ -289,7 +290,7 @@ def _validate(cfg: Config) -> None:
     from treepref.envs import EnvError, check_environment
 
     try:
-        check_environment(cfg.env.name, env_settings(cfg), src)
+        check_environment(cfg.env.name, settings, src)
     except EnvError as exc:
         raise ConfigError(str(exc)) from None
     from treepref.search import build_config
