@@ -258,12 +258,7 @@ class _Search:
                         continue
                     if self._may_rewiden(node):
                         self.rewidened[node] += 1
-                        self.pending[node] = asyncio.ensure_future(self._regrow(node))
-                        outcomes = await self.pending[node]
-                        self._release(path)
-                        for last, value in outcomes:
-                            self._backup(last, value)
-                        return "generated"
+                        return await self._generate(node, path, self._regrow(node))
                     # nothing left to generate under this node: only final children (being skipped), or
                     # every child spent (with ``rewiden`` that does not mark a node spent from below)
                     if skip_finals or all(c in self.spent for c in children):
@@ -278,13 +273,18 @@ class _Search:
             if node in self.pending:
                 await self.pending[node]
                 continue
-            self.pending[node] = asyncio.ensure_future(self._grow(node))
-            outcomes = await self.pending[node]
-            self._release(path)
-            for last, value in outcomes:
-                self._backup(last, value)
-            set_priors(tree, tree.children(node), cfg.prior_temperature)
-            return "generated"
+            return await self._generate(node, path, self._grow(node))
+
+    async def _generate(self, node: int, path: list[int], work) -> str:
+        """Run ``work`` (an expansion of ``node``: ``_grow`` or ``_regrow``) as the node's pending task, so
+        other walks that reach it wait for it, then back up its outcomes along ``path``."""
+        self.pending[node] = asyncio.ensure_future(work)
+        outcomes = await self.pending[node]
+        self._release(path)
+        for last, value in outcomes:
+            self._backup(last, value)
+        set_priors(self.tree, self.tree.children(node), self.cfg.prior_temperature)
+        return "generated"
 
     async def _grow(self, node: int) -> list[tuple[int, float]]:
         """Expand ``node`` and value it; return the completions' (last node, outcome) to back up."""
