@@ -6,7 +6,7 @@ from pathlib import Path
 
 import pytest
 
-from test_search_common import PROBLEM, check_golden, make_ctx, node_by_steps, run
+from test_search_common import PROBLEM, check_golden, make_ctx, node_by_steps, run, slips_first
 from treepref.search.best_first import BestFirstConfig, best_first
 from treepref.tree import STEP
 
@@ -101,14 +101,8 @@ def test_golden_tree():
 def test_rewiden_samples_again_a_node_whose_steps_all_ended():
     """The root's first two steps are slips the step check ends: the frontier is empty after one expansion,
     unless ``rewiden`` puts the root back; then its second sampling finds the right step and the answer."""
-    import dataclasses
-
-    from test_search_mcts import slips_first
-
     def ctx():
-        c = make_ctx(slips_first(), max_depth=3)
-        c.env = dataclasses.replace(c.env, step_check="arithmetic")
-        return c
+        return make_ctx(slips_first(), max_depth=3, step_check="arithmetic")
 
     cfg = dict(k=2, n_rollouts=1, max_expansions=8, widen=0)
     once = run(best_first(PROBLEM, ctx(), BestFirstConfig(**cfg)))

@@ -70,10 +70,23 @@ class PlainPolicy:
         return len(PLAIN.encode(text))
 
 
-def make_ctx(script, *, max_depth: int = 6, slow: bool = False) -> SearchContext:
+def make_ctx(script, *, max_depth: int = 6, slow: bool = False, step_check: str | None = None) -> SearchContext:
     policy = ScriptedPolicy(script)
-    env = Env(template=plain_template, verifier=exact, system=None, max_depth=max_depth)
+    env = Env(template=plain_template, verifier=exact, system=None, max_depth=max_depth, step_check=step_check)
     return SearchContext(env=env, policy=SlowPolicy(policy) if slow else policy)
+
+
+def slips_first():
+    """A script whose root's first request (k = 2: the script is asked once per sample) writes two slips; any
+    later one writes the right step, then the answer."""
+    asked = []
+
+    def script(steps):
+        if steps:
+            return ["The answer is 2."]
+        asked.append(1)
+        return ["1 + 1 = 3", "1 + 1 = 4"] if len(asked) <= 2 else ["1 + 1 = 2"]
+    return script
 
 
 def step_requests(policy: ScriptedPolicy) -> list[tuple[str, ...]]:

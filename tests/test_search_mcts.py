@@ -9,7 +9,8 @@ from pathlib import Path
 
 import pytest
 
-from test_search_common import PROBLEM, check_golden, check_visits, make_ctx, node_by_steps, run, step_requests
+from test_search_common import (PROBLEM, check_golden, check_visits, make_ctx, node_by_steps, run, slips_first,
+                                step_requests)
 from treepref.problems import Problem
 from treepref.search.mcts import MCTSConfig, mcts, puct_scores, select_child
 from treepref.tree import STEP, Tree
@@ -288,8 +289,6 @@ SLIP = {(): ["1 + 1 = 2", "1 + 1 = 3"], ("1 + 1 = 2",): ["The answer is 2."], ("
 
 
 def test_a_step_check_turns_a_lucky_slip_into_a_failed_leaf_and_a_pair():
-    import dataclasses
-
     from treepref.extract import export
 
     cfg = MCTSConfig(simulations=6, k=2, n_rollouts=2, widen=0)  # the root's two completions take both steps
@@ -300,9 +299,7 @@ def test_a_step_check_turns_a_lucky_slip_into_a_failed_leaf_and_a_pair():
     rows, _ = export([plain], "step_pairs", rule="max_min", prefix=None, min_visits=None)
     assert len(rows) == 0
 
-    ctx = make_ctx(SLIP, max_depth=3)
-    ctx.env = dataclasses.replace(ctx.env, step_check="arithmetic")
-    checked = run(mcts(PROBLEM, ctx, cfg))
+    checked = run(mcts(PROBLEM, make_ctx(SLIP, max_depth=3, step_check="arithmetic"), cfg))
     right, slip = node_by_steps(checked, ["1 + 1 = 2"]), node_by_steps(checked, ["1 + 1 = 3"])
     assert checked.terminated[slip] and checked.reward[slip] == 0.0 and checked.children(slip) == []
     assert checked.info[slip]["step_check"] is False
@@ -312,32 +309,15 @@ def test_a_step_check_turns_a_lucky_slip_into_a_failed_leaf_and_a_pair():
     check_visits(checked)
 
 
-def slips_first():
-    """The root's first request (k = 2: the script is asked once per sample) writes two slips; any later one
-    writes the right step, then the answer."""
-    asked = []
-
-    def script(steps):
-        if steps:
-            return ["The answer is 2."]
-        asked.append(1)
-        return ["1 + 1 = 3", "1 + 1 = 4"] if len(asked) <= 2 else ["1 + 1 = 2"]
-    return script
-
-
 def test_rewiden_expands_a_node_whose_children_all_ended_instead_of_giving_up():
     """Both first steps are slips the step check ends: without ``rewiden`` the tree is spent after one
     simulation with its budget unused; with it, the walk that finds nothing under the root samples the
     root again, and the right step it finds is valued and paired against a slip. A node with a successful
     child is not sampled again."""
-    import dataclasses
-
     from treepref.extract import export
 
     def ctx():
-        c = make_ctx(slips_first(), max_depth=3)
-        c.env = dataclasses.replace(c.env, step_check="arithmetic")
-        return c
+        return make_ctx(slips_first(), max_depth=3, step_check="arithmetic")
 
     cfg = dict(simulations=6, k=2, n_rollouts=0, default_value=0.5, widen=0, free_visits=2)
     once = run(mcts(PROBLEM, ctx(), MCTSConfig(**cfg)))
