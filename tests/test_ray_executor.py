@@ -224,6 +224,32 @@ def test_a_missing_ray_is_one_line(monkeypatch):
         require_ray()
 
 
+def noted_build(folder) -> SearchContext:
+    """The scripted factory, leaving one file per actor that builds (named by its process id)."""
+    (Path(folder) / str(os.getpid())).touch()
+    return scripted_context()
+
+
+def two_builds_only(folder) -> SearchContext:
+    """A factory that works in the first two actors and fails in any later one."""
+    context = noted_build(folder)
+    if len(list(Path(folder).iterdir())) > 2:
+        raise OSError("the model's node is gone")
+    return context
+
+
+async def after_the_third_build(folder, problem, ctx, cfg):
+    """Slow MCTS whose later problems (p/4 on) wait until a third actor has tried to build, and a second more,
+    so the run is still going when the driver learns whether the replacement started (without the wait a fast
+    survivor, or a slow replacement on a loaded machine, lets the survivor finish everything first)."""
+    if int(problem.id.split("/")[1]) >= 4:
+        deadline = time.monotonic() + 120
+        while len(list(Path(folder).iterdir())) < 3 and time.monotonic() < deadline:
+            await asyncio.sleep(0.05)
+        await asyncio.sleep(1.0)
+    return await slow_mcts(problem, ctx, cfg)
+
+
 def test_actors_in_a_placement_group_and_a_replacement_in_the_dead_ones_bundle(cluster, tmp_path):
     """With ``placement``, the two bundles take both of the cluster's CPUs, so the replacement of a killed
     actor can only start in the bundle its predecessor left; the group is removed at the end."""
@@ -231,9 +257,11 @@ def test_actors_in_a_placement_group_and_a_replacement_in_the_dead_ones_bundle(c
 
     from treepref.executors.ray import run_problems_ray
 
-    out = tmp_path / "ray"
+    builds, out = tmp_path / "builds", tmp_path / "ray"
+    builds.mkdir()
     watcher = _kill_when(cluster, out, 1, "-1-1")
-    summary = run_problems_ray(problems(20), slow_mcts, CFG, scripted_context, out,
+    summary = run_problems_ray(problems(20), functools.partial(after_the_third_build, str(builds)), CFG,
+                               functools.partial(noted_build, str(builds)), out,
                                options=RaySection(actors=2, placement="STRICT_PACK"), concurrency=2, progress=False)
     watcher[0].join()
     assert len(watcher) == 2 and (summary.actor_deaths, summary.actors) == (1, 3)
@@ -242,21 +270,14 @@ def test_actors_in_a_placement_group_and_a_replacement_in_the_dead_ones_bundle(c
     assert all(g["state"] == "REMOVED" for g in placement_group_table().values())
 
 
-def two_builds_only(folder) -> SearchContext:
-    """A factory that works in the first two actors and fails in any later one (each build leaves a file)."""
-    (Path(folder) / str(os.getpid())).touch()
-    if len(list(Path(folder).iterdir())) > 2:
-        raise OSError("the model's node is gone")
-    return scripted_context()
-
-
 def test_a_replacement_that_cannot_start_gets_no_problem_and_the_survivor_finishes(cluster, tmp_path):
     from treepref.executors.ray import run_problems_ray
 
     builds, out = tmp_path / "builds", tmp_path / "ray"
     builds.mkdir()
     watcher = _kill_when(cluster, out, 1, "-0-0")
-    summary = run_problems_ray(problems(8), slow_mcts, CFG, functools.partial(two_builds_only, str(builds)), out,
+    search = functools.partial(after_the_third_build, str(builds))
+    summary = run_problems_ray(problems(8), search, CFG, functools.partial(two_builds_only, str(builds)), out,
                                options=RaySection(actors=2), concurrency=2, progress=False)
     watcher[0].join()
     assert len(watcher) == 2 and summary.actors == 3
