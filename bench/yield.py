@@ -66,7 +66,8 @@ REWARDS = {"outcome": None, "checked": "arithmetic"}
 # Export settings every run is exported with: (pair rule, filters). "defaults" are the export's own pair
 # filters (a successful prefix, two visits per non-final side: ``extract.stats.FILTER_DEFAULTS``), which
 # were chosen from this bench; "no filter" turns them off; "value prefix" asks every prefix node for a value
-# >= 0.5 instead of a success below it, and "exact rejected" a final rejected step (its value is its reward).
+# >= 0.5 instead of a success below it, "exact rejected" a final rejected step (its value is its reward), and
+# "judged rejected" one the environment judged (a wrong answer or a false step, not a stop without an answer).
 NO_FILTER = {"prefix": None, "min_visits": None}
 EXPORTS = {
     "max_min, no filter": ("max_min", NO_FILTER),
@@ -75,6 +76,8 @@ EXPORTS = {
     "max_min, value prefix + exact rejected": ("max_min", {"prefix": "value", "exact_rejected": True}),
     "margin, defaults": ("margin", {}),
     "margin, value prefix + exact rejected": ("margin", {"prefix": "value", "exact_rejected": True}),
+    "max_min, value prefix + judged rejected": ("max_min", {"prefix": "value", "exact_rejected": "judged"}),
+    "margin, value prefix + judged rejected": ("margin", {"prefix": "value", "exact_rejected": "judged"}),
 }
 
 

@@ -443,8 +443,28 @@ def test_exact_rejected_filter_keeps_pairs_whose_rejected_step_ended():
     assert sides(got) == [("a1", "a2")] and stats["dropped"]["exact_rejected"] == 2
     got, stats = srows("step_pairs", min_visits=None, exact_rejected=False)
     assert len(got) == 3 and "exact_rejected" not in stats["dropped"]
-    with pytest.raises(ValueError, match="exact_rejected must be true or false"):
+    with pytest.raises(ValueError, match="exact_rejected must be true, false or 'judged'"):
         srows("step_pairs", exact_rejected="yes")
+
+
+def test_judged_rejected_keeps_only_rejected_steps_the_environment_judged():
+    """Four final steps lose to the right answer: a wrong answer and a false step were judged (kept by
+    "judged"); a stop without an answer and a step cut at the depth limit were not (kept only by True)."""
+    t = Tree(problem_id="j", prompt="Q?", answer="4")
+    right = t.add(ROOT, "The answer is 4.", reward=1.0, terminated=True, info={"answer": "4"})
+    wrong = t.add(ROOT, "The answer is 5.", reward=0.0, terminated=True, info={"answer": "5"})
+    slip = t.add(ROOT, "2 + 2 = 5", reward=0.0, terminated=True, info={"answer": None, "step_check": False})
+    silent = t.add(ROOT, "That is all.", reward=0.0, terminated=True, info={"answer": None})
+    cut = t.add(ROOT, "Let me see", truncated=True, info={"answer": None})
+    for node, v in ((right, 1.0), (wrong, 0.0), (slip, 0.0), (silent, 0.0), (cut, 0.0)):
+        t.backup(node, v)
+    kw = dict(tree=t, rule="margin", prefix=None, min_visits=None)
+    rejected = lambda rows: sorted(r["rejected"].strip() for r in rows)  # noqa: E731
+    got, _ = srows("step_pairs", exact_rejected=True, **kw)
+    assert rejected(got) == ["2 + 2 = 5", "Let me see", "That is all.", "The answer is 5."]
+    got, stats = srows("step_pairs", exact_rejected="judged", **kw)
+    assert rejected(got) == ["2 + 2 = 5", "The answer is 5."] and stats["dropped"]["exact_rejected"] == 2
+    assert stats["filters"]["exact_rejected"] == "judged"
 
 
 def test_filters_combine_in_order():

@@ -134,11 +134,23 @@ def _checks(tree: Tree, ctx: Context, p: Pair, on_success: set[int]) -> dict:
     """What the pair filters (``stats.apply_filters``) read: whether the parent lies on a successful path
     (``common.success_nodes``), the export's value of every node on the parent's path (root excluded), and
     the visits of each side that is not final (a final side's value is exact, whatever its visits), and
-    whether the rejected side is final."""
+    whether the rejected side is final, and judged (:func:`_judged`)."""
     return {"on_success_path": p.parent in on_success,
             "prefix_values": [_float(ctx.read(tree, n)) for n in tree.path(p.parent)],
             "side_visits": [tree.visits[n] for n in (p.chosen, p.rejected) if not tree.is_final(n)],
-            "exact_rejected": tree.is_final(p.rejected)}
+            "rejected_final": tree.is_final(p.rejected),
+            "rejected_judged": _judged(tree, p.rejected)}
+
+
+def _judged(tree: Tree, node: int) -> bool:
+    """Whether the environment ended ``node`` on a verdict about what it states: an answer it read (the
+    reasoning environment's ``info["answer"]``; an environment that records none is taken at its word), or
+    a step its step check found false. Not a stop without an answer, and not a cut by a depth or token
+    limit: those teach the form of an ending, not which step is wrong."""
+    info = tree.info[node] if node < len(tree.info) else {}
+    if info.get("step_check") is False:
+        return True
+    return bool(tree.terminated[node]) and info.get("answer", True) is not None
 
 
 def _pair_item(tree: Tree, ctx: Context, p: Pair, row: dict, on_success: set[int]) -> Item:

@@ -40,6 +40,7 @@ PREFIXES = (None, "any", "success", "value")
 # one good pair of 44 (good share 62% -> 62%) and raised flat sampling's good share from 63% to 77% by
 # dropping its single-sample sides (48 -> 20 good pairs): a side valued by one completion is a coin flip.
 # ``prefix_value`` is the threshold of ``prefix="value"`` and nothing else.
+EXACT_REJECTED = (None, False, True, "judged")
 FILTER_DEFAULTS = {"prefix": "success", "prefix_value": 0.5, "min_visits": 2, "exact_rejected": None,
                    "min_margin": None, "min_edit": None, "max_per_node": None, "max_per_problem": None}
 
@@ -50,8 +51,8 @@ def filter_settings(names, given: dict) -> dict:
     out = {name: given.get(name, FILTER_DEFAULTS[name]) for name in names}
     if out.get("prefix") not in PREFIXES:
         raise ValueError(f"unknown prefix {out['prefix']!r}; choose one of {list(PREFIXES)}")
-    if out.get("exact_rejected") not in (None, True, False):
-        raise ValueError(f"exact_rejected must be true or false, got {out['exact_rejected']!r}")
+    if out.get("exact_rejected") not in EXACT_REJECTED:
+        raise ValueError(f"exact_rejected must be true, false or 'judged', got {out['exact_rejected']!r}")
     if "prefix_value" in given and out.get("prefix") != "value":
         raise ValueError(f"prefix_value={given['prefix_value']!r} is read only with prefix='value' "
                          f"(got prefix={out.get('prefix')!r})")
@@ -65,7 +66,7 @@ def _prefix_ok(it: Item, prefix: str, threshold: float) -> bool:
 
 
 def apply_filters(items: list[Item], *, prefix: str | None = None, prefix_value: float = 0.5,
-                  min_visits: int | None = None, exact_rejected: bool | None = None,
+                  min_visits: int | None = None, exact_rejected: bool | str | None = None,
                   min_margin: float | None = None, min_edit: int | None = None,
                   max_per_node: int | None = None, max_per_problem: int | None = None
                   ) -> tuple[list[Item], dict[str, int]]:
@@ -81,7 +82,8 @@ def apply_filters(items: list[Item], *, prefix: str | None = None, prefix_value:
     * ``exact_rejected`` (sibling pairs): True keeps pairs whose rejected step is final, so its value is its
       own reward (a wrong answer, a step the environment's step check ended, a stop without an answer)
       rather than an estimate from completions below it; a right step whose completions happened to fail
-      then never stands as rejected.
+      then never stands as rejected. ``"judged"`` also asks that the environment judged what the step
+      states (a wrong answer, a false step), so no stop without an answer and no cut step is rejected.
     * ``min_margin`` (unknown margins are dropped too), ``min_edit`` (characters between the two texts).
     * ``max_per_node``, ``max_per_problem``: caps, keeping the largest margins.
 
@@ -96,7 +98,8 @@ def apply_filters(items: list[Item], *, prefix: str | None = None, prefix_value:
         kept = [it for it in items if all(v >= min_visits for v in it.checks["side_visits"])]
         dropped["min_visits"], items = len(items) - len(kept), kept
     if exact_rejected:
-        kept = [it for it in items if it.checks["exact_rejected"]]
+        key = "rejected_judged" if exact_rejected == "judged" else "rejected_final"
+        kept = [it for it in items if it.checks[key]]
         dropped["exact_rejected"], items = len(items) - len(kept), kept
     if min_margin is not None:
         kept = [it for it in items if it.margin is not None and it.margin >= min_margin]
