@@ -61,8 +61,9 @@ SEARCHES = {
     "sample": ("sample", {"n": 4}),
 }
 # What a finished path earns: the stated answer alone, or also no false arithmetic on the way (the env's
-# step_check; it knows nothing of the reference solution, so a true step off the intended route passes).
-REWARDS = {"outcome": None, "checked": "arithmetic"}
+# step_check; it knows nothing of the reference solution, so a true step off the intended route passes), or
+# also only numbers the problem or an earlier step states (arithmetic_grounded).
+REWARDS = {"outcome": None, "checked": "arithmetic", "grounded": "arithmetic_grounded"}
 # Export settings every run is exported with: (pair rule, filters). "defaults" are the export's own pair
 # filters (a successful prefix, two visits per non-final side: ``extract.stats.FILTER_DEFAULTS``), which
 # were chosen from this bench; "no filter" turns them off; "value prefix" asks every prefix node for a value
@@ -92,7 +93,8 @@ def parse_args(argv=None):
     ap.add_argument("--searches", default=",".join(SEARCHES))
     ap.add_argument("--rewards", default="outcome,checked",
                     help="outcome: the final answer alone; checked: also env step_check=arithmetic (a step "
-                         "stating false arithmetic ends its path unrewarded)")
+                         "stating false arithmetic ends its path unrewarded); grounded: step_check="
+                         "arithmetic_grounded (also a step computing with a number nothing before stated)")
     ap.add_argument("--temperature", type=float, default=0.9)
     ap.add_argument("--step-tokens", type=int, default=64)
     ap.add_argument("--rollout-tokens", type=int, default=160)

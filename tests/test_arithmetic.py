@@ -8,7 +8,8 @@ from fractions import Fraction
 
 import pytest
 
-from treepref.domains.arithmetic import arithmetic_step_scorer, check_step, equations, generate, is_correct_path, on_track
+from treepref.domains.arithmetic import (arithmetic_step_scorer, check_step, equations, generate, grounded_step,
+                                         is_correct_path, on_track)
 from treepref.problems import Problem
 
 
@@ -152,3 +153,34 @@ def test_on_track_follows_generated_problems_and_needs_their_meta():
         assert on_track(p, f"{p.meta['expression']} = {int(p.answer) + 1}") is False
     with pytest.raises(ValueError):
         on_track(Problem(id="q", prompt="What is 2 + 2?", answer="4"), "2 + 2 = 4")
+
+
+@pytest.mark.parametrize("prefix, step, expected", [
+    ((), "3 + 25 = 28", True),
+    ((), "3 + 25 + 11 - 7 = 32", True),
+    ((), "3 + 25 = 28, and 28 + 11 = 39", True),  # 28 was derived earlier in the same step
+    ((), "(3 + 25) + 11 = 28 + 11 = 39", True),
+    ((), "39 = 28 + 11", False),  # 28 and 39 come from nowhere yet: the right side is the computing one
+    (("3 + 25 = 28",), "39 = 28 + 11", True),
+    (("3 + 25 = 28", "28 + 11 = 39"), "39 - 7 = 32", True),
+    (("First add 3 and 25 to get 28.",), "28 + 11 = 39", True),  # a number stated in an earlier step's prose
+    ((), "2 + 7 = 9", False),  # true, but 2 is in neither the problem nor an earlier step
+    (("3 + 25 + 11 - 7 = 32",), "32 * 1 = 32", False),  # a no-op on an invented 1
+    ((), "3 + 25 = 27", False),  # false arithmetic is false, grounded or not
+    ((), "The answer is 32.", None),
+])
+def test_grounded_step_computes_only_with_stated_numbers(prefix, step, expected):
+    problem = _problem("3 + 25 + 11 - 7", [28, 39, 32])
+    assert grounded_step(problem, step, prefix) is expected
+
+
+def test_the_plain_check_passes_what_grounding_catches():
+    problem = _problem("3 + 25 + 11 - 7", [28, 39, 32])
+    for step in ("2 + 7 = 9", "32 * 1 = 32"):
+        assert check_step(problem, step) is True and grounded_step(problem, step) is False
+
+
+def test_grounded_step_reads_the_prompt_without_an_expression():
+    problem = Problem(id="w", prompt="Add 1,200 and 34, then double it.", answer="2468")
+    assert grounded_step(problem, "1,200 + 34 = 1,234") is True
+    assert grounded_step(problem, "1234 * 2 = 2468", ["1,200 + 34 = 1,234"]) is False  # "double": 2 unstated

@@ -90,8 +90,24 @@ def test_a_step_check_ends_a_path_at_its_first_false_step():
     assert step(plain, slipped.state, "The answer is 18.").reward == 1.0
 
 
-def false_if_seven(problem, text):
-    return False if "7" in text else None
+def test_a_grounded_check_also_ends_a_path_on_an_invented_number():
+    """``arithmetic_grounded``: a true equation on a number neither the problem nor an earlier step states
+    ends the path (a lucky route to the right answer: 2 + 7 = 9, 9 * 4 = 36, 36 - 4 = 32)."""
+    problem = Problem("x", "Compute 3 + 25 + 11 - 7.", "32")
+    grounded = ReasoningEnv(template=plain_template, verifier=exact, step_check="arithmetic_grounded")
+    plain = ReasoningEnv(template=plain_template, verifier=exact, step_check="arithmetic")
+    assert step(grounded, grounded.initial(problem), "2 + 7 = 9").info.get("step_check") is False
+    assert not step(plain, plain.initial(problem), "2 + 7 = 9").terminated
+    s = grounded.initial(problem)
+    for text in ("3 + 25 = 28", "28 + 11 = 39"):  # each uses the problem's numbers or the step before
+        t = step(grounded, s, text)
+        assert not t.terminated
+        s = t.state
+    assert step(grounded, s, "39 - 7 = 32, so the answer is 32.").reward == 1.0
+
+
+def false_if_seven_or_repeated(problem, text, prefix):
+    return False if "7" in text or text in prefix else None
 
 
 def test_a_step_check_may_be_a_users_function_and_a_bad_name_is_one_error():
@@ -99,9 +115,13 @@ def test_a_step_check_may_be_a_users_function_and_a_bad_name_is_one_error():
 
     from treepref.envs import EnvError, build_env
 
-    env = ReasoningEnv(template=plain_template, verifier=exact, step_check="test_reasoning_env:false_if_seven")
+    env = ReasoningEnv(template=plain_template, verifier=exact,
+                       step_check="test_reasoning_env:false_if_seven_or_repeated")
     s = env.initial(Problem("x", "q", "1"))
-    assert step(env, s, "I have 7 apples").reward == 0.0 and not step(env, s, "I have 6").terminated
+    assert step(env, s, "I have 7 apples").reward == 0.0
+    six = step(env, s, "I have 6")
+    assert not six.terminated
+    assert step(env, six.state, "I have 6").info["step_check"] is False  # it saw the steps before
     with pytest.raises(ValueError, match="step_check 'algebra': not one of arithmetic"):
         ReasoningEnv(step_check="algebra")
     with pytest.raises(EnvError, match=r"r\.yaml: environment 'reasoning': step_check 'nowhere:f' cannot be "

@@ -13,6 +13,7 @@ from __future__ import annotations
 
 import random
 import re
+from collections.abc import Sequence
 from fractions import Fraction
 
 from treepref.problems import Problem, Shot
@@ -219,18 +220,51 @@ def equations(step_text: str) -> list[tuple[str, str, bool]]:
     return found
 
 
-def check_step(problem: Problem | None, step_text: str) -> bool | None:
+def check_step(problem: Problem | None, step_text: str, prefix: Sequence[str] = ()) -> bool | None:
     """Whether the arithmetic stated in a step is right: False if any equation is wrong, True if all are
     right (at least one), None when the step states no equation and so cannot be judged.
 
     Tolerates ``×``, ``x``, ``\\times``, ``\\cdot``, ``−``, thousands separators, ``$...$`` and trailing
-    periods. ``problem`` is not needed for the check itself; it is in the signature so every domain's
-    step checker has the same shape.
+    periods. ``problem`` and ``prefix`` (the steps before this one) are not needed for the check itself;
+    they are in the signature so every step check has the same shape (``verifiers.step_check``).
     """
     found = equations(step_text)
     if not found:
         return None
     return all(holds for _, _, holds in found)
+
+
+_NUMBER_RE = re.compile(r"\d+(?:\.\d+)?")
+
+
+def _numbers(text: str) -> set[Fraction]:
+    return {Fraction(n) for n in _NUMBER_RE.findall(_normalize(text))}
+
+
+def grounded_step(problem: Problem, step_text: str, prefix: Sequence[str] = ()) -> bool | None:
+    """The ``arithmetic_grounded`` step check: the step's equations hold (:func:`check_step`) and compute
+    only with numbers the problem states (its ``meta["expression"]``, else its prompt) or that an earlier
+    step, or an earlier equation of this step, wrote. None when the step states no equation.
+
+    A true equation on an invented number (``2 + 7 = 9`` toward ``3 + 25 + 11 - 7``) passes the plain
+    check, and SmolLM2-135M strings such steps into paths that land on the right answer by luck
+    (``2 + 7 = 9``, ``9 * 4 = 36``, ``36 - 4 = 32``); so does a no-op (``7 * 1 = 7``). Neither reads the
+    reference solution. It suits problems that state every number they need (the built-in arithmetic);
+    word problems with unstated constants (a dozen, a percentage) want the plain ``arithmetic`` check.
+    """
+    found = equations(step_text)
+    if not found or not all(holds for _, _, holds in found):
+        return check_step(problem, step_text)
+    meta = getattr(problem, "meta", None) or {}
+    known = _numbers(meta.get("expression") or problem.prompt)
+    for step in prefix:
+        known |= _numbers(step)
+    for left, right, _ in found:
+        computing = left if _n_numbers(left.split()) >= 2 else right  # "36 = 12 * 3" computes on the right
+        if not _numbers(computing) <= known:
+            return False
+        known |= _numbers(left) | _numbers(right)
+    return True
 
 
 def on_track(problem: Problem, step_text: str) -> bool | None:

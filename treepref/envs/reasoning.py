@@ -38,7 +38,8 @@ class ReasoningEnv:
     the sequence without stating one, the value its last step concludes with is its answer (small models
     often finish with "so 13 + 3 = 16."; an operand is never taken), unless ``last_number_fallback`` is off.
     A terminated state is rewarded by ``verifier`` (1.0 right, 0.0 wrong, None without a reference answer).
-    ``step_check`` (``verifiers.step_check``: ``arithmetic`` or ``module:function``) checks each step as it is
+    ``step_check`` (``verifiers.step_check``: ``arithmetic``, ``arithmetic_grounded`` or ``module:function``,
+    called with the problem, the step and the steps before it) checks each step as it is
     taken: a step stating something false ends the episode with reward 0 (``info["step_check"] = False``),
     so a right answer reached through false arithmetic is not a success and no more tokens go below it.
     ``few_shot`` worked examples go before the problem as earlier chat turns, their steps joined with
@@ -126,7 +127,7 @@ class ReasoningEnv:
                     state.token_ids + tuple(token_ids), self.render_text(state) + rendered)
         answer = self.final_answer(text, ended=ended)
         info = {"answer": answer}
-        if self._check is not None and self._check(state.problem, text) is False:
+        if self._check is not None and self._check(state.problem, text, state.steps) is False:
             info["step_check"] = False
             return Transition(new, 0.0, True, False, info)
         terminated = answer is not None or ended
