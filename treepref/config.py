@@ -45,7 +45,7 @@ class EnvSection:
     delimiter: str = "\n\n"  # a step ends at this string
     answer_pattern: str | None = None  # regex whose first group is the final answer; None: the default
     few_shot: str | list | None = None  # worked examples: a built-in set (arithmetic), a JSONL file, or a list
-    step_check: str | None = None  # a check of each step's claims (arithmetic | module:function); None: off
+    step_check: str | None = None  # a check of each step (arithmetic | arithmetic_grounded | module:function)
 
 
 @dataclass

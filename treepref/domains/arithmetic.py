@@ -253,8 +253,10 @@ def grounded_step(problem: Problem, step_text: str, prefix: Sequence[str] = ()) 
     word problems with unstated constants (a dozen, a percentage) want the plain ``arithmetic`` check.
     """
     found = equations(step_text)
-    if not found or not all(holds for _, _, holds in found):
-        return check_step(problem, step_text)
+    if not found:
+        return None
+    if not all(holds for _, _, holds in found):
+        return False
     meta = getattr(problem, "meta", None) or {}
     known = _numbers(meta.get("expression") or problem.prompt)
     for step in prefix:

@@ -147,7 +147,7 @@ def _judged(tree: Tree, node: int) -> bool:
     reasoning environment's ``info["answer"]``; an environment that records none is taken at its word), or
     a step its step check found false. Not a stop without an answer, and not a cut by a depth or token
     limit: those teach the form of an ending, not which step is wrong."""
-    info = tree.info[node] if node < len(tree.info) else {}
+    info = tree.info[node]
     if info.get("step_check") is False:
         return True
     return bool(tree.terminated[node]) and info.get("answer", True) is not None

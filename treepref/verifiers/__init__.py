@@ -11,8 +11,8 @@ Two protocols, and everything here is one or the other:
   them through ``search.evaluators`` (``{kind: steps, scorer: module:function}``), with ``backup``'s
   aggregators squashing a path's scores.
 
-``step_check.load_step_check`` names a third, synchronous kind: ``check(problem, step_text) -> bool | None``,
-a step's own claims checked as it is taken (``ReasoningEnv.step_check``).
+``step_check.load_step_check`` names a third, synchronous kind: ``check(problem, step_text, prefix) -> bool |
+None``, what a step states checked, given the steps before it, as it is taken (``ReasoningEnv.step_check``).
 
 Labelling procedures that *search* (Math-Shepherd, OmegaPRM) are searches and live in ``treepref/search``.
 """
