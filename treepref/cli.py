@@ -320,7 +320,7 @@ async def _search_all(cfg: Config, problems, out: Path, progress: bool, progress
     search_cfg = build_config(cfg.search.name, cfg.search.options, cfg.source)
     retry = Retry(cfg.run.retries, cfg.run.retry_backoff_s, cfg.run.request_timeout_s)
     options = dict(concurrency=cfg.run.concurrency, resume=cfg.run.resume, retry=retry, progress=progress,
-                   progress_file=progress_file)
+                   progress_file=progress_file, share_budget=cfg.run.share_budget)
     if cfg.run.resume and not pending(problems, out):  # a finished run: no model to load
         return await run_problems(problems, search_fn, search_cfg, None, out, **options)
     policy = make_policy(cfg.model.backend, cfg.model.name, **cfg.model.options)

@@ -96,6 +96,8 @@ class RunSection:
     retry_backoff_s: float = 1.0
     request_timeout_s: float | None = None  # one policy request (queueing included); None: no limit
     allow_failures: bool = False  # exit 0 even when problems failed (also: generate --allow-failures)
+    share_budget: bool = False  # tokens a tree leaves of its search.options.token_budget go to trees that can
+                                # still widen a successful path (``search.spend.TokenPool``; local executor)
     executor: str = "local"  # local (one process) | ray (actors, docs/scaling.md)
     ray: RaySection = field(default_factory=RaySection)
 

@@ -258,9 +258,11 @@ def record(outcome: Outcome, summary: RunSummary, out_dir: Path) -> None:
 
 async def run_problems(problems: Sequence[Problem], search: SearchFn, search_cfg: object,
                        ctx: SearchContext | None, out_dir: str | Path, *, concurrency: int = 8, resume: bool = True,
-                       retry: Retry = Retry(), progress: bool = True, progress_file=None) -> RunSummary:
+                       retry: Retry = Retry(), progress: bool = True, progress_file=None,
+                       share_budget: bool = False) -> RunSummary:
     """Search every problem, writing each tree as soon as it is done. ``ctx`` may be None when every tree
-    is already written (a finished run needs no policy)."""
+    is already written (a finished run needs no policy). ``share_budget``: the searches share one
+    ``TokenPool``, so the token budget a tree leaves unspent goes to trees that can still use it."""
     out_dir = Path(out_dir)
     start = time.perf_counter()
     summary, todo = start_summary(problems, out_dir, resume)
@@ -273,11 +275,22 @@ async def run_problems(problems: Sequence[Problem], search: SearchFn, search_cfg
     bar = _progress(len(todo), progress, progress_file)
     timeline = ctx.timeline or Timeline()
     gate = asyncio.Semaphore(concurrency)
+    if share_budget:
+        from treepref.search.spend import TokenPool
+
+        ctx = dataclasses.replace(ctx, pool=TokenPool())
 
     async def one(problem: Problem) -> None:
         async with gate:
             checkpoint = Checkpoint(checkpoint_path(out_dir, problem.id), resume=resume)
-            record(await search_one(problem, search, search_cfg, ctx, timeline, retry, checkpoint), summary, out_dir)
+            if ctx.pool is not None:
+                ctx.pool.open()  # inside the gate: only a running search can deposit
+            try:
+                outcome = await search_one(problem, search, search_cfg, ctx, timeline, retry, checkpoint)
+            finally:
+                if ctx.pool is not None:
+                    await ctx.pool.close()
+            record(outcome, summary, out_dir)
             update_progress(bar, summary, start)
 
     try:

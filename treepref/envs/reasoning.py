@@ -72,6 +72,11 @@ class ReasoningEnv:
 
             self.verifier = MathVerifier()
 
+    def step_key(self, text: str) -> str:
+        """Two steps are one step when they differ only in spaces, case or a closing period ("3+4=7" and
+        "3 + 4 = 7."): the search merges such siblings (``search.base.add_step``) and counts them."""
+        return "".join(text.split()).casefold().rstrip(".")
+
     @property
     def tokens(self) -> Tokenizer:
         return self.tokenizer if self.tokenizer is not None else PLAIN

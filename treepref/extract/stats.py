@@ -141,6 +141,9 @@ def export_stats(trees: list[Tree], items: list[Item]) -> dict:
         "mean_rows_per_problem": n / len(trees) if trees else 0.0,
         "share_with_rows": sum(c > 0 for c in counts.values()) / len(trees) if trees else 0.0,
         "margin_histogram": margin_histogram(margins),
+        # rows by the depth of the steps they compare (1: the first step, under an empty prefix)
+        "depth_histogram": {str(d): c for d, c in sorted(Counter(it.row["depth"] for it in items
+                                                                   if "depth" in it.row).items())},
         "mean_margin": sum(margins) / len(margins) if margins else None,
         "generated_tokens": tokens,
         "generated_tokens_per_row": tokens / n if n else None,

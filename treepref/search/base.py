@@ -15,7 +15,7 @@ import asyncio
 import dataclasses
 import math
 from dataclasses import dataclass, field
-from typing import Sequence
+from typing import TYPE_CHECKING, Sequence
 
 from treepref.backends.base import Completion, Policy, Sampling
 from treepref.envs.base import Environment, State, is_success
@@ -23,6 +23,9 @@ from treepref.problems import Problem
 from treepref.search.checkpoint import Checkpoint
 from treepref.timeline import Timeline
 from treepref.tree import ROOT, STEP, Tree
+
+if TYPE_CHECKING:
+    from treepref.search.spend import TokenPool
 
 
 @dataclass
@@ -36,6 +39,7 @@ class SearchContext:
     success: float = 1.0  # the reward counted as solved when the environment does not say (``is_success``)
     timeline: Timeline | None = None  # generation and evaluation intervals (the runner sets one per run)
     checkpoint: Checkpoint | None = None  # where a long search saves itself (the runner sets one per problem)
+    pool: "TokenPool | None" = None  # the run's unspent tokens, shared between trees (``search.spend``)
 
     def __post_init__(self) -> None:
         # An environment that encodes text (its prompts) must use the policy's tokenizer, or the ids it sends
@@ -84,14 +88,23 @@ def step_params(ctx: SearchContext, n: int) -> Sampling:
     return ctx.sampling.with_(n=n, stop=tuple(ctx.env.stop))
 
 
+def step_key(env: Environment, text: str) -> str:
+    """What makes two sibling steps the same step: the environment's ``step_key`` (reasoning: the text without
+    spaces, case or a closing period), else the text with its runs of whitespace made one space."""
+    key = getattr(env, "step_key", None)
+    return key(text) if callable(key) else " ".join(text.split())
+
+
 async def add_step(tree: Tree, states: dict[int, State], parent: int, ctx: SearchContext, text: str,
                    token_ids: Sequence[int] | None, *, logprob: float = 0.0, finish_reason: str = "stop",
                    ended: bool = False) -> int | None:
     """The one way a step enters a tree: through ``env.step``, merged with a sibling of the same text.
 
     Expansion, Monte Carlo completions, flat sampling and given solutions all come here, so merging,
-    truncation and rewards follow one rule. A merged step adds to its sibling's ``samples`` (the count of
-    times the policy wrote it). ``token_ids``: what the policy generated (None for a step given as text).
+    truncation and rewards follow one rule. Siblings merge when their ``step_key`` is the same (not only the
+    same text: "3+4=7" and "3 + 4 = 7." are one step, and budget is not spent valuing it twice); a merged step
+    adds to its sibling's ``samples`` (the count of times the policy wrote it) and to the tree's
+    ``meta["merged_samples"]``. ``token_ids``: what the policy generated (None for a step given as text).
     Returns the node (new or merged), or None for an empty step that did not end the sequence.
     """
     before = states[parent]
@@ -99,9 +112,11 @@ async def add_step(tree: Tree, states: dict[int, State], parent: int, ctx: Searc
     step_text = tr.state.steps[-1]
     if not step_text and not ended:
         return None  # an empty step carries no information
+    key = step_key(ctx.env, step_text)
     for c in tree.children(parent, kind=None):
-        if tree.text[c] == step_text:
+        if step_key(ctx.env, tree.text[c]) == key:
             tree.samples[c] += 1
+            tree.meta["merged_samples"] = tree.meta.get("merged_samples", 0) + 1
             return c
     after = tr.state
     if after.token_ids[:len(before.token_ids)] != before.token_ids or not after.text.startswith(before.text):
@@ -159,7 +174,7 @@ def set_priors(tree: Tree, children: list[int], temperature: float = 1.0) -> Non
 
 
 async def rollouts(tree: Tree, states: dict[int, State], node: int, ctx: SearchContext, n: int,
-                   truncated_reward: float = 0.0) -> list[tuple[int, float]]:
+                   truncated_reward: float = 0.0, costs: list[int] | None = None) -> list[tuple[int, float]]:
     """Complete the episode from ``node`` ``n`` times and add every completion to the tree.
 
     Each completion is inserted step by step (``add_step``), merging with existing nodes, so nothing
@@ -169,7 +184,9 @@ async def rollouts(tree: Tree, states: dict[int, State], node: int, ctx: SearchC
     (an agent) each completion alternates one action and the environment's observation until the episode
     ends or ``rollout_max_tokens`` are spent, the ``n`` of them in flight together. The outcomes are also
     counted in ``node``'s ``mc_correct``/``mc_total``. Returns ``(last node, reward)`` per completion
-    (``truncated_reward`` when it ended without an answer). A final node is its own outcome.
+    (``truncated_reward`` when it ended without an answer). A final node is its own outcome. ``costs``, when
+    given, receives each completion's generated tokens in the same order (what flat sampling's equal-spend cut
+    reads).
     """
     if tree.is_final(node):
         r = leaf_value(tree, node, truncated_reward)
@@ -177,7 +194,8 @@ async def rollouts(tree: Tree, states: dict[int, State], node: int, ctx: SearchC
     if n <= 0:
         return []
     if getattr(ctx.env, "interactive", False):
-        lasts = list(await asyncio.gather(*(play_out(tree, states, node, ctx) for _ in range(n))))
+        played = await asyncio.gather(*(play_out(tree, states, node, ctx) for _ in range(n)))
+        lasts, spent = [last for last, _ in played], [tokens for _, tokens in played]
     else:
         # no step boundary, but an env may say where an episode is over (code: the body ended), so a
         # completion does not run on past it
@@ -186,6 +204,9 @@ async def rollouts(tree: Tree, states: dict[int, State], node: int, ctx: SearchC
         results = await ctx.policy.generate([ctx.env.render(states[node])], params)
         record_generation(tree, results)
         lasts = [await add_completion(tree, states, node, ctx, c) for c in results[0]]
+        spent = [c.n_tokens for c in results[0]]
+    if costs is not None:
+        costs.extend(spent)
     out = []
     for last in lasts:
         reward = leaf_value(tree, last, truncated_reward) if last != node else None
@@ -202,9 +223,10 @@ def succeeded(tree: Tree, node: int, threshold: float = 1.0) -> bool:
     return bool(tree.terminated[node]) and is_success(tree.reward[node], tree.info[node], threshold)
 
 
-async def play_out(tree: Tree, states: dict[int, State], node: int, ctx: SearchContext) -> int:
+async def play_out(tree: Tree, states: dict[int, State], node: int, ctx: SearchContext) -> tuple[int, int]:
     """One multi-turn completion from ``node``: action, observation, action, ... until a final node or until
-    it has generated ``rollout_max_tokens``; returns the last node reached (every step is in the tree)."""
+    it has generated ``rollout_max_tokens``; returns the last node reached (every step is in the tree) and
+    the tokens it generated."""
     spent = 0
     while not tree.is_final(node) and spent < ctx.rollout_max_tokens:
         params = step_params(ctx, 1).with_(max_tokens=min(ctx.sampling.max_tokens, ctx.rollout_max_tokens - spent))
@@ -218,7 +240,7 @@ async def play_out(tree: Tree, states: dict[int, State], node: int, ctx: SearchC
         if child is None:
             break
         node = child
-    return node
+    return node, spent
 
 
 async def add_completion(tree: Tree, states: dict[int, State], node: int, ctx: SearchContext,

@@ -23,6 +23,7 @@ from dataclasses import dataclass
 from treepref.problems import Problem
 from treepref.search.base import (SearchContext, expand, new_tree, over_budget, settings_of, succeeded,
                                   value_by_rollouts)
+from treepref.search.spend import spend_budget
 from treepref.tree import ROOT, Tree
 
 
@@ -49,6 +50,9 @@ class BestFirstConfig:
     check ended, a wrong answer) goes back on the frontier, at its value, to be expanded again; 0: once only."""
     token_budget: int | None = None
     """Stop expanding once the tree has generated this many tokens (None: no limit)."""
+    fill_budget: bool = True
+    """With a ``token_budget``: once the search proper stops short of it, widen the steps of successful paths
+    until it is spent (``search.spend``), drawing on the run's shared pool when there is one."""
 
     def __post_init__(self) -> None:
         if self.k < 1:
@@ -97,7 +101,13 @@ async def best_first(problem: Problem, ctx: SearchContext, cfg: BestFirstConfig 
                 rewidened[node] += 1
                 heapq.heappush(frontier, (-(tree.value(node) or 0.0), node))
 
+    spend = None
+    if cfg.fill_budget and cfg.token_budget is not None:
+        spend = await spend_budget(tree, states, ctx, cfg.token_budget, k=cfg.k, n_rollouts=cfg.n_rollouts,
+                                   truncated_reward=cfg.truncated_reward, width=cfg.parallel_expansions)
     tree.meta["expansion_order"] = order
     tree.meta["stats"] = {"expansions": len(order), "found_correct": found, "frontier_left": len(frontier),
                           "rewidened": len(order) - len(set(order))}  # expansions of a node again
+    if spend is not None:
+        tree.meta["stats"]["spend"] = spend
     return tree

@@ -22,7 +22,8 @@ so it is undone exactly and a tree never holds a half-finished simulation. A sim
 node another one is expanding awaits that expansion and walks on into its children.
 
 The search stops after ``simulations`` simulations, when the tree has generated ``token_budget`` tokens,
-or when the whole tree is spent.
+or when the whole tree is spent; with a budget left, ``fill_budget`` then widens the steps of successful paths
+until it is spent (``search.spend``).
 """
 
 from __future__ import annotations
@@ -36,6 +37,7 @@ from treepref.envs.base import State
 from treepref.problems import Problem
 from treepref.search.base import (SearchContext, expand, leaf_value, new_tree, over_budget, rollouts, set_priors,
                                   settings_of, succeeded)
+from treepref.search.spend import spend_budget
 from treepref.tree import NO_PARENT, ROOT, Tree
 
 
@@ -84,6 +86,10 @@ class MCTSConfig:
     ``n_rollouts`` completions (``k`` unused), so no sampled token is off a valued path."""
     token_budget: int | None = None
     """Stop starting simulations once the tree has generated this many tokens (None: no limit)."""
+    fill_budget: bool = True
+    """With a ``token_budget``: once the search proper stops short of it, widen the steps of successful paths
+    until it is spent (``search.spend``), drawing on the run's shared pool when there is one. Only where values
+    come from rollouts (``n_rollouts`` >= 1, no other evaluator): the new steps are valued the same way."""
     checkpoint_every: int | None = None
     """Save the search every this many simulations (in the runner: ``RUN/checkpoints/``), so a run stopped
     mid-search resumes it instead of starting over (None: off, right for short searches)."""
@@ -373,8 +379,16 @@ async def mcts(problem: Problem, ctx: SearchContext, cfg: MCTSConfig | None = No
     if saved is not None:
         search.restore(saved["search"])
     await search.run()
+    spend = None
+    by_rollouts = cfg.n_rollouts > 0 and (cfg.evaluator is None or cfg.evaluator["kind"] == "rollouts")
+    if cfg.fill_budget and cfg.token_budget is not None and by_rollouts:
+        spend = await spend_budget(tree, states, ctx, cfg.token_budget, k=cfg.k, n_rollouts=cfg.n_rollouts,
+                                   truncated_reward=cfg.truncated_reward, width=cfg.parallel_simulations,
+                                   prior_temperature=cfg.prior_temperature)
     tree.meta["stats"] = {"simulations": search.started, "final_visits": search.final_visits,
                           "backups": search.done,
                           "expansions": len(search.expanded), "rewidened": sum(search.rewidened.values()),
                           "exhausted": ROOT in search.spent}
+    if spend is not None:
+        tree.meta["stats"]["spend"] = spend
     return tree

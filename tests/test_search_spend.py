@@ -1,0 +1,183 @@
+"""Spending the budget: widening successful paths, the run's shared pool, merged near-duplicate siblings,
+pairs deep in a solution, and flat sampling cut back to a search's spend."""
+
+from __future__ import annotations
+
+import asyncio
+import itertools
+
+import pytest
+
+from test_search_common import make_ctx, node_by_steps, run
+from treepref.backends.scripted import EOS
+from treepref.extract import export
+from treepref.extract.quality import pair_label_quality
+from treepref.problems import Problem
+from treepref.runner import load_trees, run_problems
+from treepref.search.base import expand, new_tree
+from treepref.search.best_first import BestFirstConfig, best_first
+from treepref.search.mcts import MCTSConfig, mcts
+from treepref.search.sample import SampleConfig, first_solutions, sample
+from treepref.search.spend import TokenPool, successful_path_nodes
+from treepref.tree import ROOT
+
+ONE_PLUS_ONE = Problem("p1", "What is 1 + 1?", answer="2")
+
+
+def endless_wrong_answers():
+    """Root: one step, "1 + 1 = 2". Below it each request's first sample is the right answer and every other
+    sample a wrong answer never written before, so widening that node always finds something new."""
+    wrong = itertools.count(3)
+    return lambda steps: ["1 + 1 = 2"] if not steps else ["The answer is 2." + EOS, f"The answer is {next(wrong)}." + EOS]
+
+
+def test_a_tree_whose_search_ends_early_keeps_widening_until_its_budget():
+    # Hand count (PLAIN: a word with its trailing whitespace is a token; the delimiter rides on the last one):
+    # the search proper expands the root (k=2: "1 + 1 = 2" twice, 2 x 5 tokens; both merged, so the request is
+    # made once more: 10 more), values its one child by one completion ("The answer is 2." = 4) and expands
+    # that child (the right answer and a wrong one, 2 x 4): 32 tokens, and its frontier is empty.
+    cfg = dict(k=2, n_rollouts=1, stop_at_correct=False)
+    short = run(best_first(ONE_PLUS_ONE, make_ctx(endless_wrong_answers()), BestFirstConfig(**cfg, fill_budget=False,
+                                                                                           token_budget=60)))
+    assert short.meta["generated_tokens"] == 32
+    tree = run(best_first(ONE_PLUS_ONE, make_ctx(endless_wrong_answers()), BestFirstConfig(**cfg, token_budget=60)))
+    # Widening, least widened first, then deepest: "1 + 1 = 2" (8 tokens: 40), the root (10: 50; both samples
+    # merged into "1 + 1 = 2"), "1 + 1 = 2" (58), the root again (68, the first count >= 60; a second round
+    # that wrote nothing new retires it)
+    assert tree.meta["generated_tokens"] == 68
+    assert tree.meta["stats"]["spend"] == {"rounds": 4, "widened": 2, "retired": 1, "drawn": 0, "deposited": 0}
+    step = node_by_steps(tree, ["1 + 1 = 2"])
+    answers = [tree.text[c] for c in tree.children(step)]
+    assert answers[0] == "The answer is 2." and len(answers) == len(set(answers)) == 2 + 2
+    # each wrong answer is a final child valued by its reward; the right one was written again each round and
+    # backed up each time, so the step's value stays the mean of what the policy wrote below it
+    assert [tree.value(c) for c in tree.children(step)] == [1.0, 0.0, 0.0, 0.0]
+    # backed up through it: its completion (1) and two children (1, 0); round one (1, 0); the root's round
+    # (its two samples merged into the step: the step's value then, 3 / 5, twice); round three (1, 0); the
+    # root's second round (the value then, 5.2 / 9, twice)
+    assert tree.samples[tree.children(step)[0]] == 4 and tree.visits[step] == 11  # written by the completion too
+    assert tree.value(step) == pytest.approx((5.2 + 2 * 5.2 / 9) / 11)
+
+
+def test_mcts_spends_its_budget_too_and_not_without_one():
+    cfg = dict(simulations=3, k=2, n_rollouts=1)
+    tree = run(mcts(ONE_PLUS_ONE, make_ctx(endless_wrong_answers()), MCTSConfig(**cfg, token_budget=80)))
+    assert 80 <= tree.meta["generated_tokens"] < 80 + 10  # within one round (at most 10 tokens) past it
+    assert tree.meta["stats"]["spend"]["rounds"] > 0
+    free = run(mcts(ONE_PLUS_ONE, make_ctx(endless_wrong_answers()), MCTSConfig(**cfg)))
+    assert "spend" not in free.meta["stats"] and free.meta["generated_tokens"] < 80
+
+
+def test_nothing_is_widened_where_no_path_succeeded():
+    tree = run(best_first(Problem("p", "What is 1 + 1?", answer="-1"), make_ctx(endless_wrong_answers()),
+                          BestFirstConfig(k=2, n_rollouts=1, stop_at_correct=False, token_budget=60)))
+    assert successful_path_nodes(tree) == set()
+    assert tree.meta["stats"]["spend"]["rounds"] == 0 and tree.meta["generated_tokens"] == 32
+
+
+def test_the_run_pool_moves_what_an_unsolved_tree_left_to_a_tree_that_can_use_it(tmp_path):
+    # "-1" is never written: that tree has no successful path, spends 32 of its 60 and leaves 28
+    problems = [Problem("solved", "What is 1 + 1?", answer="2"), Problem("unsolved", "What is 1 + 1?", answer="-1")]
+    cfg = BestFirstConfig(k=2, n_rollouts=1, stop_at_correct=False, token_budget=60)
+    run(run_problems(problems, best_first, cfg, make_ctx(endless_wrong_answers()), tmp_path / "shared",
+                     concurrency=2, progress=False, share_budget=True))
+    trees = {t.problem_id: t for t in load_trees(tmp_path / "shared")}
+    solved, unsolved = trees["solved"], trees["unsolved"]
+    assert unsolved.meta["generated_tokens"] == 32 and unsolved.meta["stats"]["spend"]["deposited"] == 28
+    spend = solved.meta["stats"]["spend"]
+    assert spend["drawn"] == 28  # all of it, in grants of at most 60 // 4 = 15
+    # 60 + 28 = 88 to spend: after 68 (as alone; the root is retired), rounds of 8 reach 92; nothing is left
+    assert solved.meta["generated_tokens"] == 92 and spend["deposited"] == 0
+    alone = tmp_path / "alone"
+    run(run_problems(problems, best_first, cfg, make_ctx(endless_wrong_answers()), alone, concurrency=2,
+                     progress=False))
+    assert {t.problem_id: t.meta["generated_tokens"] for t in load_trees(alone)} == {"solved": 68, "unsolved": 32}
+
+
+def test_the_pool_gives_nothing_once_every_open_tree_is_waiting():
+    async def go():
+        pool = TokenPool()
+        pool.open()
+        pool.open()
+        first = asyncio.ensure_future(pool.draw(10))
+        await asyncio.sleep(0)
+        assert not first.done()  # the other tree may still deposit
+        await pool.deposit(4)
+        assert await first == 4
+        second = asyncio.ensure_future(pool.draw(10))
+        await asyncio.sleep(0)
+        await pool.close()  # the other tree finished without depositing: nobody else can
+        assert await second == 0
+        return pool
+
+    pool = run(go())
+    assert (pool.deposited, pool.granted, pool.available) == (4, 4, 0)
+
+
+def test_near_duplicate_siblings_are_merged_and_counted():
+    ctx = make_ctx({(): ["1 + 1 = 2", "1+1=2", "1 + 1 = 2.", "1 +  1 = 2", "1 + 1 = 3"]})
+    tree, states = new_tree(ONE_PLUS_ONE, ctx, "test", {})
+    children = run(expand(tree, states, ROOT, ctx, k=5))
+    assert [tree.text[c] for c in children] == ["1 + 1 = 2", "1 + 1 = 3"]
+    assert [tree.samples[c] for c in children] == [4, 1]
+    assert tree.meta["merged_samples"] == 3
+    assert tree.meta["generated_tokens"] == 5 + 1 + 5 + 5 + 5  # every sample's tokens are still spent
+
+
+THREE_STEPS = Problem("arith", "Compute (1 + 1) * 3 - 2. Work one operation per step.", answer="4",
+                      meta={"difficulty": 3, "expression": "(1 + 1) * 3 - 2", "intermediates": [2, 6, 4],
+                            "steps": ["1 + 1 = 2", "2 * 3 = 6", "6 - 2 = 4"]})
+
+
+def three_step_script():
+    """The right solution, except that below two right steps every other sample slips ("6 - 2 = 5", then
+    "6 - 2 = 3", ...): the pairs to find lie at depth 3."""
+    slips = itertools.count(5)
+    script = {(): ["1 + 1 = 2"], ("1 + 1 = 2",): ["2 * 3 = 6"], ("1 + 1 = 2", "2 * 3 = 6", "6 - 2 = 4"):
+              ["The answer is 4." + EOS]}
+
+    def next_steps(steps):
+        if steps == ("1 + 1 = 2", "2 * 3 = 6"):
+            return ["6 - 2 = 4", f"6 - 2 = {next(slips)}"]
+        return script.get(steps, [])
+    return next_steps
+
+
+def test_a_pair_at_depth_three_is_extracted_under_its_right_prefix():
+    ctx = make_ctx(three_step_script(), step_check="arithmetic")
+    tree = run(best_first(THREE_STEPS, ctx, BestFirstConfig(k=2, n_rollouts=1, stop_at_correct=False,
+                                                              token_budget=200)))
+    ds, _ = export([tree], "step_pairs", rule="max_min", prefix="value", exact_rejected="judged")
+    rows = list(ds)
+    deep = [r for r in rows if r["depth"] == 3]
+    assert deep, [(r["depth"], r["chosen"], r["rejected"]) for r in rows]
+    assert all(r["prefix_steps"] == ["1 + 1 = 2", "2 * 3 = 6"] for r in deep)
+    assert all(r["chosen"].startswith("6 - 2 = 4") and r["rejected"].startswith("6 - 2 = ") for r in deep)
+    quality = pair_label_quality(deep, {THREE_STEPS.id: THREE_STEPS})
+    assert quality["good"] == quality["pairs"] == len(deep)
+    # margin pairs: the right step against every slip the widening wrote below the same prefix
+    margin, stats = export([tree], "step_pairs", rule="margin", prefix="value", exact_rejected="judged")
+    slips = [c for c in tree.children(node_by_steps(tree, ["1 + 1 = 2", "2 * 3 = 6"])) if tree.value(c) == 0.0]
+    assert sum(r["depth"] == 3 for r in margin) == len(slips) >= 3
+    assert stats["depth_histogram"] == {"3": len(slips)}
+
+
+def test_flat_sampling_cut_back_to_a_spend_keeps_its_first_solutions():
+    # whole solutions of one step, 4 tokens each: sample i of a request is right for even i, wrong for odd i
+    ctx = make_ctx({(): ["The answer is 2." + EOS, "The answer is 3." + EOS]})
+    tree = run(sample(ONE_PLUS_ONE, ctx, SampleConfig(n=4, token_budget=30)))  # two requests: 8 solutions
+    assert [cost for _, cost, _ in tree.meta["solutions"]] == [4] * 8 and tree.meta["generated_tokens"] == 32
+    right, wrong = node_by_steps(tree, ["The answer is 2."]), node_by_steps(tree, ["The answer is 3."])
+    assert [v for _, _, v in tree.meta["solutions"]] == [1.0, 0.0] * 4
+    cut = first_solutions(tree, 13)  # 12 (three solutions) is nearer 13 than 16 (four)
+    assert cut.meta["generated_tokens"] == 12 and len(cut.meta["solutions"]) == 3
+    assert cut.meta["cut_from_tokens"] == 32
+    r, w = node_by_steps(cut, ["The answer is 2."]), node_by_steps(cut, ["The answer is 3."])
+    assert (cut.samples[r], cut.samples[w]) == (2, 1) and (tree.samples[right], tree.samples[wrong]) == (4, 4)
+    assert (cut.visits[ROOT], cut.value(ROOT), cut.value(r), cut.value(w)) == (3, 2 / 3, 1.0, 0.0)
+    assert (cut.mc_total[ROOT], cut.mc_correct[ROOT]) == (3, 2)
+    assert cut.token_ids[r] == tree.token_ids[right] and cut.prompt_ids(r) == tree.prompt_ids(right)
+    one = first_solutions(tree, 5)  # one solution: the wrong answer is not in the trie
+    assert len(one) == 2 and one.text[1] == "The answer is 2."
+    assert first_solutions(tree, 1).meta["generated_tokens"] == 0  # nearer nothing than one solution
+    assert first_solutions(tree, 1000).meta["generated_tokens"] == 32
