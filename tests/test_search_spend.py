@@ -4,12 +4,13 @@ pairs deep in a solution, and flat sampling cut back to a search's spend."""
 from __future__ import annotations
 
 import asyncio
+import dataclasses
 import itertools
 
 import pytest
 
 from test_search_common import make_ctx, node_by_steps, run
-from treepref.backends.scripted import EOS
+from treepref.backends.scripted import EOS, ScriptedPolicy
 from treepref.extract import export
 from treepref.extract.quality import pair_label_quality
 from treepref.problems import Problem
@@ -68,30 +69,58 @@ def test_mcts_spends_its_budget_too_and_not_without_one():
     assert "spend" not in free.meta["stats"] and free.meta["generated_tokens"] < 80
 
 
-def test_nothing_is_widened_where_no_path_succeeded():
-    tree = run(best_first(Problem("p", "What is 1 + 1?", answer="-1"), make_ctx(endless_wrong_answers()),
-                          BestFirstConfig(k=2, n_rollouts=1, stop_at_correct=False, token_budget=60)))
+class ByQuestion:
+    """Two scripted worlds behind one policy: a prompt that asks ``question`` goes to ``inner``, any other to
+    ``other`` (the runner shares one policy between problems)."""
+
+    def __init__(self, question: str, inner: ScriptedPolicy, other: ScriptedPolicy):
+        self.question, self.inner, self.other = question, inner, other
+
+    def __getattr__(self, name):
+        return getattr(self.inner, name)
+
+    async def generate(self, prompts, params):
+        policy = self.inner if self.question in self.inner.decode(prompts[0]) else self.other
+        return await policy.generate(prompts, params)
+
+
+def always_wrong(steps):
+    return ["1 + 1 = 2"] if not steps else ["The answer is 3." + EOS]
+
+
+def test_a_tree_with_no_successful_path_widens_its_deepest_open_nodes_until_nothing_new_comes():
+    # the search proper: 20 (root, as above) + 4 (completion) + 16 (the child's two samples merged, so asked
+    # twice): 40. Widening, deepest first: the step (8: 48), the root (10: 58), the step again (66: its second
+    # round with nothing new retires it), the root again (76: retired): nothing is left open
+    tree = run(best_first(ONE_PLUS_ONE, make_ctx(always_wrong), BestFirstConfig(k=2, n_rollouts=1,
+                                                                                stop_at_correct=False,
+                                                                                token_budget=100)))
     assert successful_path_nodes(tree) == set()
-    assert tree.meta["stats"]["spend"]["rounds"] == 0 and tree.meta["generated_tokens"] == 32
+    assert tree.meta["generated_tokens"] == 76
+    assert tree.meta["stats"]["spend"] == {"rounds": 4, "widened": 2, "retired": 2, "drawn": 0, "deposited": 0}
 
 
 def test_the_run_pool_moves_what_an_unsolved_tree_left_to_a_tree_that_can_use_it(tmp_path):
-    # "-1" is never written: that tree has no successful path, spends 32 of its 60 and leaves 28
-    problems = [Problem("solved", "What is 1 + 1?", answer="2"), Problem("unsolved", "What is 1 + 1?", answer="-1")]
-    cfg = BestFirstConfig(k=2, n_rollouts=1, stop_at_correct=False, token_budget=60)
-    run(run_problems(problems, best_first, cfg, make_ctx(endless_wrong_answers()), tmp_path / "shared",
-                     concurrency=2, progress=False, share_budget=True))
-    trees = {t.problem_id: t for t in load_trees(tmp_path / "shared")}
-    solved, unsolved = trees["solved"], trees["unsolved"]
-    assert unsolved.meta["generated_tokens"] == 32 and unsolved.meta["stats"]["spend"]["deposited"] == 28
+    # the unsolved tree spends 76 of its 100 (as above) and leaves 24 to the pool
+    problems = [Problem("solved", "What is 1 + 1?", answer="2"), Problem("unsolved", "What is 2 - 1?", answer="1")]
+    cfg = BestFirstConfig(k=2, n_rollouts=1, stop_at_correct=False, token_budget=100)
+
+    def ctx():
+        c = make_ctx(endless_wrong_answers())
+        return dataclasses.replace(c, policy=ByQuestion("What is 1 + 1?", c.policy, ScriptedPolicy(always_wrong)))
+
+    run(run_problems(problems, best_first, cfg, ctx(), tmp_path / "alone", concurrency=2, progress=False))
+    alone = {t.problem_id: t for t in load_trees(tmp_path / "alone")}
+    # the solved tree alone: 68 as in the first test, then rounds of 8 (the root is retired) to 100
+    assert {p: t.meta["generated_tokens"] for p, t in alone.items()} == {"solved": 100, "unsolved": 76}
+    run(run_problems(problems, best_first, cfg, ctx(), tmp_path / "shared", concurrency=2, progress=False,
+                     share_budget=True))
+    shared = {t.problem_id: t for t in load_trees(tmp_path / "shared")}
+    solved, unsolved = shared["solved"], shared["unsolved"]
+    assert unsolved.meta["generated_tokens"] == 76 and unsolved.meta["stats"]["spend"]["deposited"] == 24
     spend = solved.meta["stats"]["spend"]
-    assert spend["drawn"] == 28  # all of it, in grants of at most 60 // 4 = 15
-    # 60 + 28 = 88 to spend: after 68 (as alone; the root is retired), rounds of 8 reach 92; nothing is left
-    assert solved.meta["generated_tokens"] == 92 and spend["deposited"] == 0
-    alone = tmp_path / "alone"
-    run(run_problems(problems, best_first, cfg, make_ctx(endless_wrong_answers()), alone, concurrency=2,
-                     progress=False))
-    assert {t.problem_id: t.meta["generated_tokens"] for t in load_trees(alone)} == {"solved": 68, "unsolved": 32}
+    # 100 + 24 = 124 to spend, drawn in grants of at most 100 // 4 = 25: rounds of 8 from 100 reach 124
+    assert spend["drawn"] == 24 and solved.meta["generated_tokens"] == 124 and spend["deposited"] == 0
 
 
 def test_the_pool_gives_nothing_once_every_open_tree_is_waiting():

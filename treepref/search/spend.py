@@ -7,13 +7,15 @@ the solution. So once the search proper is over, ``spend_budget`` samples ``k`` 
 successful paths (progressive widening by budget): each slip or wrong answer it writes is a rejected step
 under a prefix that reached the answer, each new step that is not final is valued by rollouts (and, when one
 of them succeeds, its path is widened in turn). The least widened node goes first and, among equals, the
-deepest, so the budget reaches the depths flat sampling rarely compares. A node is retired after ``patience``
+deepest, so the budget reaches the depths flat sampling rarely compares. A tree with no successful path to
+widen widens its deepest open nodes instead (every step above them passed the environment's checks), so the
+completions that value their new steps look for a success where the search got furthest. A node is retired after ``patience``
 rounds in a row that wrote nothing new under it (every sample merged into a sibling): the policy has nothing
 more to say there.
 
 Across problems, a ``TokenPool`` (``SearchContext.pool``, one per run) moves what trees leave unspent to trees
-that still have somewhere to widen: a tree with no successful path, or whose nodes are all retired, deposits
-its remainder and finishes; a tree that reached its own budget draws from the pool round by round.
+that still have a successful path to widen: a tree whose nodes are all retired deposits its remainder and
+finishes; a tree that reached its own budget with a successful path open draws from the pool round by round.
 """
 
 from __future__ import annotations
@@ -99,9 +101,15 @@ async def spend_budget(tree: Tree, states: dict[int, State], ctx: SearchContext,
     def spent() -> int:
         return tree.meta.get("generated_tokens", 0)
 
-    def candidates() -> list[int]:
-        nodes = [n for n in successful_path_nodes(tree, ctx.success) if n not in retired and n in states]
-        return sorted(nodes, key=lambda n: (widened[n], -tree.depth[n], n))
+    def candidates() -> tuple[list[int], bool]:
+        """The nodes to widen next, and whether they lie on successful paths. Without one open there, the
+        deepest nodes that are not final (every step above them passed the environment's checks) are
+        widened instead: their new steps' completions look for a success where the search got furthest."""
+        mining = [n for n in successful_path_nodes(tree, ctx.success) if n not in retired and n in states]
+        if mining:
+            return sorted(mining, key=lambda n: (widened[n], -tree.depth[n], n)), True
+        probing = [n for n in states if n not in retired and not tree.is_final(n)]
+        return sorted(probing, key=lambda n: (widened[n], -tree.depth[n], n)), False
 
     async def widen(node: int) -> None:
         before = {c: tree.samples[c] for c in tree.children(node, kind=None)}
@@ -126,11 +134,11 @@ async def spend_budget(tree: Tree, states: dict[int, State], ctx: SearchContext,
         await value_by_rollouts(tree, states, new, ctx, n_rollouts, truncated_reward)
 
     while True:
-        nodes = candidates()
+        nodes, mining = candidates()
         if not nodes:
             break
         if spent() >= limit:
-            if ctx.pool is None:
+            if ctx.pool is None or not mining:  # only a tree with a successful path to widen draws more
                 break
             grant = await ctx.pool.draw(max(1, budget // 4))
             if not grant:
