@@ -92,6 +92,10 @@ def main(argv: list[str] | None = None) -> int:
                      help="an environment option, e.g. --set max_depth=4")
     chk.add_argument("--problems", help="problems source (default: the environment's own; seeds for a user's class)")
     chk.add_argument("--count", type=int, default=4, help="problems to walk")
+    chk.add_argument("--tasks", metavar="JSON",
+                     help='reset options of the seeds walked: a JSON mapping or list of them, e.g. \'[{"item": "key"}]\'')
+    chk.add_argument("--success", type=float, default=1.0,
+                     help="the reward counted as solved where the environment does not say (env.success)")
 
     args = parser.parse_args(argv)
     commands = {"generate": _generate, "extract": _extract, "train": _train, "evaluate": _evaluate,
@@ -113,16 +117,20 @@ def _check_env(args) -> int:
 
     try:
         env = build_env(args.env, _set_options(args.overrides), source="check-env")
-        problems, _ = build_problems(args.problems or default_problems(args.env), count=args.count)
+        tasks = {} if args.tasks is None else {"options": _json_option("--tasks", args.tasks)}
+        problems, _ = build_problems(args.problems or default_problems(args.env), count=args.count, **tasks)
     except (EnvError, ValueError) as exc:
         raise UserInputError(str(exc)) from None
-    report = check(env, problems)
-    print(f"treepref: {report.env}: {report.problems} problems, {report.steps} steps, "
-          f"{report.episodes_ended} episodes ended")
-    for failure in report.failures:
-        print(f"  FAIL {failure}")
-    print("treepref: conforms" if report.ok else f"treepref: {len(report.failures)} check(s) failed")
+    report = check(env, problems, success=args.success)
+    print("\n".join(report.lines()))
     return 0 if report.ok else 1
+
+
+def _json_option(flag: str, text: str):
+    try:
+        return json.loads(text)
+    except ValueError as exc:
+        raise UserInputError(f"{flag}: not JSON ({exc})") from None
 
 
 def _summary(doc: str | None) -> str:
@@ -176,6 +184,10 @@ def _generate(args) -> int:
     from treepref.run_folder import RecipeMismatch, check_recipe, fingerprint, start_attempt, write_recipe
 
     try:
+        from treepref.config import env_settings
+        from treepref.envs import probe_env
+
+        probe_env(cfg.env.name, env_settings(cfg), problems, cfg.source)  # a constructor or reset that fails
         check_model(cfg.model.name)
         if cfg.run.executor == "ray":
             from treepref.executors import require_ray
@@ -420,6 +432,10 @@ def _export(run: Path, cfg: Config, formats, rule, value, layout, options) -> di
                              few_shot=shots, **per_format[fmt])
         results[fmt] = {k: stats[k] for k in ("rows", "mean_rows_per_problem", "share_with_rows",
                                               "generated_tokens_per_row") if k in stats}
+        if takes_rule and not stats.get("rows"):  # say why, where the rows cannot
+            from treepref.explain import zero_pairs_reason
+
+            results[fmt]["why"] = zero_pairs_reason(trees, cfg.env.success, per_format[fmt])
         if cfg.problems.source == "arithmetic" and fmt in _STEP_PAIR_FORMATS:
             results[fmt]["label_quality"] = _label_quality(run / "exports" / fmt, trees, cfg)
     return results
@@ -570,6 +586,8 @@ def _print_summary(result: dict) -> None:
         quality = stats.get("label_quality")
         if quality and quality.get("pairs"):
             line += f", {quality['good']} good by the exact checker ({quality['good_share']:.0%})"
+        if stats.get("why"):
+            line = stats["why"]
         table.add_row(f"export {fmt}", line)
     out = result["output"]
     table.add_row("wrote", str(out))

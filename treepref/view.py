@@ -147,6 +147,16 @@ def _prompt_text(prompt) -> str:
     return str(prompt)
 
 
+def opening(tree: Tree) -> str:
+    """What the policy was shown first: the task's user turn (an environment's opening observation, where the
+    task is stated, included) when the tree recorded its chat turns, else the problem's prompt."""
+    meta = tree.meta if isinstance(tree.meta, dict) else {}
+    users = [m.get("content", "") for m in meta.get("messages") or () if isinstance(m, dict) and m.get("role") == "user"]
+    prompt = _prompt_text(tree.prompt)
+    last = str(users[-1]).strip() if users else ""
+    return last if last and prompt.strip() in last else prompt  # never less than the problem's own text
+
+
 def tree_data(tree: Tree, rows: list[dict] | None) -> dict:
     """One tree as the page reads it."""
     nodes = []
@@ -159,7 +169,7 @@ def tree_data(tree: Tree, rows: list[dict] | None) -> dict:
     path, rule = best_path(tree)
     pairs, missed = match_pairs(tree, rows) if rows is not None else ([], 0)
     meta = tree.meta if isinstance(tree.meta, dict) else {}
-    return {"id": tree.problem_id, "prompt": _prompt_text(tree.prompt), "answer": tree.answer,
+    return {"id": tree.problem_id, "prompt": opening(tree), "answer": tree.answer,
             "search": meta.get("search"), "stats": _finite(meta.get("stats")),
             "nodes": nodes, "best_path": path, "best_rule": rule, "pairs": pairs, "unmatched_pairs": missed}
 

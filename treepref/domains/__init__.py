@@ -33,7 +33,7 @@ def _split_path(path: str | Path | None, split: str | None, source: str) -> Path
 def build_problems(source: str, *, count: int | None = None, seed: int = 0, difficulty: int = 3,
                    path: str | Path | None = None, split: str | None = None, task: str | None = None,
                    id_field: str = "id", prompt_field: str = "prompt", answer_field: str | None = "answer",
-                   options: dict | None = None) -> tuple[list[Problem], list[ProblemError]]:
+                   options: dict | list | None = None) -> tuple[list[Problem], list[ProblemError]]:
     """Problems from a named source; the CLI passes its YAML ``problems:`` section as keywords.
 
     - ``arithmetic``: built-in multi-step arithmetic; ``count`` (default 100), ``seed``, ``difficulty``
@@ -57,7 +57,8 @@ def build_problems(source: str, *, count: int | None = None, seed: int = 0, diff
     - ``code``: a code problems file (``path``), each row in HumanEval's layout or MBPP's (``text``,
       ``code``, ``test_list``); see ``treepref.domains.code``.
     - ``seeds``: ``count`` (default 16) episodes of a user's environment, reset with seeds ``seed``,
-      ``seed + 1``, ... (``meta["seed"]``).
+      ``seed + 1``, ... (``meta["seed"]``); ``options``: the reset options (``meta["options"]``), one dict
+      for every episode or a list of them, ``count`` episodes each (ids ``item=lamp-seed-3``).
 
     ``count`` on file sources keeps the first ``count`` good problems (file order, so runs are
     reproducible). ``split`` picks ``{path}/{split}.jsonl``, ``{path}/{split}.parquet`` or ``{path}/{split}/``.
@@ -83,9 +84,8 @@ def build_problems(source: str, *, count: int | None = None, seed: int = 0, diff
         from treepref.envs.tools import load_tasks
 
         return load_tasks(count, seed, **(options or {})), errors
-    if name == "seeds":  # episodes of a user's environment: one problem per reset seed
-        n = 16 if count is None else count
-        return [Problem(f"seed-{seed + i}", "", meta={"seed": seed + i}) for i in range(n)], errors
+    if name == "seeds":  # episodes of a user's environment: one problem per reset seed (and task)
+        return seed_problems(16 if count is None else count, seed, options), errors
     if name == "reasoning_gym":
         from treepref.domains.reasoning_gym import load_reasoning_gym
 
@@ -124,3 +124,19 @@ def build_problems(source: str, *, count: int | None = None, seed: int = 0, diff
         raise ValueError(f"unknown problems source {source!r}; choose one of {', '.join(SOURCES)}")
     return (problems if count is None else problems[:count]), errors
 
+
+
+def seed_problems(count: int, seed: int = 0, options: dict | list | None = None) -> list[Problem]:
+    """Episodes of a user's environment: ``count`` seeds from ``seed`` for each task in ``options`` (the
+    ``reset`` options: a dict, a list of dicts, or None for plain seeds)."""
+    tasks = options if isinstance(options, list) else [options]
+    for t in tasks:
+        if t is not None and not isinstance(t, dict):
+            raise ValueError(f"seeds: options must be a mapping of reset options or a list of them, got {t!r}")
+    out = []
+    for task in tasks:
+        label = "-".join(f"{k}={v}" for k, v in sorted(task.items())) if task else ""
+        for i in range(count):
+            meta = {"seed": seed + i} if task is None else {"seed": seed + i, "options": task}
+            out.append(Problem(f"{label}-seed-{seed + i}" if label else f"seed-{seed + i}", "", meta=meta))
+    return out

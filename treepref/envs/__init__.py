@@ -14,6 +14,8 @@ import importlib
 import inspect
 from typing import Any
 
+from treepref.envs.base import EnvError  # a bad name or option, or a user's env that fails: one line
+
 # name -> (module, class, the problems source its tasks come from)
 ENVS: dict[str, tuple[str, str, str]] = {
     "reasoning": ("treepref.envs.reasoning", "ReasoningEnv", "arithmetic"),
@@ -25,10 +27,6 @@ ENVS: dict[str, tuple[str, str, str]] = {
 
 # What the engine sets itself (from the policy), never an option.
 BOUND = ("template", "tokenizer", "factory", "env_kwargs")
-
-
-class EnvError(ValueError):
-    """A bad environment name or option (one line, naming where it came from)."""
 
 
 def env_class(name: str, source: str = "<env>") -> type:
@@ -78,6 +76,12 @@ def check_options(cls: type, options: dict, source: str, name: str) -> dict:
             raise EnvError(f"{source}: unknown option env.options.{key} for environment {name!r}; "
                            f"known options: {', '.join(known) or 'none'}")
         default = known.get(key)
+        if key == "demos":  # a count of the environment's own worked episodes, a JSONL file or a list of them
+            if isinstance(value, bool) or not isinstance(value, (int, str, list)):
+                raise EnvError(f"{source}: env.options.demos must be a count, a JSONL file of worked episodes "
+                               f"or a list of them, got {value!r}")
+            out[key] = value
+            continue
         if isinstance(default, bool) and not isinstance(value, bool):
             raise EnvError(f"{source}: env.options.{key} must be true or false, got {value!r}")
         if isinstance(default, (int, float)) and not isinstance(default, bool) and (
@@ -91,7 +95,7 @@ def check_options(cls: type, options: dict, source: str, name: str) -> dict:
     return out
 
 
-ADAPTER = ("max_depth", "max_tokens", "system", "live_cache")  # a stateful class's settings the adapter takes
+ADAPTER = ("max_depth", "max_tokens", "system", "live_cache", "demos", "partial_actions")  # a stateful class's settings the adapter takes
 
 
 def _split(cls: type, options: dict, source: str, name: str) -> tuple[dict, dict]:
@@ -125,5 +129,23 @@ def build_env(name: str, options: dict | None = None, *, policy=None, source: st
             return GymTextEnv(factory=cls, env_kwargs=own, **adapter, **bound)
         fields = {f.name for f in dataclasses.fields(cls)} if dataclasses.is_dataclass(cls) else set()
         return cls(**own, **{k: v for k, v in bound.items() if k in fields})
+    except EnvError as exc:
+        raise EnvError(f"{source}: {exc}") from None
     except (TypeError, ValueError) as exc:
         raise EnvError(f"{source}: environment {name!r}: {exc}") from None
+
+
+def probe_env(name: str, options: dict | None, problems: list, source: str = "<env>") -> None:
+    """Build ``name`` and reset it for the first of ``problems``, so a constructor or a ``reset`` that fails
+    is one ``EnvError`` before a run starts (or a model loads), not a traceback in every search."""
+    from treepref.envs.gym import is_stateful
+
+    if not is_stateful(env_class(name, source)):
+        return  # the built-in environments and functional classes build nothing that can fail here
+    env = build_env(name, options, source=source)
+    if problems:
+        try:
+            env.start(problems[0])
+            env.demonstrations(problems[0])
+        except EnvError as exc:
+            raise EnvError(f"{source}: {exc}") from None

@@ -81,9 +81,29 @@ class Environment(Protocol):
         ...
 
 
+class EnvError(ValueError):
+    """A bad environment name or option, or a user's environment that cannot be built, reset, stepped or
+    asked: one line, naming where it came from."""
+
+
+SUCCESS_KEYS = ("success", "is_success")  # treepref's own word, then Gymnasium's (``info["is_success"]``)
+
+
 def is_success(reward: float | None, info: dict | None, threshold: float = 1.0) -> bool:
-    """Whether a final state succeeded: the environment's ``info["success"]`` when it says, else reward ≥
-    ``threshold`` (the one rule; searches and exports both ask here)."""
-    if info and info.get("success") is not None:
-        return bool(info["success"])
+    """Whether a final state succeeded, by the first rule that applies (the one rule; searches, exports and
+    the viewer all ask here): the environment's ``info["success"]``, else Gymnasium's ``info["is_success"]``,
+    else reward ≥ ``threshold`` (``env.success``, default 1)."""
+    for key in SUCCESS_KEYS:
+        if info and info.get(key) is not None:
+            return bool(info[key])
     return reward is not None and reward >= threshold
+
+
+def success_rule(infos, threshold: float = 1.0) -> str:
+    """Which rule of :func:`is_success` decided for final states with these ``info`` dicts, in words."""
+    infos = [i for i in infos if i]
+    for key, who in zip(SUCCESS_KEYS, ("the environment's", "Gymnasium's")):
+        if any(i.get(key) is not None for i in infos):
+            return f'info["{key}"] ({who} word)'
+    return (f"reward >= {threshold:g} (env.success; the environment set neither info[\"success\"] nor "
+            'info["is_success"])')
