@@ -17,7 +17,7 @@ from test_search_common import PlainPolicy
 from treepref.backends.base import Completion, GenerationStats, Sampling
 from treepref.cli import main
 from treepref.domains import build_problems
-from treepref.envs import EnvError, build_env, probe_env
+from treepref.envs import EnvError, build_env
 from treepref.envs.base import is_success
 from treepref.envs.check import check
 from treepref.problems import Problem, load_problems
@@ -236,6 +236,8 @@ def test_a_failing_constructor_or_reset_is_one_line_naming_the_class_and_option(
     assert main(["check-env", HOUSE, "--tasks", '{"item": "sword"}', "--count", "1"]) == 1
     out = capsys.readouterr().out
     assert "Fetch.reset(seed=0, options={'item': 'sword'}) raised ValueError: unknown item 'sword'" in out
+    from treepref.envs import probe_env
+
     with pytest.raises(EnvError, match=r"reset\(seed=0, options=\{'item': 'sword'\}\) raised ValueError"):
         probe_env(HOUSE, {}, tasks(1, [{"item": "sword"}]), "recipe.yaml")
     recipe = tmp_path / "r.yaml"
