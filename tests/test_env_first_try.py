@@ -105,7 +105,7 @@ def test_check_env_catches_a_reset_that_ignores_its_seed():
     assert check(build_env(HOUSE), tasks()).ok  # the adapter's caches alone would have hidden both below
     failures = check(build_env("test_env_first_try:Unseeded"), tasks(2, [TASKS[0]])).failures
     assert any("same seed gave different first observations" in f for f in failures), failures
-    assert all("\n" not in f for f in failures)
+    assert all("\n" not in f for f in failures) and len(failures) == 2  # one reason per problem
     blind = check(build_env("test_env_first_try:SeedBlind"), tasks(3, [TASKS[0]]))
     assert blind.ok and any("does reset use its seed" in n for n in blind.notes)
 
@@ -135,6 +135,9 @@ def test_check_env_summary_lists_endings_rewards_and_the_success_rule(capsys):
     assert re.search(r"endings: .*\d+ solved", out) and "ended unsolved" in out
     assert re.search(r"rewards seen: 0 ×\d+, 1 ×\d+", out)
     assert 'success: info["success"]' in out and "conforms" in out
+    assert "hooks: valid_actions, demonstrations, success\n" in out
+    assert main(["check-env", "test_env_first_try:NoActions", "--count", "1"]) == 1
+    assert "hooks: demonstrations, success (not offered: valid_actions)" in capsys.readouterr().out
 
 
 # -- 5. worked episodes, rendered like real turns ----------------------------------------------------------

@@ -145,7 +145,6 @@ def probe_env(name: str, options: dict | None, problems: list, source: str = "<e
     env = build_env(name, options, source=source)
     if problems:
         try:
-            env.start(problems[0])
-            env.demonstrations(problems[0])
+            env.initial(problems[0])  # the reset, and the worked episodes replayed and rendered before it
         except EnvError as exc:
             raise EnvError(f"{source}: {exc}") from None

@@ -41,6 +41,7 @@ class Report:
     rewards: Counter = field(default_factory=Counter)  # reward -> steps that gave it (None: no reward)
     success_rule: str = ""
     actions: str = "generic"  # what the walks tried: "valid" (the environment's own, and generic) or "generic"
+    hooks: list[str] | None = None  # a stateful class: the hooks (``envs.gym.HOOKS``) it offers
     notes: list[str] = field(default_factory=list)  # worth knowing, not a failure
 
     @property
@@ -66,6 +67,12 @@ class Report:
                f"  success: {self.success_rule or 'no episode ended'}",
                "  actions tried: " + ("the environment's valid actions and generic strings" if self.actions == "valid"
                                       else "generic strings only (the environment offers no valid actions)")]
+        if self.hooks is not None:
+            from treepref.envs.gym import HOOKS
+
+            missing = [h for h in HOOKS if h not in self.hooks]
+            out.append(f"  hooks: {', '.join(self.hooks) or 'none'}" + (f" (not offered: {', '.join(missing)})"
+                                                                       if missing else ""))
         out += [f"  note: {n}" for n in self.notes]
         out += [f"  FAIL {f}" for f in self.failures]
         out.append("treepref: conforms" if self.ok else f"treepref: {len(self.failures)} check(s) failed")
@@ -128,6 +135,8 @@ async def check_environment(env, problems: list[Problem], *, walks: int = 3, max
     rng = random.Random(seed)
     low, high = getattr(env, "reward_range", (float("-inf"), float("inf")))
     fresh = callable(getattr(env, "fresh_episode", None))  # a stateful class: checked past the caches too
+    if callable(getattr(env, "hooks", None)):
+        report.hooks = env.hooks()
     finals: list[dict] = []
     probe: list[str] | None = None  # one walk's actions, replayed from every seed
     episodes: dict[str, tuple] = {}  # problem id -> (its task, what the probe actions gave there)
@@ -143,7 +152,8 @@ async def check_environment(env, problems: list[Problem], *, walks: int = 3, max
             report.fail(f"{problem.id}: {exc}" if isinstance(exc, EnvError) else
                         f"{problem.id}: {type(exc).__name__}: {' '.join(str(exc).split())}")
     tasks = {task for task, _ in episodes.values()}
-    if len(tasks) > 1 and len({outcome for _, outcome in episodes.values()}) == 1:
+    informative = report.actions == "valid" and not report.failures  # generic strings alone change nothing
+    if informative and len(tasks) > 1 and len({outcome for _, outcome in episodes.values()}) == 1:
         report.note(f"all {len(tasks)} seeds gave the same episode for the same {len(probe or [])} action(s): "
                     "does reset use its seed? (fine for a game with no randomness)")
     report.success_rule = success_rule(finals, success) if finals else ""
@@ -175,7 +185,8 @@ async def _check_problem(report: Report, env, problem: Problem, rng: random.Rand
         one, two = env.fresh_episode(problem, [])[0], env.fresh_episode(problem, [])[0]
         if one != two:
             report.fail(f"{problem.id}: reset with the same seed gave different first observations on two fresh "
-                        f"objects ({one[:40]!r} vs {two[:40]!r}): reset must seed every random choice it makes")
+                        f"objects ({_diff(one, two)}): reset must seed every random choice it makes")
+            fresh = False  # every replay would differ too: one reason is enough
     walked = []
     for _ in range(walks):
         state, last, taken = first, None, []
@@ -211,15 +222,15 @@ async def _check_problem(report: Report, env, problem: Problem, rng: random.Rand
         report.episodes_ended += int(ended)
         if not ended and hasattr(env, "max_depth") and max_steps > env.max_depth:
             report.fail(f"{problem.id}: an episode ran {max_steps} steps past max_depth={env.max_depth}")
-        if fresh:
-            await _compare_fresh(report, env, problem, first, taken)
+        if fresh and not await _compare_fresh(report, env, problem, first, taken):
+            fresh = False  # one mismatch per problem says it
         walked.append(taken)
     return walked
 
 
-async def _compare_fresh(report: Report, env, problem: Problem, first: State, actions: list[str]) -> None:
+async def _compare_fresh(report: Report, env, problem: Problem, first: State, actions: list[str]) -> bool:
     """Replay a walk on a fresh object (no cache) and compare it, step by step, with the walk through the
-    adapter (``env.step`` again from the first state: its cached outcomes)."""
+    adapter (``env.step`` again from the first state: its cached outcomes); False at a mismatch."""
     _, outcomes = env.fresh_episode(problem, actions)
     state = first
     for i, (action, (obs, reward, terminated, _)) in enumerate(zip(actions, outcomes)):
@@ -229,12 +240,21 @@ async def _compare_fresh(report: Report, env, problem: Problem, first: State, ac
             report.fail(f"{problem.id}: action {i + 1} ({action!r}) replayed on a fresh object gave "
                         f"{_brief(obs, reward, terminated)}, the walk gave {_brief(*seen)}: reset(seed) and step "
                         "must be deterministic")
-            return
+            return False
         state = tr.state
+    return True
+
+
+def _diff(a: str, b: str, width: int = 30) -> str:
+    """Where two texts first differ, a little of each from there."""
+    i = next((k for k, (x, y) in enumerate(zip(a, b)) if x != y), min(len(a), len(b)))
+    lead = "..." if i > 10 else ""
+    start = max(0, i - 10)
+    return f"{lead}{a[start:start + width]!r} vs {lead}{b[start:start + width]!r}"
 
 
 def _brief(obs: str, reward, terminated: bool) -> str:
-    return f"({obs[:40]!r}, reward {_num(reward)}{', terminated' if terminated else ''})"
+    return f"({obs[:60]!r}, reward {_num(reward)}{', terminated' if terminated else ''})"
 
 
 def _check_transition(report: Report, env, problem: Problem, before: State, tr: Transition, low: float,
