@@ -326,3 +326,17 @@ def test_the_documented_multi_task_example_conforms_and_searches():
     assert report.ok, report.failures
     assert not report.notes and report.endings["solved"] > 0
     assert report.success_rule.startswith('info["success"]')
+
+
+class NoOptions(Fetch):
+    demonstrations = None  # Fetch's own worked episode has reset options too
+
+    def reset(self, seed=None):
+        return super().reset(seed=seed)
+
+
+def test_reset_options_a_reset_cannot_take_are_refused_not_dropped():
+    failures = check(build_env("test_env_first_try:NoOptions"), tasks(1, [TASKS[1]])).failures
+    assert failures == ["item=lamp-seed-0: test_env_first_try:NoOptions.reset(seed=0, options={'item': 'lamp'}): "
+                        "problem 'item=lamp-seed-0' has reset options but reset() takes no `options` parameter"]
+    assert check(build_env("test_env_first_try:NoOptions"), build_problems("seeds", count=1)[0]).ok

@@ -126,7 +126,8 @@ class GymTextEnv(AgentEnv):
 
     def hooks(self) -> list[str]:
         """The hooks (``HOOKS``) the class offers."""
-        return [h for h in HOOKS if getattr(self.factory, h, None) is not None]
+        own = {h: getattr(self.factory, h, None) for h in HOOKS}
+        return [h for h, v in own.items() if callable(v) or (h == "demonstrations" and isinstance(v, (list, tuple)))]
 
     def _new(self) -> Any:
         """A fresh object of the user's class (the spare built at start-up first)."""
@@ -191,10 +192,11 @@ class GymTextEnv(AgentEnv):
     def _reset(self, env: Any, episode: _Episode) -> tuple[Any, dict]:
         params = inspect.signature(env.reset).parameters
         what = f"{self.name}.reset({_args(seed=episode.seed, options=episode.options)})"
-        if episode.options is not None and "options" not in params:
+        takes = "options" in params or any(p.kind is p.VAR_KEYWORD for p in params.values())
+        if episode.options is not None and not takes:  # silently dropped, every task would be the same one
             raise EnvError(f"{what}: problem {episode.problem_id!r} has reset options but reset() takes no "
                            "`options` parameter")
-        if "options" in params:
+        if takes:
             return _call(what, env.reset, seed=episode.seed, options=episode.options)
         return _call(what, env.reset, seed=episode.seed)
 
