@@ -15,9 +15,11 @@ import textwrap
 import pytest
 
 from treepref.problems import Problem
-from treepref.verifiers.sandbox import CodeVerifier, Limits, run_code
+from treepref.verifiers.sandbox import CodeVerifier, Limits, boundary_missing, run_code
 
 FAST = Limits(cpu_s=2, wall_s=4, memory_mb=256, nproc=8)
+MISSING = boundary_missing()
+pytestmark = pytest.mark.skipif(MISSING is not None, reason=f"no sandbox boundary here: {MISSING}")
 
 # The task: a function whose outputs cannot be guessed; the tests hold the expected values.
 RIGHT = "def secret(a, b):\n    return a * a + b * b + 7 * a * b\n"

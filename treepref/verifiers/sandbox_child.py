@@ -1,12 +1,13 @@
 """The two programs of a sandboxed run. Standard library only: both run under ``python -I -S``.
 
-``worker`` (untrusted, in the sandbox): loads the solution, then answers calls to its functions, one JSON
-line per call, over two pipes and nothing else.
+``worker`` (untrusted, in the sandbox): receives the solution as the first line on its request pipe, loads
+it, then answers calls to its functions, one JSON line per call, over two pipes and nothing else.
 
 ``harness`` (trusted, outside the sandbox): runs the tests. Inside the tests the solution's functions are
 proxies: calling one sends the arguments to the worker and turns its answer back into a plain value (None,
 bool, int, float, complex, str, bytes, list, tuple, set, frozenset, dict), built here by ``decode``.
-The verdict is what the harness saw, written to its own stdout, which the worker never holds.
+The verdict is what the harness saw: one line on its own stdout (a pipe that exists only between it and
+the parent, never in the sandbox), authenticated with the run's secret, which only the harness holds.
 
 So nothing the solution can do is read as a verdict: it can only answer calls, and any answer is a value
 like one a correct function returns. An object with a rigged ``__eq__`` cannot cross (it is not a plain
@@ -27,7 +28,11 @@ import sys
 import time
 
 MAX_DEPTH = 100
-MAX_LINE = 32 * 1024 * 1024  # bytes of one answer
+MAX_LINE = 1024 * 1024  # bytes of one answer, unless the job says otherwise
+# Exceptions that must not leave a function: ``next``/``map``/``all`` would read StopIteration as "no more
+# items" and a test written as ``all(map(candidate, cases))`` would pass; the others end programs. When
+# the solution raises one, the test it happened in fails, whatever the test does with it (PEP 479's rule).
+ESCAPING = {"StopIteration", "StopAsyncIteration", "GeneratorExit", "SystemExit", "KeyboardInterrupt"}
 
 
 # --------------------------------------------------------------------------------------------- values
@@ -174,7 +179,7 @@ def error_kind(exc: BaseException) -> str:
 
 
 def worker_main(spec: dict) -> None:
-    """Load ``solution.py`` from the sandbox folder, say so, then answer one call per request line."""
+    """Read the solution (the first request line), load it, say so, then answer one call per request line."""
     main = os.getpid()
     answers = os.fdopen(spec["answers_fd"], "w")
     requests = os.fdopen(spec["requests_fd"], "r")
@@ -182,13 +187,20 @@ def worker_main(spec: dict) -> None:
     def answer(**message) -> None:
         if os.getpid() != main:  # a process the solution forked never speaks for it
             os._exit(0)
+        for stream in (sys.stdout, sys.stderr):  # what it printed so far reaches the parent's capture
+            try:
+                stream.flush()
+            except Exception:
+                pass
         answers.write(json.dumps(message) + "\n")
         answers.flush()
 
+    try:
+        source = json.loads(requests.readline())["code"]
+    except (ValueError, KeyError, TypeError):
+        os._exit(0)
     if spec["fence"]:
         install_fence(spec["root"], spec["no_fork"])
-    with open(os.path.join(spec["root"], "solution.py"), encoding="utf-8") as f:
-        source = f.read()
     try:
         code = compile(source, "<solution>", "exec")
     except (SyntaxError, ValueError) as exc:
@@ -229,10 +241,11 @@ class WorkerGone(Exception):
 class Connection:
     """The harness's end of the two pipes, with one deadline for the whole run."""
 
-    def __init__(self, requests_fd: int, answers_fd: int, deadline: float):
-        self.requests_fd, self.answers_fd, self.deadline = requests_fd, answers_fd, deadline
+    def __init__(self, requests_fd: int, answers_fd: int, deadline: float, max_line: int = MAX_LINE):
+        self.requests_fd, self.answers_fd, self.deadline, self.max_line = requests_fd, answers_fd, deadline, max_line
         self.buffer = b""
         self.gone: WorkerGone | None = None
+        self.escaped: list[str] = []  # ESCAPING exceptions the solution raised, in order
 
     def receive(self) -> dict:
         if self.gone:
@@ -246,8 +259,8 @@ class Connection:
             if not chunk:
                 raise self.fail("killed", "the solution's process ended")
             self.buffer += chunk
-            if len(self.buffer) > MAX_LINE:
-                raise self.fail("protocol", "an answer over the size limit")
+            if len(self.buffer) > self.max_line:
+                raise self.fail("answer_size", f"an answer over the size limit of {self.max_line} bytes")
         line, self.buffer = self.buffer.split(b"\n", 1)
         try:
             message = loads(line.decode("utf-8"))
@@ -261,17 +274,19 @@ class Connection:
         self.gone = WorkerGone(kind, message)
         return self.gone
 
-    def call(self, name: str, args: tuple, kwargs: dict):
-        if self.gone:
-            raise self.gone
-        nonce = os.urandom(8).hex()
-        line = json.dumps({"id": nonce, "name": name, "args": encode(list(args)), "kwargs": encode(kwargs)})
+    def send(self, message: dict) -> None:
         try:
-            data = memoryview(line.encode() + b"\n")
+            data = memoryview(json.dumps(message).encode() + b"\n")
             while data:
                 data = data[os.write(self.requests_fd, data):]
         except OSError:
             raise self.fail("killed", "the solution's process ended") from None
+
+    def call(self, name: str, args: tuple, kwargs: dict):
+        if self.gone:
+            raise self.gone
+        nonce = os.urandom(8).hex()
+        self.send({"id": nonce, "name": name, "args": encode(list(args)), "kwargs": encode(kwargs)})
         message = self.receive()
         if message.get("id") != nonce:
             raise self.fail("protocol", "an answer to a call that was not made")
@@ -280,6 +295,9 @@ class Connection:
                 return decode(message.get("value"))
             except ValueError as exc:
                 raise self.fail("protocol", f"an answer that is not a plain value ({exc})") from None
+        if str(message.get("error")) in ESCAPING:
+            self.escaped.append(str(message["error"]))
+            raise RuntimeError(f"{message['error']} escaped the solution's {name} (that fails the test)")
         raise candidate_error(message)
 
 
@@ -391,21 +409,49 @@ def undumpable() -> None:
         pass
 
 
+def hmac_sha256(key: bytes, message: bytes) -> str:
+    """RFC 2104 HMAC-SHA256 (hex) with the builtin SHA-256: importing ``hmac`` loads OpenSSL through
+    ``hashlib``, which cost more than the rest of the harness's start-up."""
+    try:
+        from _sha2 import sha256  # Python 3.12+
+    except ImportError:
+        try:
+            from _sha256 import sha256
+        except ImportError:  # an interpreter built without the builtin hashes
+            from hashlib import sha256
+    if len(key) > 64:
+        key = sha256(key).digest()
+    key = key.ljust(64, b"\0")
+    inner = sha256(bytes(k ^ 0x36 for k in key) + message).digest()
+    return sha256(bytes(k ^ 0x5C for k in key) + inner).hexdigest()
+
+
+def verdict_line(verdict: dict, secret: bytes) -> bytes:
+    """The one record the parent accepts: HMAC-SHA256 of the verdict's JSON under the run's secret, a
+    space, that JSON, a newline."""
+    body = json.dumps(verdict, separators=(",", ":")).encode()
+    return hmac_sha256(secret, body).encode() + b" " + body + b"\n"
+
+
 def harness_main() -> None:
     undumpable()
     spec = json.loads(sys.stdin.read())
-    verdict = os.fdopen(os.dup(1), "w")
+    secret = bytes.fromhex(spec.pop("secret"))
+    verdict_fd = os.dup(1)
     os.dup2(2, 1)  # what the tests print goes to stderr, never into the verdict
-    connection = Connection(spec["requests_fd"], spec["answers_fd"], time.monotonic() + spec["wall_s"])
+    connection = Connection(spec["requests_fd"], spec["answers_fd"], time.monotonic() + spec["wall_s"],
+                            spec.get("answer_bytes") or MAX_LINE)
     n_expected = spec["n_tests"]
     out = {"load": None, "tests": [], "done": False}
 
     def finish() -> None:
-        verdict.write(json.dumps(out) + "\n")
-        verdict.flush()
+        data = memoryview(verdict_line(out, secret))
+        while data:
+            data = data[os.write(verdict_fd, data):]
         os._exit(0)
 
     try:
+        connection.send({"code": spec["code"]})
         first = connection.receive()
         if first.get("event") == "loaded":
             out["load"] = {"ok": True}
@@ -431,13 +477,16 @@ def harness_main() -> None:
         if broken is not None:
             message = f"not run: {broken}"
         else:
+            escaped = len(connection.escaped)
             try:
                 exec(compile(unit, "<test>", "exec"), namespace)
                 ok = True
             except BaseException as exc:
                 message, kind = describe(exc), getattr(exc, "treepref_kind", None)
-                if not counts:
-                    broken = f"setup failed ({message})"
+            if len(connection.escaped) > escaped:  # caught or not, it fails the test
+                ok, message = False, f"{connection.escaped[escaped]} escaped the solution"
+            if not ok and not counts:
+                broken = f"setup failed ({message})"
         if counts:
             out["tests"].append({"index": index, "ok": ok, "message": message[:500], "kind": kind})
             index += 1
