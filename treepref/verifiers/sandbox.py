@@ -479,6 +479,10 @@ def run_code(code: str, tests: Sequence[str] = (), *, check: str | None = None, 
                                                 timeout=max(deadline - time.monotonic(), 0.1))[0]
         except subprocess.TimeoutExpired:  # the tests themselves hung: nothing passed
             harness_timed_out = True
+        try:  # the harness closed its pipes: a live worker exits now, a dead one's status says how it died
+            worker.wait(timeout=0 if harness_timed_out else min(0.5, max(deadline - time.monotonic(), 0)))
+        except subprocess.TimeoutExpired:
+            pass
         worker_done = worker.poll() is not None
     finally:
         for fd in (requests_r, requests_w, answers_r, answers_w):
