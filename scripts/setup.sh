@@ -12,6 +12,16 @@ if ! command -v chromium >/dev/null 2>&1; then
         echo "setup: no chromium (and no root apt-get): the viewer's browser test will skip"
     fi
 fi
+# Debian's bubblewrap: the OS boundary the code sandbox runs model-written code behind (treepref.verifiers.sandbox
+# refuses to run code without it; the sandbox tests skip, saying why).
+if ! command -v bwrap >/dev/null 2>&1; then
+    if [ "$(id -u)" = 0 ] && command -v apt-get >/dev/null 2>&1; then
+        { apt-get update -qq && DEBIAN_FRONTEND=noninteractive apt-get install -y -qq bubblewrap; } >/dev/null 2>&1 \
+            || echo "setup: could not install bubblewrap: code verdicts will be refused and the sandbox tests skip"
+    else
+        echo "setup: no bubblewrap (and no root apt-get): code verdicts will be refused and the sandbox tests skip"
+    fi
+fi
 PY=${PYTHON:-python3}
 stamp=.venv/.treepref-setup
 want=$(cat pyproject.toml scripts/setup.sh | sha256sum | cut -d' ' -f1)
