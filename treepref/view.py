@@ -151,7 +151,8 @@ def opening(tree: Tree) -> str:
     """What the policy was shown first: the task's user turn (an environment's opening observation, where the
     task is stated, included) when the tree recorded its chat turns, else the problem's prompt."""
     meta = tree.meta if isinstance(tree.meta, dict) else {}
-    users = [m.get("content", "") for m in meta.get("messages") or () if isinstance(m, dict) and m.get("role") == "user"]
+    users = [m.get("content", "") for m in meta.get("messages") or ()
+             if isinstance(m, dict) and m.get("role") == "user"]
     prompt = _prompt_text(tree.prompt)
     last = str(users[-1]).strip() if users else ""
     return last if last and prompt.strip() in last else prompt  # never less than the problem's own text

@@ -95,7 +95,8 @@ def check_options(cls: type, options: dict, source: str, name: str) -> dict:
     return out
 
 
-ADAPTER = ("max_depth", "max_tokens", "system", "live_cache", "demos", "partial_actions")  # a stateful class's settings the adapter takes
+# A stateful class's settings the adapter takes (the rest go to the class's constructor).
+ADAPTER = ("max_depth", "max_tokens", "system", "live_cache", "demos", "partial_actions")
 
 
 def _split(cls: type, options: dict, source: str, name: str) -> tuple[dict, dict]:
