@@ -261,10 +261,24 @@ class RaisingHook(Fetch):
         raise KeyError("room")
 
 
+class RaisingSuccess(Fetch):
+    def success(self):
+        raise RuntimeError("no score\nkept")
+
+
+class RaisingDemos(Fetch):
+    def demonstrations(self):
+        return [{"seed": 1, "options": {"item": "sword"}, "actions": [" take sword"]}]
+
+
 def test_a_hook_that_raises_is_caught_with_a_one_line_reason():
     failures = check(build_env("test_env_first_try:RaisingHook"), tasks(1, [TASKS[0]])).failures
     assert failures == ["item=key-seed-0: test_env_first_try:RaisingHook.valid_actions() after 0 action(s) raised "
                         "KeyError: 'room'"]
+    [failure] = check(build_env("test_env_first_try:RaisingSuccess"), tasks(1, [TASKS[0]])).failures
+    assert failure.endswith("RaisingSuccess.success() raised RuntimeError: no score kept")
+    [failure] = check(build_env("test_env_first_try:RaisingDemos"), tasks(1, [TASKS[0]])).failures
+    assert "RaisingDemos.reset(seed=1, options={'item': 'sword'}) raised ValueError: unknown item 'sword'" in failure
 
 
 # -- 8. the viewer shows the opening observation ------------------------------------------------------------
