@@ -77,9 +77,9 @@ def test_a_step_check_ends_a_path_at_its_first_false_step():
     assert (false.terminated, false.truncated, false.reward) == (True, False, 0.0)
     assert false.info["step_check"] is False
     true = step(env, s, "12 + 5 = 17")
-    assert not true.terminated and true.reward is None and "step_check" not in true.info
-    prose = step(env, true.state, "Now add one.")  # nothing to check: goes on
-    assert not prose.terminated
+    assert not true.terminated and true.reward is None and true.info["step_check"] is True
+    prose = step(env, true.state, "Now add one.")  # nothing to check: goes on, and says so
+    assert not prose.terminated and prose.info["step_check"] is None
     assert step(env, prose.state, "The answer is 18.").reward == 1.0
     # a final line with false arithmetic fails even with the right number in it
     assert step(env, true.state, "17 + 1 = 19, so the answer is 18.").reward == 0.0

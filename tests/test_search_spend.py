@@ -210,3 +210,17 @@ def test_flat_sampling_cut_back_to_a_spend_keeps_its_first_solutions():
     assert len(one) == 2 and one.text[1] == "The answer is 2."
     assert first_solutions(tree, 1).meta["generated_tokens"] == 0  # nearer nothing than one solution
     assert first_solutions(tree, 1000).meta["generated_tokens"] == 32
+
+
+def test_no_widening_below_a_step_the_step_check_could_not_verify():
+    # a path through prose ("Let us add.") reaches the answer; the step check verified nothing on it, so
+    # only the root is widened (its round samples the same prose again: retired after two), never the prose
+    wrong = itertools.count(3)
+    script = lambda steps: (["Let us add."] if not steps else  # noqa: E731
+                            ["The answer is 2." + EOS, f"The answer is {next(wrong)}." + EOS])
+    tree = run(best_first(ONE_PLUS_ONE, make_ctx(script, step_check="arithmetic"),
+                          BestFirstConfig(k=2, n_rollouts=1, stop_at_correct=False, token_budget=200)))
+    prose = node_by_steps(tree, ["Let us add."])
+    assert tree.info[prose]["step_check"] is None and prose in successful_path_nodes(tree)
+    assert len(tree.children(prose)) == 2  # what the search proper wrote, nothing more
+    assert tree.meta["stats"]["spend"] == {"rounds": 2, "widened": 1, "retired": 1, "drawn": 0, "deposited": 0}

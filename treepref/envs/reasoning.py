@@ -40,7 +40,8 @@ class ReasoningEnv:
     A terminated state is rewarded by ``verifier`` (1.0 right, 0.0 wrong, None without a reference answer).
     ``step_check`` (``verifiers.step_check``: ``arithmetic``, ``arithmetic_grounded`` or ``module:function``,
     called with the problem, the step and the steps before it) checks each step as it is
-    taken: a step stating something false ends the episode with reward 0 (``info["step_check"] = False``),
+    taken: a step stating something false ends the episode with reward 0 (``info["step_check"] = False``; a
+    true step records True, one that states nothing checkable None),
     so a right answer reached through false arithmetic is not a success and no more tokens go below it.
     ``few_shot`` worked examples go before the problem as earlier chat turns, their steps joined with
     ``delimiter``.
@@ -132,9 +133,11 @@ class ReasoningEnv:
                     state.token_ids + tuple(token_ids), self.render_text(state) + rendered)
         answer = self.final_answer(text, ended=ended)
         info = {"answer": answer}
-        if self._check is not None and self._check(state.problem, text, state.steps) is False:
-            info["step_check"] = False
-            return Transition(new, 0.0, True, False, info)
+        if self._check is not None:
+            # the verdict on what the step states: False ends the path, None means it states nothing checkable
+            info["step_check"] = self._check(state.problem, text, state.steps)
+            if info["step_check"] is False:
+                return Transition(new, 0.0, True, False, info)
         terminated = answer is not None or ended
         reward = None
         if terminated:

@@ -7,7 +7,9 @@ the solution. So once the search proper is over, ``spend_budget`` samples ``k`` 
 successful paths (progressive widening by budget): each slip or wrong answer it writes is a rejected step
 under a prefix that reached the answer, each new step that is not final is valued by rollouts (and, when one
 of them succeeds, its path is widened in turn). The least widened node goes first and, among equals, the
-deepest, so the budget reaches the depths flat sampling rarely compares. A tree with no successful path to
+deepest, so the budget reaches the depths flat sampling rarely compares. Where the environment checks steps,
+only paths whose every step it verified are widened (``checked_path``): below a step of prose that happened to
+reach the answer, every pair would stand on a prefix nobody checked. A tree with no successful path to
 widen widens its deepest open nodes instead (every step above them passed the environment's checks), so the
 completions that value their new steps look for a success where the search got furthest. A node is retired after ``patience``
 rounds in a row that wrote nothing new under it (every sample merged into a sibling): the policy has nothing
@@ -75,6 +77,13 @@ class TokenPool:
             self._changed.notify_all()
 
 
+def checked_path(tree: Tree, node: int) -> bool:
+    """Whether no step on the path to ``node`` escaped the environment's step check: where one runs
+    (``info["step_check"]``), a step stating nothing it could check (prose, "so we should divide by 2") is no
+    prefix to widen below, since whether it is right is unknown; without a step check every path qualifies."""
+    return all(tree.info[n].get("step_check", True) is not None for n in tree.path(node))
+
+
 def successful_path_nodes(tree: Tree, success: float = 1.0) -> set[int]:
     """The nodes above a successful final node (the root included), not the final nodes themselves."""
     out: set[int] = set()
@@ -105,11 +114,14 @@ async def spend_budget(tree: Tree, states: dict[int, State], ctx: SearchContext,
         """The nodes to widen next, and whether they lie on successful paths. Without one open there, the
         deepest nodes that are not final (every step above them passed the environment's checks) are
         widened instead: their new steps' completions look for a success where the search got furthest."""
-        mining = [n for n in successful_path_nodes(tree, ctx.success) if n not in retired and n in states]
+        mining = [n for n in successful_path_nodes(tree, ctx.success) if open_(n)]
         if mining:
             return sorted(mining, key=lambda n: (widened[n], -tree.depth[n], n)), True
-        probing = [n for n in states if n not in retired and not tree.is_final(n)]
+        probing = [n for n in states if open_(n) and not tree.is_final(n)]
         return sorted(probing, key=lambda n: (widened[n], -tree.depth[n], n)), False
+
+    def open_(n: int) -> bool:
+        return n in states and n not in retired and checked_path(tree, n)
 
     async def widen(node: int) -> None:
         before = {c: tree.samples[c] for c in tree.children(node, kind=None)}
