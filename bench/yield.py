@@ -1,37 +1,37 @@
-"""Yield: good step pairs per generated token, tree search against flat best-of-N at an equal token budget.
+"""Yield: good step pairs at equal *spent* tokens, tree search against flat best-of-N, pooled over seeds.
 
-Every search runs on the same built-in arithmetic problems (matched worked examples) with the same
-per-problem ``token_budget``; flat best-of-N (``sample``) keeps drawing whole solutions until it has spent
-the same budget, and its pairs come from the trie of its samples by the same rules as every tree. Every
-pair of every run is audited by the exact oracle (``treepref.extract.quality.pair_label_quality``): good =
-every prefix step right, chosen right, rejected wrong or off track. Each run is exported once per pair
-rule and filter setting (``EXPORTS``: max_min or margin pairs; none, a successful prefix, minimum visits,
-a prefix of values >= 0.5, a final rejected step), so what each costs and buys is visible side by side.
-``--rewards`` runs each search with the outcome alone and/or with the environment's arithmetic step check
-(``REWARDS``); ``--keep`` keeps the trees and ``--reaudit`` audits kept trees again under today's ``EXPORTS``.
+Every search runs on the same built-in arithmetic problems (matched worked examples, the grounded step
+check) with the same per-problem ``token_budget``; the trees spend it (``fill_budget``) and, with
+``--share-budget``, hand what a tree cannot use to the trees that can (``run.share_budget``). Flat best-of-N
+(``sample``) then samples each problem until it has spent what the tree spent there, and its trie is cut back
+to the first solutions whose tokens come closest to the tree's spend on that problem
+(``search.sample.first_solutions``), so each comparison is at the same spend problem by problem. Every pair
+is judged by the exact oracle (``extract.quality.classify_pair``): good = every prefix step right, chosen right,
+rejected wrong or off track. Counts are pooled over seeds (a different problem set each) with bootstrap 95%
+intervals over problems, and the tree ÷ flat ratio is bootstrapped on the same resampled problems (paired).
 
-    python bench/yield.py --backend vllm --difficulty 2,3 --seeds 0,1 --problems 64 --cpu-kv-gib 2
+    python bench/yield.py --difficulty 2,3 --seeds 0,1,2,3 --problems 64 --searches best_first,mcts
     python bench/yield.py --backend scripted --problems 4 --seeds 0 --difficulty 2   # checks the harness
-    python bench/yield.py --problems 64 --reaudit /tmp/kept --out /tmp/yield-again  # new export settings
 
-Writes ``bench/results/yield.json`` (a list of records: search, reward, difficulty, seed, filters, generated_tokens,
-pairs, good, good_share, good_per_1m_tokens, problems_with_good, tokens_per_good, the oracle's buckets) and
-``yield.md`` (medians over seeds, side by side). With ``--backend vllm`` the engine is spawned on CPU
-machines, hence the ``__main__`` guard, and every run shares one ``asyncio.run``.
+Writes ``bench/results/yield.json`` (one record per search, difficulty, seed and export: search, difficulty,
+seed, filters, budget_tokens, spent_tokens, pairs, good, good_share, good_per_1m_tokens, good_per_problem,
+problems_with_good, distinct_chosen, depth_histogram, the oracle's buckets), ``yield-pooled.json`` (pooled
+counts with intervals) and ``yield.md``. With ``--backend vllm`` the engine is spawned on CPU machines, hence
+the ``__main__`` guard, and every run shares one ``asyncio.run``.
 """
 
 from __future__ import annotations
 
 import argparse
 import asyncio
-import itertools
+import dataclasses
 import json
 import platform
-import re
-import statistics
+import random
 import sys
 import tempfile
 import time
+from collections import Counter
 from pathlib import Path
 
 sys.path.insert(0, str(Path(__file__).resolve().parents[1]))
@@ -41,44 +41,34 @@ from treepref.backends.base import Sampling  # noqa: E402
 from treepref.domains.arithmetic import generate, worked_examples  # noqa: E402
 from treepref.envs.reasoning import ReasoningEnv  # noqa: E402
 from treepref.extract import export  # noqa: E402
-from treepref.extract.quality import pair_label_quality  # noqa: E402
+from treepref.extract.quality import classify_pair  # noqa: E402
 from treepref.runner import load_trees, run_problems  # noqa: E402
 from treepref.search import build_config, get_search  # noqa: E402
 from treepref.search.base import SearchContext  # noqa: E402
+from treepref.search.sample import SampleConfig, first_solutions, sample  # noqa: E402
 from treepref.tree import atomic_write_text  # noqa: E402
 
-# Search settings compared; each gets ``token_budget`` added. Flat best-of-N draws ``n`` solutions a request.
+# Tree searches compared; each gets ``token_budget`` added (and spends it: ``fill_budget`` is on by default).
 SEARCHES = {
     "mcts": ("mcts", {"simulations": 200, "k": 3, "n_rollouts": 2, "c_puct": 1.0, "parallel_simulations": 2}),
-    "mcts_completions": ("mcts", {"simulations": 200, "expansion": "completions", "n_rollouts": 4, "c_puct": 1.0,
-                                  "parallel_simulations": 2}),
     "mcts_rewiden": ("mcts", {"simulations": 200, "k": 3, "n_rollouts": 2, "c_puct": 1.0, "parallel_simulations": 2,
-                              "rewiden": 3}),
-    "best_first": ("best_first", {"k": 3, "n_rollouts": 2, "max_expansions": 200, "stop_at_correct": False}),
-    "best_first_rewiden": ("best_first", {"k": 3, "n_rollouts": 2, "max_expansions": 200, "stop_at_correct": False,
-                                          "rewiden": 3}),
-    "beam": ("beam", {"beam_width": 2, "k": 3, "n_rollouts": 2, "max_depth": 8}),
-    "sample": ("sample", {"n": 4}),
+                              "rewiden": 2}),
+    "best_first": ("best_first", {"k": 3, "n_rollouts": 2, "max_expansions": 200, "stop_at_correct": False,
+                                  "parallel_expansions": 2}),
+    "best_first_nofill": ("best_first", {"k": 3, "n_rollouts": 2, "max_expansions": 200, "stop_at_correct": False,
+                                         "fill_budget": False}),
 }
-# What a finished path earns: the stated answer alone, or also no false arithmetic on the way (the env's
-# step_check; it knows nothing of the reference solution, so a true step off the intended route passes), or
-# also only numbers the problem or an earlier step states (arithmetic_grounded).
-REWARDS = {"outcome": None, "checked": "arithmetic", "grounded": "arithmetic_grounded"}
-# Export settings every run is exported with: (pair rule, filters). "defaults" are the export's own pair
-# filters (a successful prefix, two visits per non-final side: ``extract.stats.FILTER_DEFAULTS``), which
-# were chosen from this bench; "no filter" turns them off; "value prefix" asks every prefix node for a value
-# >= 0.5 instead of a success below it, "exact rejected" a final rejected step (its value is its reward), and
-# "judged rejected" one the environment judged (a wrong answer or a false step, not a stop without an answer).
-NO_FILTER = {"prefix": None, "min_visits": None}
+FLAT_N = 4  # whole solutions per flat request
+# Export settings (pair rule, filters). "judged rejected": the rejected step ended its path on the environment's
+# verdict (a wrong answer, a false step), so its value is exact; "value prefix": every prefix step's value is
+# >= 0.5; "success prefix" (the export's default, with two visits per non-final side): the pair's parent lies on
+# a path that reached the answer.
 EXPORTS = {
-    "max_min, no filter": ("max_min", NO_FILTER),
-    "max_min, defaults": ("max_min", {}),
-    "max_min, defaults + exact rejected": ("max_min", {"exact_rejected": True}),
-    "max_min, value prefix + exact rejected": ("max_min", {"prefix": "value", "exact_rejected": True}),
-    "margin, defaults": ("margin", {}),
-    "margin, value prefix + exact rejected": ("margin", {"prefix": "value", "exact_rejected": True}),
     "max_min, value prefix + judged rejected": ("max_min", {"prefix": "value", "exact_rejected": "judged"}),
     "margin, value prefix + judged rejected": ("margin", {"prefix": "value", "exact_rejected": "judged"}),
+    "max_min, success prefix + judged rejected": ("max_min", {"exact_rejected": "judged"}),
+    "margin, success prefix + judged rejected": ("margin", {"exact_rejected": "judged"}),
+    "margin, defaults": ("margin", {}),
 }
 
 
@@ -87,23 +77,21 @@ def parse_args(argv=None):
     ap.add_argument("--backend", default="vllm", choices=["vllm", "hf", "scripted"])
     ap.add_argument("--model", default=None)
     ap.add_argument("--difficulty", default="2,3")
-    ap.add_argument("--seeds", default="0,1")
+    ap.add_argument("--seeds", default="0,1,2,3")
     ap.add_argument("--problems", type=int, default=64)
-    ap.add_argument("--budget", default="2:800,3:1200", help="tokens per problem, per difficulty (d:tokens,...)")
-    ap.add_argument("--searches", default=",".join(SEARCHES))
-    ap.add_argument("--rewards", default="outcome,checked",
-                    help="outcome: the final answer alone; checked: also env step_check=arithmetic (a step "
-                         "stating false arithmetic ends its path unrewarded); grounded: step_check="
-                         "arithmetic_grounded (also a step computing with a number nothing before stated)")
+    ap.add_argument("--budget", default="2:400,3:600", help="tokens per problem, per difficulty (d:tokens,...)")
+    ap.add_argument("--searches", default="best_first")
+    ap.add_argument("--share-budget", action=argparse.BooleanOptionalAction, default=True,
+                    help="one token pool per run: what a tree cannot use goes to trees that can (run.share_budget)")
+    ap.add_argument("--step-check", default="arithmetic_grounded")
     ap.add_argument("--temperature", type=float, default=0.9)
     ap.add_argument("--step-tokens", type=int, default=64)
     ap.add_argument("--rollout-tokens", type=int, default=160)
     ap.add_argument("--concurrency", type=int, default=64)
     ap.add_argument("--cpu-kv-gib", type=int, default=2)
+    ap.add_argument("--bootstrap", type=int, default=2000)
     ap.add_argument("--out", default=str(Path(__file__).parent / "results" / "yield"))
     ap.add_argument("--keep", default=None, help="also keep every run's trees under this folder")
-    ap.add_argument("--reaudit", default=None, metavar="KEPT",
-                    help="generate nothing: audit the trees an earlier --keep KEPT holds under today's EXPORTS")
     return ap.parse_args(argv)
 
 
@@ -114,115 +102,190 @@ def scripted_policy():
     return ScriptedPolicy(lambda steps: ["1 + 1 = 2", "1 + 1 = 3", "The answer is 2." + EOS][: 3 - len(steps) % 2])
 
 
-def record(search, reward, difficulty, seed, filt, trees, rows, problems, wall):
-    q = pair_label_quality(rows, {p.id: p for p in problems})
-    tokens = sum(t.meta.get("generated_tokens", 0) for t in trees)
-    good = q["good"]
-    return {"search": search, "reward": reward, "difficulty": difficulty, "seed": seed, "filters": filt,
-            "problems": len(trees), "generated_tokens": tokens, "pairs": q["pairs"], "good": good,
-            "good_share": q["good_share"], "good_per_1m_tokens": round(good / tokens * 1e6, 1) if tokens else None,
-            "problems_with_good": q["problems_with_good"],
-            "tokens_per_good": round(tokens / good, 1) if good else None,
-            "buckets": {k: q[k] for k in q if not k.endswith("_share") and k not in ("steps", "problems_with_good")},
-            "steps": q["steps"],
+def spent(tree) -> int:
+    return tree.meta.get("generated_tokens", 0)
+
+
+def judged_rows(trees, problems, rule, filt) -> list[dict]:
+    """The export's rows, each with the oracle's bucket."""
+    ds, _ = export(trees, "step_pairs", rule=rule, **filt)
+    rows = []
+    for row in ds:
+        bucket, *_ = classify_pair(row, problems)
+        rows.append({"problem_id": row["problem_id"], "depth": row["depth"], "chosen": row["chosen"],
+                     "bucket": bucket})
+    return rows
+
+
+def record(search, difficulty, seed, label, trees, rows, budget, wall) -> dict:
+    tokens = sum(spent(t) for t in trees)
+    good = [r for r in rows if r["bucket"] == "good"]
+    per_problem = Counter(r["problem_id"] for r in good)
+    return {"search": search, "difficulty": difficulty, "seed": seed, "filters": label,
+            "problems": len(trees), "budget_tokens": budget * len(trees), "spent_tokens": tokens,
+            "pairs": len(rows), "good": len(good), "good_share": round(len(good) / len(rows), 4) if rows else None,
+            "good_per_1m_tokens": round(len(good) / tokens * 1e6, 1) if tokens else None,
+            "good_per_problem": round(len(good) / len(trees), 4) if trees else None,
+            "problems_with_good": len(per_problem),
+            "distinct_chosen": len({(r["problem_id"], r["chosen"]) for r in good}),
+            "depth_histogram": dict(sorted(Counter(r["depth"] for r in good).items())),
+            "depth_histogram_all": dict(sorted(Counter(r["depth"] for r in rows).items())),
+            "buckets": dict(Counter(r["bucket"] for r in rows)),
+            "good_by_problem": {t.problem_id: per_problem.get(t.problem_id, 0) for t in trees},
+            "pairs_by_problem": dict(Counter(r["problem_id"] for r in rows)),
+            "spent_by_problem": {t.problem_id: spent(t) for t in trees},
             "wall_s": None if wall is None else round(wall, 1)}
+
+
+async def run_search(problems, search, options, ctx, folder, args, share) -> tuple[list, float]:
+    cfg = build_config(search, options, "bench/yield.py") if isinstance(options, dict) else options
+    t0 = time.perf_counter()
+    await run_problems(problems, get_search(search) if isinstance(search, str) else search, cfg, ctx, folder,
+                       concurrency=args.concurrency, resume=False, progress=False, share_budget=share)
+    return load_trees(folder), time.perf_counter() - t0
 
 
 async def run_all(args, policy):
     records = []
     budgets = {int(d): int(b) for d, b in (x.split(":") for x in args.budget.split(","))}
-    for difficulty, reward in itertools.product([int(d) for d in args.difficulty.split(",")],
-                                                args.rewards.split(",")):
+    names = args.searches.split(",")
+    for difficulty in [int(d) for d in args.difficulty.split(",")]:
         env = ReasoningEnv(template=policy.chat_prompt, tokenizer=policy, max_depth=difficulty + 3, max_tokens=320,
-                           few_shot=worked_examples(difficulty), step_check=REWARDS[reward])
+                           few_shot=worked_examples(difficulty), step_check=args.step_check)
         sampling = Sampling(temperature=args.temperature, top_p=0.95, max_tokens=args.step_tokens)
         ctx = SearchContext(env=env, policy=policy, sampling=sampling, rollout_max_tokens=args.rollout_tokens)
+        budget = budgets[difficulty]
         for seed in [int(s) for s in args.seeds.split(",")]:
             problems = generate(args.problems, seed=seed, difficulty=difficulty)
-            for name in args.searches.split(","):
-                search, options = SEARCHES[name]
-                cfg = build_config(search, {**options, "token_budget": budgets[difficulty]}, "bench/yield.py")
-                with tempfile.TemporaryDirectory(prefix="yield-") as tmp:
-                    folder = Path(args.keep) / f"{name}-{reward}-d{difficulty}-s{seed}" if args.keep else Path(tmp)
-                    t0 = time.perf_counter()
-                    await run_problems(problems, get_search(search), cfg, ctx, folder, concurrency=args.concurrency,
-                                       resume=False, progress=False)
-                    wall = time.perf_counter() - t0
-                    trees = load_trees(folder)
-                    if args.keep:
-                        atomic_write_text(folder / "wall.json", json.dumps({"wall_s": wall}))
-                records += audit(name, reward, difficulty, seed, trees, problems, wall)
-                save(args, records)
+            by_id = {p.id: p for p in problems}
+            with tempfile.TemporaryDirectory(prefix="yield-") as tmp:
+                root = Path(args.keep) if args.keep else Path(tmp)
+                trees_of = {}
+                for name in names:
+                    search, options = SEARCHES[name]
+                    trees, wall = await run_search(problems, search, {**options, "token_budget": budget}, ctx,
+                                                   root / f"{name}-d{difficulty}-s{seed}", args, args.share_budget)
+                    trees_of[name] = (trees, wall)
+                # flat sampling up to the most any search spent on each problem, then cut to each one's spend
+                most = {p.id: max(spent(t) for trees, _ in trees_of.values() for t in trees if t.problem_id == p.id)
+                        for p in problems}
+
+                async def flat(problem, ctx_, cfg):
+                    return await sample(problem, ctx_, dataclasses.replace(cfg, token_budget=max(1, most[problem.id])))
+
+                flat_trees, flat_wall = await run_search(problems, flat, SampleConfig(n=FLAT_N, token_budget=1), ctx,
+                                                         root / f"sample-d{difficulty}-s{seed}", args, False)
+                flat_by_id = {t.problem_id: t for t in flat_trees}
+                for name, (trees, wall) in trees_of.items():
+                    cut = [first_solutions(flat_by_id[t.problem_id], spent(t)) for t in trees]
+                    for label, (rule, filt) in EXPORTS.items():
+                        for search, ts, w in ((name, trees, wall), (f"flat@{name}", cut, flat_wall)):
+                            rec = record(search, difficulty, seed, label, ts, judged_rows(ts, by_id, rule, filt),
+                                         budget, w)
+                            records.append(rec)
+                            print(json.dumps({k: rec[k] for k in ("search", "difficulty", "seed", "filters",
+                                                                  "spent_tokens", "pairs", "good", "good_share")}),
+                                  flush=True)
+            save(args, records)
     return records
 
 
-def audit(name, reward, difficulty, seed, trees, problems, wall) -> list[dict]:
-    """One record per export setting of one run's trees, each pair judged by the oracle."""
+def bootstrap(values_a, values_b, n, rng) -> dict:
+    """Sums of ``a`` and ``b`` over problems with 95% percentile intervals, and the paired ratio a/b."""
+    idx = range(len(values_a))
+    sums_a, sums_b, ratios = [], [], []
+    for _ in range(n):
+        pick = [rng.choice(idx) for _ in idx]
+        a, b = sum(values_a[i] for i in pick), sum(values_b[i] for i in pick)
+        sums_a.append(a)
+        sums_b.append(b)
+        ratios.append(a / b if b else float("inf"))
+
+    def ci(xs):
+        xs = sorted(xs)
+        return [round(xs[int(0.025 * len(xs))], 3), round(xs[int(0.975 * len(xs)) - 1], 3)]
+
+    total_a, total_b = sum(values_a), sum(values_b)
+    return {"a": total_a, "a_ci": ci(sums_a), "b": total_b, "b_ci": ci(sums_b),
+            "ratio": round(total_a / total_b, 3) if total_b else None, "ratio_ci": ci(ratios)}
+
+
+def pooled(records, n_boot: int, seed: int = 0) -> list[dict]:
+    """Per (difficulty, export, search): counts over all seeds' problems, each search beside flat at its spend."""
+    rng = random.Random(seed)
     out = []
-    for label, (rule, filt) in EXPORTS.items():
-        ds, _ = export(trees, "step_pairs", rule=rule, **filt)
-        rec = record(name, reward, difficulty, seed, label, trees, list(ds), problems, wall)
-        out.append(rec)
-        print(json.dumps({k: rec[k] for k in ("search", "reward", "difficulty", "seed", "filters", "generated_tokens",
-                                              "pairs", "good", "good_share", "good_per_1m_tokens")}), flush=True)
+    keys = sorted({(r["difficulty"], r["filters"], r["search"]) for r in records if not r["search"].startswith("flat@")},
+                  key=lambda k: (k[0], list(EXPORTS).index(k[1]) if k[1] in EXPORTS else 99, k[2]))
+    for d, label, search in keys:
+        tree = [r for r in records if (r["difficulty"], r["filters"], r["search"]) == (d, label, search)]
+        flat = {r["seed"]: r for r in records if (r["difficulty"], r["filters"], r["search"]) == (d, label, f"flat@{search}")}
+        good_t, good_f = [], []
+        for r in tree:
+            f = flat[r["seed"]]
+            for pid, g in r["good_by_problem"].items():
+                good_t.append(g)
+                good_f.append(f["good_by_problem"][pid])
+        boot = bootstrap(good_t, good_f, n_boot, rng)
+
+        def total(rs, key):
+            return sum(r[key] for r in rs)
+
+        depth = Counter()
+        for r in tree:
+            depth.update({int(k): v for k, v in r["depth_histogram"].items()})
+        good = total(tree, "good")
+        out.append({
+            "difficulty": d, "filters": label, "search": search, "seeds": sorted(r["seed"] for r in tree),
+            "problems": total(tree, "problems"), "budget_tokens": total(tree, "budget_tokens"),
+            "spent_tokens": total(tree, "spent_tokens"), "flat_spent_tokens": total(flat.values(), "spent_tokens"),
+            "pairs": total(tree, "pairs"), "good": good, "good_ci": boot["a_ci"],
+            "good_share": round(good / total(tree, "pairs"), 4) if total(tree, "pairs") else None,
+            "flat_pairs": total(flat.values(), "pairs"), "flat_good": boot["b"], "flat_good_ci": boot["b_ci"],
+            "flat_good_share": (round(boot["b"] / total(flat.values(), "pairs"), 4)
+                                if total(flat.values(), "pairs") else None),
+            "ratio": boot["ratio"], "ratio_ci": boot["ratio_ci"],
+            "good_per_problem": round(good / total(tree, "problems"), 4),
+            "flat_good_per_problem": round(boot["b"] / total(tree, "problems"), 4),
+            "problems_with_good": total(tree, "problems_with_good"),
+            "flat_problems_with_good": total(flat.values(), "problems_with_good"),
+            "distinct_chosen": total(tree, "distinct_chosen"), "flat_distinct_chosen": total(flat.values(), "distinct_chosen"),
+            "depth_histogram": dict(sorted(depth.items())),
+            "good_at_depth_2_plus": round(sum(v for k, v in depth.items() if k >= 2) / good, 3) if good else None,
+        })
     return out
 
 
-def reaudit(args) -> list[dict]:
-    """Records for trees an earlier run kept (``--keep``): the same trees under today's ``EXPORTS``, without
-    generating anything, so a new export setting is compared on exactly the data the old ones saw."""
-    records = []
-    for folder in sorted(Path(args.reaudit).iterdir()):
-        m = re.fullmatch(r"(?P<name>\w+)-(?P<reward>\w+)-d(?P<d>\d+)-s(?P<seed>\d+)", folder.name)
-        if m is None or not folder.is_dir():
-            continue
-        d, seed = int(m["d"]), int(m["seed"])
-        trees = load_trees(folder)
-        wall_file = folder / "wall.json"
-        wall = json.loads(wall_file.read_text())["wall_s"] if wall_file.exists() else None
-        problems = generate(args.problems, seed=seed, difficulty=d)
-        records += audit(m["name"], m["reward"], d, seed, trees, problems, wall)
-    return records
-
-
-def median(xs):
-    xs = [x for x in xs if x is not None]
-    return round(statistics.median(xs), 3) if xs else None
-
-
-def table(records) -> str:
-    lines = ["| difficulty | reward | search | export | tokens | pairs | good | good share | good per 1M tokens | "
-             "problems with a good pair | tokens per good pair |", "|---|---|---|---|---|---|---|---|---|---|---|"]
-    group = lambda r: (r["difficulty"], r.get("reward", "outcome"), r["filters"], r["search"])  # noqa: E731
-    keys = sorted({group(r) for r in records}, key=lambda k: (k[0], k[1], list(EXPORTS).index(k[2]), k[3]))
-    for key in keys:
-        rs = [r for r in records if group(r) == key]
-        m = {k: median([r[k] for r in rs]) for k in ("generated_tokens", "pairs", "good", "good_share",
-                                                      "good_per_1m_tokens", "problems_with_good", "tokens_per_good")}
-        d, reward, f, s = key
-        lines.append(f"| {d} | {reward} | {s} | {f} | {m['generated_tokens']} | {m['pairs']} | {m['good']} | "
-                     f"{m['good_share']} | **{m['good_per_1m_tokens']}** | {m['problems_with_good']} | "
-                     f"{m['tokens_per_good']} |")
+def table(rows) -> str:
+    lines = ["| d | export | search | spent (tree / flat) | good pairs, tree [95%] | good pairs, flat [95%] | "
+             "tree ÷ flat [95%] | good share (tree / flat) | good per problem | problems with good | "
+             "distinct chosen | good at depth ≥ 2 | depth histogram |",
+             "|---|---|---|---|---|---|---|---|---|---|---|---|---|"]
+    for r in rows:
+        lines.append(f"| {r['difficulty']} | {r['filters']} | {r['search']} | {r['spent_tokens']:,} / "
+                     f"{r['flat_spent_tokens']:,} | **{r['good']}** {r['good_ci']} | {r['flat_good']} {r['flat_good_ci']} | "
+                     f"**{r['ratio']}** {r['ratio_ci']} | {r['good_share']} / {r['flat_good_share']} | "
+                     f"{r['good_per_problem']} / {r['flat_good_per_problem']} | {r['problems_with_good']} / "
+                     f"{r['flat_problems_with_good']} | {r['distinct_chosen']} / {r['flat_distinct_chosen']} | "
+                     f"{r['good_at_depth_2_plus']} | {r['depth_histogram']} |")
     return "\n".join(lines)
 
 
 def save(args, records) -> None:
     out = Path(args.out)
+    rows = pooled(records, args.bootstrap)
     meta = {"command": "python bench/yield.py " + " ".join(sys.argv[1:]), "machine": platform.platform(),
-            "exports": EXPORTS, "searches": SEARCHES}
+            "exports": EXPORTS, "searches": SEARCHES, "flat_n": FLAT_N}
     atomic_write_text(out.with_suffix(".json"), json.dumps(records, indent=1))
+    atomic_write_text(out.with_name(out.name + "-pooled.json"), json.dumps(rows, indent=1))
     atomic_write_text(out.with_name(out.name + "-meta.json"), json.dumps(meta, indent=1))
-    atomic_write_text(out.with_suffix(".md"), f"# Yield at an equal token budget\n\n`{meta['command']}`\n\n"
-                      f"Medians over seeds. Export settings (rule, filters): {EXPORTS}.\n\n{table(records)}\n")
+    atomic_write_text(out.with_suffix(".md"), f"# Yield at equal spent tokens\n\n`{meta['command']}`\n\n"
+                      "Pooled over seeds; intervals are bootstrap 95% over problems (the ratio paired on the same "
+                      "resampled problems). Flat best-of-N is cut, problem by problem, to the tree's spend.\n\n"
+                      f"{table(rows)}\n")
 
 
 def main(argv=None) -> int:
     args = parse_args(argv)
-    if args.reaudit:
-        records = reaudit(args)
-        save(args, records)
-        print(table(records))
-        return 0
     if args.backend == "scripted":
         policy = scripted_policy()
     elif args.backend == "vllm":
@@ -239,7 +302,7 @@ def main(argv=None) -> int:
                 close()
 
     records = asyncio.run(go())
-    print(table(records))
+    print(table(pooled(records, args.bootstrap)))
     return 0
 
 

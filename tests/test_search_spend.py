@@ -224,3 +224,38 @@ def test_no_widening_below_a_step_the_step_check_could_not_verify():
     assert tree.info[prose]["step_check"] is None and prose in successful_path_nodes(tree)
     assert len(tree.children(prose)) == 2  # what the search proper wrote, nothing more
     assert tree.meta["stats"]["spend"] == {"rounds": 2, "widened": 1, "retired": 1, "drawn": 0, "deposited": 0}
+
+
+def test_the_yield_bench_compares_at_equal_spend_and_writes_every_field(tmp_path):
+    """The harness on the scripted policy: one record per search, seed and export with the fields the issue
+    asks for, flat cut to the tree's spend problem by problem, and the pooled table beside it."""
+    import importlib.util
+    import json
+    from pathlib import Path
+
+    path = Path(__file__).resolve().parents[1] / "bench" / "yield.py"
+    spec = importlib.util.spec_from_file_location("yield_bench", path)
+    bench = importlib.util.module_from_spec(spec)
+    spec.loader.exec_module(bench)
+    out = tmp_path / "yield"
+    assert bench.main(["--backend", "scripted", "--problems", "3", "--seeds", "0,1", "--difficulty", "2",
+                       "--searches", "best_first", "--bootstrap", "50", "--out", str(out),
+                       "--keep", str(tmp_path / "trees")]) == 0
+    records = json.loads(out.with_suffix(".json").read_text())
+    assert {r["search"] for r in records} == {"best_first", "flat@best_first"}
+    assert len(records) == 2 * 2 * len(bench.EXPORTS)
+    for r in records:
+        for key in ("search", "difficulty", "seed", "filters", "budget_tokens", "spent_tokens", "pairs", "good",
+                    "good_share", "good_per_1m_tokens", "good_per_problem", "depth_histogram"):
+            assert key in r
+    for tree in (r for r in records if r["search"] == "best_first"):
+        flat = next(r for r in records if r["search"] == "flat@best_first" and r["seed"] == tree["seed"]
+                    and r["filters"] == tree["filters"])
+        flat_trees = {t.problem_id: t for t in load_trees(tmp_path / "trees" / f"sample-d2-s{tree['seed']}")}
+        for pid, spent in tree["spent_by_problem"].items():  # flat stops at the nearest whole solution
+            costs = [cost for _, cost, _ in flat_trees[pid].meta["solutions"]]
+            assert flat_trees[pid].meta["generated_tokens"] >= spent
+            assert abs(flat["spent_by_problem"][pid] - spent) <= max(costs) / 2
+    pooled = json.loads(out.with_name("yield-pooled.json").read_text())
+    assert {p["seeds"] == [0, 1] for p in pooled} == {True}
+    assert "tree ÷ flat" in out.with_suffix(".md").read_text()
