@@ -1,7 +1,7 @@
 """Yield: good step pairs at equal *spent* tokens, tree search against flat best-of-N, pooled over seeds.
 
-Every search runs on the same built-in arithmetic problems (matched worked examples, the grounded step
-check) with the same per-problem ``token_budget``; the trees spend it (``fill_budget``) and, with
+Every search runs on the same built-in arithmetic problems (matched worked examples, the derived step
+check: true, grounded steps and an answer derived from every number the problem states) with the same per-problem ``token_budget``; the trees spend it (``fill_budget``) and, with
 ``--share-budget``, hand what a tree cannot use to the trees that can (``run.share_budget``). Flat best-of-N
 (``sample``) then samples each problem until it has spent what the tree spent there, and its trie is cut back
 to the first solutions whose tokens come closest to the tree's spend on that problem
@@ -83,7 +83,7 @@ def parse_args(argv=None):
     ap.add_argument("--searches", default="best_first")
     ap.add_argument("--share-budget", action=argparse.BooleanOptionalAction, default=True,
                     help="one token pool per run: what a tree cannot use goes to trees that can (run.share_budget)")
-    ap.add_argument("--step-check", default="arithmetic_grounded")
+    ap.add_argument("--step-check", default="arithmetic_derived")
     ap.add_argument("--temperature", type=float, default=0.9)
     ap.add_argument("--step-tokens", type=int, default=64)
     ap.add_argument("--rollout-tokens", type=int, default=160)

@@ -8,8 +8,8 @@ from fractions import Fraction
 
 import pytest
 
-from treepref.domains.arithmetic import (arithmetic_step_scorer, check_step, equations, generate, grounded_step,
-                                         is_correct_path, on_track)
+from treepref.domains.arithmetic import (arithmetic_step_scorer, check_step, derived_step, equations, generate,
+                                        grounded_step, is_correct_path, on_track)
 from treepref.problems import Problem
 
 
@@ -184,3 +184,30 @@ def test_grounded_step_reads_the_prompt_without_an_expression():
     problem = Problem(id="w", prompt="Add 1,200 and 34, then double it.", answer="2468")
     assert grounded_step(problem, "1,200 + 34 = 1,234") is True
     assert grounded_step(problem, "1234 * 2 = 2468", ["1,200 + 34 = 1,234"]) is False  # "double": 2 unstated
+
+
+@pytest.mark.parametrize("expression, prefix, step, expected", [
+    # the right derivation, left to right and with the answer computed inside the answer step
+    ("(4 - 3) * 2 + 17", ("4 - 3 = 1", "1 * 2 = 2", "2 + 17 = 19"), "The answer is 19.", True),
+    ("(4 - 3) * 2 + 17", ("4 - 3 = 1", "1 * 2 = 2"), "So 2 + 17 = 19. The answer is 19.", True),
+    # true, grounded steps that land on the answer while leaving 4 - 3 out (SmolLM2 at three operations)
+    ("(4 - 3) * 2 + 17", ("4 * 2 = 8", "2 + 17 = 19"), "The answer is 19.", False),
+    # a stated number that is also a result: both threes of 9 - 6 + 3 count
+    ("(9 - 6 + 3) * 5", ("9 - 6 = 3", "3 + 3 = 6", "6 * 5 = 30"), "The answer is 30.", True),
+    ("(9 - 6 + 3) * 5", (), "The answer is 30.", False),  # an answer stated bare: derived from nothing
+    ("(9 - 6 + 3) * 5", ("9 - 6 = 3", "3 + 3 = 6", "6 * 5 = 30"), "The answer is 31.", False),
+    # not an answer step: the grounded verdict
+    ("(4 - 3) * 2 + 17", ("4 * 2 = 8",), "2 + 17 = 19", True),
+    ("(4 - 3) * 2 + 17", (), "2 + 7 = 9", False),
+    ("(4 - 3) * 2 + 17", (), "Let us begin.", None),
+])
+def test_derived_step_asks_the_answer_to_come_from_every_stated_number(expression, prefix, step, expected):
+    problem = Problem(id="d", prompt=f"Compute {expression}.", answer=None, meta={"expression": expression})
+    assert derived_step(problem, step, prefix) is expected
+
+
+def test_every_reference_solution_is_derived():
+    for difficulty in (1, 2, 3, 4):
+        for problem in generate(100, seed=3, difficulty=difficulty):
+            steps = problem.meta["steps"]
+            assert derived_step(problem, f"The answer is {problem.answer}.", steps) is True, steps

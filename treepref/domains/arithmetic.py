@@ -269,6 +269,58 @@ def grounded_step(problem: Problem, step_text: str, prefix: Sequence[str] = ()) 
     return True
 
 
+def derived_step(problem: Problem, step_text: str, prefix: Sequence[str] = ()) -> bool | None:
+    """The ``arithmetic_derived`` step check: :func:`grounded_step`, and a step stating the final answer must
+    state the result of a derivation that uses every number the problem states.
+
+    The answer's derivation is the latest equation of the path (earlier steps, then this one) whose result is
+    the answer, with, for each of its operands, the latest earlier equation that produced that value, and so
+    on back; an operand the problem states counts as used either way (so ``3 + 3`` after ``9 - 6 = 3`` uses
+    both threes of ``9 - 6 + 3``). At three operations SmolLM2-135M lands on the answer by luck with true,
+    grounded steps that leave part of the problem out (``4 * 2 = 8``, ``2 + 17 = 19`` for
+    ``(4 - 3) * 2 + 17``): the grounded check passes them, and a search that widens successful paths would
+    multiply every pair under such a path. An answer no equation computed (stated bare) fails too. It reads
+    no reference solution, only the problem's numbers and the path.
+    """
+    verdict = grounded_step(problem, step_text, prefix)
+    if verdict is False:
+        return False
+    from treepref.verifiers.math import read_answer
+
+    stated = read_answer(step_text)
+    try:
+        answer = Fraction(stated.replace(",", "")) if stated is not None else None
+    except ValueError:
+        return verdict  # not a number: the outcome verifier judges it
+    if answer is None:
+        return verdict
+    chain = []  # (operands, result) of every equation on the path, in order
+    for text in (*prefix, step_text):
+        for left, right, _ in equations(text):
+            computing, result = (left, right) if _n_numbers(left.split()) >= 2 else (right, left)
+            value = _evaluate(result.split())
+            if value is not None:
+                chain.append(([Fraction(n) for n in _NUMBER_RE.findall(computing)], value))
+    meta = getattr(problem, "meta", None) or {}
+    given = _numbers(meta.get("expression") or problem.prompt)
+    last = next((i for i in range(len(chain) - 1, -1, -1) if chain[i][1] == answer), None)
+    if last is None:
+        return False
+    used, todo, seen = set(), [last], set()
+    while todo:
+        i = todo.pop()
+        if i in seen:
+            continue
+        seen.add(i)
+        for operand in chain[i][0]:
+            if operand in given:
+                used.add(operand)
+            producer = next((j for j in range(i - 1, -1, -1) if chain[j][1] == operand), None)
+            if producer is not None:
+                todo.append(producer)
+    return given <= used
+
+
 def on_track(problem: Problem, step_text: str) -> bool | None:
     """Whether a step is a right step toward *this* problem's answer: None when the step states no
     equation, False if any equation is wrong, True only if every equation's value is one of the problem's

@@ -7,7 +7,8 @@ check what a step states: ``check(problem, step_text, prefix) -> bool | None``, 
 before it (False: the step states something false; None: nothing to check). The built-in ones know nothing
 of the reference solution: a true step off the intended route passes. ``env.step_check`` names one
 (``arithmetic``: every equation holds; ``arithmetic_grounded``: and computes only with numbers the problem
-or an earlier step states; or ``module:function``).
+or an earlier step states; ``arithmetic_derived``: and the final answer is the result of a derivation that uses
+every number the problem states; or ``module:function``).
 """
 
 from __future__ import annotations
@@ -22,7 +23,8 @@ StepCheck = Callable[[Problem, str, Sequence[str]], "bool | None"]
 
 # Short names for the checks treepref ships.
 BUILTIN = {"arithmetic": "treepref.domains.arithmetic:check_step",
-           "arithmetic_grounded": "treepref.domains.arithmetic:grounded_step"}
+           "arithmetic_grounded": "treepref.domains.arithmetic:grounded_step",
+           "arithmetic_derived": "treepref.domains.arithmetic:derived_step"}
 
 
 def load_step_check(name: str) -> StepCheck:
