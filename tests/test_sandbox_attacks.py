@@ -29,7 +29,8 @@ def assert_held(r: dict) -> None:
     assert not r["passed"] and r["pass_rate"] == 0.0, what
     assert r["files"] == [] and r["processes"] == [] and r["sockets"] == [] and r["connections"] == 0, what
     assert r["error"] != "verdict", what  # the solution never reaches the verdict channel at all
-    assert r["seconds"] <= r["wall_limit"] + GRACE_S + 2, what
+    # the run ends at the deadline (wall + grace); the rest is killing and reaping, slow on a loaded machine
+    assert r["seconds"] <= r["wall_limit"] + GRACE_S + 5, what
 
 
 @pytest.mark.parametrize("fence", FENCES)

@@ -399,8 +399,9 @@ def plan(spec: dict, namespace: dict, connection: Connection) -> list[tuple[ast.
 
 
 def undumpable() -> None:
-    """Keep a worker of our own uid (no root, so no uid of its own) out of this process: a process that is
-    not dumpable cannot be ptraced or have its /proc descriptors opened by an unprivileged one."""
+    """A second layer: the worker cannot see this process at all (its own PID namespace), and were it to
+    (a worker of our own uid, as a non-root user), a process that is not dumpable cannot be ptraced or have
+    its /proc descriptors opened by an unprivileged one."""
     try:
         import ctypes
 
