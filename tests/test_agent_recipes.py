@@ -17,12 +17,12 @@ pytestmark = [pytest.mark.slow, pytest.mark.vllm]
 CONFIGS = Path(__file__).parent.parent / "configs"
 
 
-def run_recipe(name, vllm_policy, aio, out, enough=lambda trees: True):
+def run_recipe(name, vllm_policy, aio, out, enough=lambda trees: True, what=""):
     """Search the recipe's problems four at a time (resuming) until its step pairs have rows and
-    ``enough(trees)`` holds (what the test goes on to check is in the trees), at most 12: sampling is random
+    ``enough(trees)`` holds (``what`` the test goes on to check is in the trees), at most 12: sampling is random
     (vLLM-CPU ignores seeds) and the 135M model is weak. The tools recipe gave 12, 3 and 0 pairs in three
     runs of 8-12 tasks, so an empty export is possible; the checks on trees still run, and the pair rules
-    are checked exactly on scripted trees (tests/test_extract_formats.py)."""
+    are checked exactly on scripted trees (tests/test_extract_formats.py). ``enough`` must hold by then."""
     for count in (4, 8, 12):
         cfg = load_config(CONFIGS / name, [f"problems.options.count={count}"])
         problems = _problems(cfg)[0]
@@ -36,6 +36,7 @@ def run_recipe(name, vllm_policy, aio, out, enough=lambda trees: True):
             break
     trees = load_trees(out)
     assert len(trees) == count and not (out / "errors.jsonl").exists()
+    assert enough(trees), f"never appeared in {count} searched problems (the cap): {what}"
     return cfg, trees, exports
 
 
@@ -74,7 +75,8 @@ def bought(trees) -> bool:
 
 def test_agent_q_on_the_shop(vllm_policy, aio, tmp_path, tok):
     # Four tasks once gave pairs but no purchase among the nodes: search on (up to 12) until there is one.
-    cfg, trees, exports = run_recipe("agent-q.yaml", vllm_policy, aio, tmp_path, enough=bought)
+    cfg, trees, exports = run_recipe("agent-q.yaml", vllm_policy, aio, tmp_path, enough=bought,
+                                     what="a purchase among the nodes")
     assert cfg.env.name == "shop" and all(t.meta["env"] == "shop" for t in trees)
     check_text_is_ids(trees, tok)
     assert bought(trees)
@@ -99,7 +101,8 @@ def pruned(trees) -> bool:
 
 
 def test_tp_llama_on_the_tools(vllm_policy, aio, tmp_path, tok):
-    cfg, trees, exports = run_recipe("tp-llama.yaml", vllm_policy, aio, tmp_path, enough=pruned)
+    cfg, trees, exports = run_recipe("tp-llama.yaml", vllm_policy, aio, tmp_path, enough=pruned,
+                                     what="a pruned (failed) branch kept in a tree")
     assert all(t.meta["search"] == "dfs" for t in trees)
     check_text_is_ids(trees, tok)
     assert pruned(trees)

