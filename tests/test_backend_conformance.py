@@ -38,7 +38,8 @@ BACKENDS = [
     pytest.param("scripted_policy", id="scripted"),
     pytest.param("hf_policy", id="hf", marks=pytest.mark.slow),
     pytest.param("vllm_policy", id="vllm", marks=[pytest.mark.slow, pytest.mark.vllm]),
-    pytest.param("openai_policy", id="openai-vllm-server", marks=[pytest.mark.slow, pytest.mark.vllm]),
+    pytest.param("openai_policy", id="openai-vllm-server", marks=[pytest.mark.slow, pytest.mark.vllm,
+                                                                    pytest.mark.own_engine]),
 ]
 
 

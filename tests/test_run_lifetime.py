@@ -16,7 +16,8 @@ import pytest
 
 from backend_fixtures import need_vllm
 
-pytestmark = [pytest.mark.vllm, pytest.mark.slow]
+# Each run starts its own engine: the session's in-process one is closed first (backend_fixtures.sole_engine).
+pytestmark = [pytest.mark.vllm, pytest.mark.slow, pytest.mark.usefixtures("sole_engine")]
 
 
 def recipe(tmp: Path, problems: str, search: str, out: Path) -> Path:
