@@ -135,6 +135,20 @@ def test_generate_mistakes_are_one_line_and_write_nothing(tmp_path, capsys, over
     assert not out.exists()
 
 
+def test_code_without_the_sandbox_boundary_is_refused_in_one_line(tmp_path, capsys, monkeypatch):
+    """No bubblewrap (simulated: TREEPREF_BWRAP names nothing): the code recipe exits 2 before the model loads,
+    saying what is missing and how to get it, and writes nothing."""
+    monkeypatch.setenv("TREEPREF_BWRAP", str(tmp_path / "no-bwrap"))
+    out = tmp_path / "run"
+    assert main(["generate", "-c", "configs/code.yaml", "-o", str(out), "--quiet", "--set",
+                 "problems.options.count=1"]) == 2
+    err = capsys.readouterr().err.strip()
+    assert err.startswith("treepref: generate error: configs/code.yaml: environment 'code': the code sandbox "
+                          "needs bubblewrap") and "apt-get install bubblewrap" in err, err
+    assert "\n" not in err and "Traceback" not in err
+    assert not out.exists()
+
+
 def test_a_missing_problems_file_is_named(tmp_path, capsys):
     out = tmp_path / "run"
     args = ["generate", "-c", "configs/demo.yaml", "-o", str(out), "--quiet", "--set", "problems.source=file",

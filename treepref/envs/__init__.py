@@ -137,11 +137,20 @@ def build_env(name: str, options: dict | None = None, *, policy=None, source: st
 
 
 def probe_env(name: str, options: dict | None, problems: list, source: str = "<env>") -> None:
-    """Build ``name`` and reset it for the first of ``problems``, so a constructor or a ``reset`` that fails
-    is one ``EnvError`` before a run starts (or a model loads), not a traceback in every search."""
+    """Build ``name`` and reset it for the first of ``problems``, so a constructor or a ``reset`` that fails,
+    or an environment that cannot judge here (``require_ready``: the code sandbox without its OS boundary), is
+    one ``EnvError`` before a run starts (or a model loads), not a traceback or a failure in every search."""
     from treepref.envs.gym import is_stateful
 
-    if not is_stateful(env_class(name, source)):
+    cls = env_class(name, source)
+    if hasattr(cls, "require_ready"):  # rewards that need something of the machine (the code sandbox's boundary)
+        try:
+            build_env(name, options, source=source).require_ready()
+        except EnvError:
+            raise
+        except ValueError as exc:
+            raise EnvError(f"{source}: environment {name!r}: {exc}") from None
+    if not is_stateful(cls):
         return  # the built-in environments and functional classes build nothing that can fail here
     env = build_env(name, options, source=source)
     if problems:

@@ -73,6 +73,11 @@ class CodeEnv:
                       else ("\n\n",) + ends)
         self._split_at = re.compile(r"\n(?=" + " " * self.indent + r"\S)") if self.boundary == "statement" else "\n\n"
 
+    def require_ready(self) -> None:
+        """Refuse now, one line (``SandboxUnavailable``), where the sandbox's boundary cannot be set up: a run
+        would otherwise fail every problem at its first verdict (``envs.probe_env`` calls it)."""
+        self.verifier.require_boundary()
+
     @property
     def tokens(self) -> Tokenizer:
         return self.tokenizer if self.tokenizer is not None else PLAIN
