@@ -39,7 +39,7 @@ def search_recipe(name, overrides, vllm_policy, aio, out, lacking=lambda trees: 
 
 def scored(kind):
     """What an evaluator test needs: a node carrying a ``kind`` score."""
-    return lambda trees: [] if any(kind in t.scores[n] for t in trees for n in range(len(t))) else [
+    return lambda trees: [] if any(kind in t.scores[n] for t in trees for n in range(1, len(t))) else [
         f"a node with a {kind!r} score (a non-final node the evaluator valued)"]
 
 

@@ -35,7 +35,9 @@ run: {{output: {out}, concurrency: 4, retry_backoff_s: 0.1}}
 
 
 def cli(args: list[str], stderr) -> subprocess.Popen:
-    env = {**os.environ, "VLLM_NO_USAGE_STATS": "1", "VLLM_CPU_NUM_OF_RESERVED_CPU": "0"}
+    # Unbuffered: the progress bar's carriage-return updates reach the log file as they are drawn (buffered,
+    # they came in 8 KB chunks, and an unloaded machine finished the run before the first chunk said it began).
+    env = {**os.environ, "VLLM_NO_USAGE_STATS": "1", "VLLM_CPU_NUM_OF_RESERVED_CPU": "0", "PYTHONUNBUFFERED": "1"}
     return subprocess.Popen([sys.executable, "-m", "treepref.cli", *args], stdout=subprocess.DEVNULL,
                             stderr=stderr, env=env, cwd=Path(__file__).parent.parent)
 
@@ -87,7 +89,7 @@ def wait_for(predicate, timeout_s: float, what: str):
 def test_a_killed_run_leaves_no_engine_process(tmp_path, model_dir, sig):
     need_vllm()
     out = tmp_path / "run"
-    path = recipe(tmp_path, "{source: arithmetic, options: {count: 16, seed: 0, difficulty: 1}}",
+    path = recipe(tmp_path, "{source: arithmetic, options: {count: 64, seed: 0, difficulty: 1}}",
                   "{name: mcts, options: {simulations: 64, k: 2, n_rollouts: 1}}", out)
     log = tmp_path / "stderr.txt"
     with open(log, "w") as stderr:
