@@ -3,25 +3,22 @@
 # it re-installs only when pyproject.toml or this script changed.
 set -euo pipefail
 cd "$(dirname "$0")/.."
-# Debian's Chromium for the browser test of `treepref view` (checked before the stamp: it lives outside .venv).
-if ! command -v chromium >/dev/null 2>&1; then
+# Debian tools that live outside .venv (checked before the stamp): `apt_tool COMMAND PACKAGE WHAT-IS-LOST` installs
+# PACKAGE where COMMAND is missing (as root, with apt-get), else says what goes without it.
+apt_tool() {
+    command -v "$1" >/dev/null 2>&1 && return 0
     if [ "$(id -u)" = 0 ] && command -v apt-get >/dev/null 2>&1; then
-        { apt-get update -qq && DEBIAN_FRONTEND=noninteractive apt-get install -y -qq chromium; } >/dev/null 2>&1 \
-            || echo "setup: could not install chromium: the viewer's browser test will skip"
+        { apt-get update -qq && DEBIAN_FRONTEND=noninteractive apt-get install -y -qq "$2"; } >/dev/null 2>&1 \
+            || echo "setup: could not install $2: $3"
     else
-        echo "setup: no chromium (and no root apt-get): the viewer's browser test will skip"
+        echo "setup: no $2 (and no root apt-get): $3"
     fi
-fi
-# Debian's bubblewrap: the OS boundary the code sandbox runs model-written code behind (treepref.verifiers.sandbox
-# refuses to run code without it; the sandbox tests skip, saying why).
-if ! command -v bwrap >/dev/null 2>&1; then
-    if [ "$(id -u)" = 0 ] && command -v apt-get >/dev/null 2>&1; then
-        { apt-get update -qq && DEBIAN_FRONTEND=noninteractive apt-get install -y -qq bubblewrap; } >/dev/null 2>&1 \
-            || echo "setup: could not install bubblewrap: code verdicts will be refused and the sandbox tests skip"
-    else
-        echo "setup: no bubblewrap (and no root apt-get): code verdicts will be refused and the sandbox tests skip"
-    fi
-fi
+}
+# Chromium: the browser test of `treepref view`.
+apt_tool chromium chromium "the viewer's browser test will skip"
+# bubblewrap: the OS boundary the code sandbox runs model-written code behind (treepref.verifiers.sandbox refuses
+# to run code without it; the sandbox tests skip, saying why).
+apt_tool bwrap bubblewrap "code verdicts will be refused and the sandbox tests skip"
 PY=${PYTHON:-python3}
 stamp=.venv/.treepref-setup
 want=$(cat pyproject.toml scripts/setup.sh | sha256sum | cut -d' ' -f1)
