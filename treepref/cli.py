@@ -261,7 +261,8 @@ def _failures_exit(summary, out: Path, allow: bool) -> int:
 @contextlib.contextmanager
 def _sigterm_as_interrupt():
     """SIGTERM stops a run the way Ctrl-C does, so the engine is shut down (its processes with it) rather
-    than the process vanishing; the previous handler comes back afterwards."""
+    than the process vanishing, also where SIGINT is ignored (a run started in the background); the previous
+    handler comes back afterwards."""
     import threading
 
     if threading.current_thread() is not threading.main_thread():
@@ -269,6 +270,9 @@ def _sigterm_as_interrupt():
         return
 
     def interrupt(signum, frame):
+        if signal.getsignal(signal.SIGINT) is signal.SIG_IGN:
+            # started in the background (`nohup ... &`): Ctrl-C is off, and SIGINT would be ignored too
+            raise KeyboardInterrupt
         signal.raise_signal(signal.SIGINT)
 
     previous = signal.signal(signal.SIGTERM, interrupt)
