@@ -29,6 +29,9 @@ def group_of(item) -> int:
 
 
 def pytest_collection_modifyitems(config, items):
+    for item in items:  # every test that loads the real model is slow, marked or not (-m "not slow" skips them all)
+        if "model_dir" in getattr(item, "fixturenames", ()) and not item.get_closest_marker("slow"):
+            item.add_marker(pytest.mark.slow)
     items.sort(key=group_of)  # stable: the order within each group stays
 
 os.environ.setdefault("HF_HUB_OFFLINE", "1")
