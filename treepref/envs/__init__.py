@@ -143,15 +143,14 @@ def probe_env(name: str, options: dict | None, problems: list, source: str = "<e
     from treepref.envs.gym import is_stateful
 
     cls = env_class(name, source)
-    if hasattr(cls, "require_ready"):  # rewards that need something of the machine (the code sandbox's boundary)
-        try:
-            build_env(name, options, source=source).require_ready()
-        except EnvError:
-            raise
-        except ValueError as exc:
-            raise EnvError(f"{source}: environment {name!r}: {exc}") from None
     if not is_stateful(cls):
-        return  # the built-in environments and functional classes build nothing that can fail here
+        if hasattr(cls, "require_ready"):  # rewards that need something of the machine (the code sandbox)
+            env = build_env(name, options, source=source)
+            try:
+                env.require_ready()
+            except ValueError as exc:
+                raise EnvError(f"{source}: environment {name!r}: {exc}") from None
+        return  # the other built-in environments and functional classes build nothing that can fail here
     env = build_env(name, options, source=source)
     if problems:
         try:
