@@ -9,7 +9,7 @@ import pytest
 
 from treepref.backends.base import Sampling
 
-from sampled import sample_until
+from sampled import sample_until, until_present
 
 pytestmark = [pytest.mark.vllm, pytest.mark.slow]
 
@@ -84,15 +84,17 @@ def test_request_seeds(vllm_policy, prompt, aio):
         # near-tie: a clean run once gave '1 + 7 = 8.' and then '1 + 7 = 8', and with the cache warmed 11 of 12
         # seeds repeated exactly. So each seed is tried after a warm-up call, and one of three must repeat.
         repeated = []
-        for seed in (1234, 1235, 1236):
-            seeded = params.with_(seed=seed)
+
+        def seed_twice(i):
+            seeded = params.with_(seed=1234 + i)
             aio(vllm_policy.generate([prompt], seeded))  # both calls below read the prompt's cached KV
             a = aio(vllm_policy.generate([prompt], seeded))
             b = aio(vllm_policy.generate([prompt], seeded))
             repeated.append([c.text for c in a[0]] == [c.text for c in b[0]])
-            if repeated[-1]:
-                break
-        assert any(repeated), f"no seed of three gave the same completions twice: {repeated}"
+            return repeated
+
+        until_present(seed_twice, lambda r: [] if any(r) else ["the same completions twice from one seed"], 3,
+                      "seeds")
         vllm_policy.request_seeds, vllm_policy._warned_seed = False, False
         with pytest.warns(UserWarning, match="per-request seeds are off"):
             aio(vllm_policy.generate([prompt], params))
