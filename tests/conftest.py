@@ -39,6 +39,20 @@ os.environ.setdefault("TRANSFORMERS_OFFLINE", "1")
 os.environ.setdefault("TOKENIZERS_PARALLELISM", "false")
 
 
+@pytest.fixture(autouse=True)
+def torch_threads():
+    """Every test starts with torch's own thread count: ``num_threads`` of the hf backend is process-wide, and one
+    test's single thread made every later real-model test in the session run at half speed on two cores."""
+    import sys
+
+    torch = sys.modules.get("torch")  # a test that never loaded torch does not load it here
+    before = torch.get_num_threads() if torch else None
+    yield
+    torch = sys.modules.get("torch")
+    if torch is not None:
+        torch.set_num_threads(before or len(os.sched_getaffinity(0)))  # loaded by this test: every usable core
+
+
 @pytest.fixture(scope="session")
 def model_dir() -> str:
     """The embedded SmolLM2-135M-Instruct as a Hugging Face folder (converted on first use)."""

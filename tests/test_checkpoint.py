@@ -161,7 +161,7 @@ def test_greedy_hf_resumes_to_the_same_tree(model_dir, tmp_path):
     from treepref.backends.hf import HFPolicy
     from treepref.domains.arithmetic import generate, worked_examples
 
-    policy = HFPolicy(model_dir, num_threads=1)
+    policy = HFPolicy(model_dir)
     problems = generate(1, seed=3, difficulty=3)  # greedy SmolLM2 writes three steps: three simulations
 
     def ctx_of(p):

@@ -21,7 +21,7 @@ def run_dir(tmp_path_factory, model_dir):
     shutil.copy(DATA / "problems_mixed.jsonl", problems)
     recipe = tmp / "recipe.yaml"
     recipe.write_text(f"""
-model: {{name: {model_dir}, backend: hf, options: {{num_threads: 1}}}}
+model: {{name: {model_dir}, backend: hf}}
 problems: {{source: file, options: {{path: {problems}, count: 2}}}}
 env: {{max_depth: 2, max_tokens: 64}}
 sampling: {{temperature: 1.0, max_tokens: 12, rollout_max_tokens: 24}}
@@ -220,7 +220,7 @@ def test_failures_exit_nonzero_and_stale_errors_move_to_history(tmp_path, model_
     out = tmp_path / "run"
     recipe = tmp_path / "recipe.yaml"
     recipe.write_text(f"""
-model: {{name: {model_dir}, backend: hf, options: {{num_threads: 1}}}}
+model: {{name: {model_dir}, backend: hf}}
 problems: {{source: file, options: {{path: {problems}}}}}
 env: {{max_depth: 2, max_tokens: 32}}
 sampling: {{max_tokens: 8, rollout_max_tokens: 16}}

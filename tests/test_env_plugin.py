@@ -205,7 +205,7 @@ def test_generate_from_a_recipe_naming_the_class(tmp_path, model_dir):
 
     config = tmp_path / "guess.yaml"
     config.write_text(f"""
-model: {{name: {model_dir}, backend: hf, options: {{num_threads: 1}}}}
+model: {{name: {model_dir}, backend: hf}}
 env: {{name: "{ENV}", options: {{high: 6}}, max_depth: 3}}
 problems: {{options: {{count: 2}}}}
 sampling: {{temperature: 1.0, max_tokens: 6, rollout_max_tokens: 18}}

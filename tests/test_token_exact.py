@@ -127,7 +127,7 @@ def _check_searches(policy, aio):
 def test_hf_search_sends_token_exact_prompts(model_dir, aio):
     from treepref.backends.hf import HFPolicy
 
-    policy = HFPolicy(model_dir, num_threads=1)
+    policy = HFPolicy(model_dir)
     try:
         _check_searches(policy, aio)
     finally:
