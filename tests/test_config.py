@@ -78,17 +78,18 @@ def test_defaults_fill_missing_sections(tmp_path):
 @pytest.mark.parametrize("text, needle", [
     ("serch:\n  name: mcts\n", "unknown key 'serch'"),
     ("search:\n  nme: mcts\n", "unknown key 'search.nme'"),
-    ("env:\n  max_depth: deep\n", "env.max_depth must be int"),
+    ("env:\n  max_depth: deep\n", "env.max_depth: expected int or null, got 'deep'"),
     ("env:\n  max_depth: 0\n", "env.max_depth must be >= 1"),
     ("sampling:\n  top_p: 1.5\n", "sampling.top_p"),
-    ("sampling:\n  temperature: true\n", "sampling.temperature must be float"),
-    ("model:\n  backend: llama\n", "model.backend 'llama'"),
+    ("sampling:\n  temperature: true\n", "sampling.temperature: expected float, got True"),
+    ("model:\n  backend: llama\n", "model.backend: unknown backend 'llama' (known: "),
     ("search:\n  name: alphago\n", "alphago"),
     ("extract:\n  formats: [step_pears]\n", "step_pears"),
     ("extract:\n  layout: chat\n", "extract.layout"),
     ("env:\n  answer_pattern: 'answer is .*'\n", "env.answer_pattern"),
-    ("env:\n  step_check: algebra\n", "env.step_check 'algebra': not one of arithmetic"),
-    ("env:\n  options:\n    step_check: nowhere:f\n", "env.step_check 'nowhere:f' cannot be imported"),
+    ("env:\n  step_check: algebra\n", "env.step_check: unknown step check 'algebra' (known: arithmetic"),
+    ("env:\n  options:\n    step_check: nowhere:f\n",
+     "env.step_check: step check 'nowhere:f': no module named 'nowhere'"),
     ("env:\n  name: shop\n  step_check: arithmetic\n", "env.step_check is an option of the reasoning"),
     ("problems:\n  options:\n    cnt: 3\n", "problems.options.cnt"),
     ("- a\n- b\n", "top level must be a mapping"),
@@ -114,7 +115,7 @@ def test_overrides_are_parsed_as_yaml_and_validated(tmp_path):
     path = write(tmp_path, "search:\n  name: mcts\n")
     cfg = load_config(path, ["run.concurrency=3", "env.delimiter=\"\\n\""])
     assert cfg.run.concurrency == 3 and cfg.env.delimiter == "\n"
-    with pytest.raises(ConfigError, match="run.concurrency must be int"):
+    with pytest.raises(ConfigError, match="run.concurrency: expected int, got 'many'"):
         load_config(path, ["run.concurrency=many"])
     with pytest.raises(ConfigError, match="expected section.key=value"):
         load_config(path, ["run.concurrency"])

@@ -193,7 +193,8 @@ def test_checker_passes_the_plugged_env_and_catches_a_broken_one():
 def test_unknown_options_and_classes_are_one_line_errors():
     with pytest.raises(EnvError, match="unknown option env.options.colour"):
         build_env(ENV, {"colour": 1})
-    with pytest.raises(EnvError, match="cannot import environment 'test_env_plugin:Nope'"):
+    with pytest.raises(EnvError, match="environment 'test_env_plugin:Nope': module 'test_env_plugin' has no "
+                                       "attribute 'Nope'"):
         build_env("test_env_plugin:Nope")
     assert build_env(ENV, {"high": 4, "max_depth": 3}).max_depth == 3  # the adapter's option, and the class's
 

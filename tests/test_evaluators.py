@@ -111,11 +111,12 @@ def test_rollouts_evaluator_is_the_default_rule():
 
 
 @pytest.mark.parametrize("spec, message", [
-    ({"kind": "oracle"}, "kind 'oracle' is not one of"),
+    ({"kind": "oracle"}, "evaluator.kind: unknown evaluator kind 'oracle' \\(known: "),
     ({"kind": "constant"}, "needs 'value'"),
     ({"kind": "rollouts", "n": 0}, "n must be an integer >= 1"),
     ({"kind": "steps", "scorer": "test_evaluators:toy_scorer", "aggregate": "median"}, "unknown aggregator"),
-    ({"kind": "steps", "scorer": "nowhere:nothing"}, "cannot be imported"),
+    ({"kind": "steps", "scorer": "nowhere:nothing"},
+     "evaluator.scorer: step scorer 'nowhere:nothing': no module named 'nowhere'"),
     ({"kind": "prm", "model": "/no/such/folder"}, "no folder"),
     ({"kind": "mix", "parts": [{"kind": "constant", "value": 1, "weight": -1}]}, r"parts\[0\].weight"),
     ({"kind": "judge", "k": 2, "temp": 1}, "unknown option 'temp'"),

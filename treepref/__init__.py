@@ -1,3 +1,67 @@
-"""treepref: LLM tree search turned into step-level preference data."""
+"""treepref: LLM tree search turned into step-level preference data.
+
+From Python (docs/api.md): ``generate`` runs a recipe into a run folder, ``load_run`` opens one, and the
+``Run`` exports, views and reports it; ``search`` searches problems with a policy object you hold. Importing
+treepref loads none of that (no torch, no engine): each name is imported when it is first used.
+"""
+
+from __future__ import annotations
+
+import importlib
+import sys
+import types
 
 __version__ = "0.1.0"
+
+# public name -> the module that defines it
+_PUBLIC = {
+    "generate": "treepref.api",
+    "load_run": "treepref.api",
+    "Run": "treepref.api",
+    "ProblemsFailed": "treepref.api",
+    "UserInputError": "treepref.errors",
+    "ConfigError": "treepref.config",
+    "RecipeMismatch": "treepref.run_folder",
+    "NoProblems": "treepref.pipeline",
+    "Problem": "treepref.problems",
+    "Tree": "treepref.tree",
+}
+
+
+def __getattr__(name: str):
+    if name == "search":  # the subpackage, made callable as it is set here (``_Package``)
+        return importlib.import_module("treepref.search")
+    if name not in _PUBLIC:
+        raise AttributeError(f"module 'treepref' has no attribute {name!r}")
+    value = getattr(importlib.import_module(_PUBLIC[name]), name)
+    globals()[name] = value  # once
+    return value
+
+
+def __dir__() -> list[str]:
+    return sorted(set(globals()) | set(_PUBLIC) | {"search"})
+
+
+class _SearchPackage(types.ModuleType):
+    """``treepref.search`` is the package of search algorithms, and calling it runs one on your own policy:
+    ``await treepref.search(problems, env=..., policy=...)`` is ``treepref.api.search`` (a package attribute
+    cannot be both a module and a function, so the module is made callable)."""
+
+    def __call__(self, problems, **kwargs):
+        return importlib.import_module("treepref.api").search(problems, **kwargs)
+
+
+class _Package(types.ModuleType):
+    """treepref itself: whenever its ``search`` subpackage is imported (the import system sets it as an
+    attribute here), that module becomes callable; nothing is imported for it in advance."""
+
+    def __setattr__(self, name: str, value) -> None:
+        if name == "search" and isinstance(value, types.ModuleType):
+            value.__class__ = _SearchPackage
+        super().__setattr__(name, value)
+
+
+sys.modules[__name__].__class__ = _Package
+
+__all__ = ["ConfigError", "NoProblems", "Problem", "ProblemsFailed", "RecipeMismatch", "Run", "Tree",
+           "UserInputError", "__version__", "generate", "load_run", "search"]

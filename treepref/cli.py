@@ -18,13 +18,12 @@ import argparse
 import asyncio
 import contextlib
 import json
-import os
 import signal
 import sys
-import time
 from pathlib import Path
 
-from treepref.config import Config, ConfigError, load_config
+from treepref.config import ConfigError
+from treepref.errors import UserInputError
 
 
 def main(argv: list[str] | None = None) -> int:
@@ -141,7 +140,7 @@ def _summary(doc: str | None) -> str:
 
 def catalog() -> str:
     """What a recipe can name, a line each: read from the modules' own docstrings, so it cannot go stale."""
-    import importlib
+    import sys
 
     from treepref.backends import BACKENDS
     from treepref.envs import ENVS
@@ -149,11 +148,16 @@ def catalog() -> str:
     from treepref.extract.rules import RULES
     from treepref.search import SEARCHES
 
+    def module_doc(obj) -> str | None:
+        return sys.modules[obj.__module__].__doc__
+
+    backends = {}  # one line per class: "transformers" and "server" are aliases of "hf" and "openai"
+    for k, cls in BACKENDS.items():
+        backends.setdefault(cls, k)
     sections = {
-        "environments (env.name)": {k: importlib.import_module(m).__doc__ for k, (m, _, _) in ENVS.items()},
-        "searches (search.name)": {k: importlib.import_module(m).__doc__ for k, (m, _, _) in SEARCHES.items()},
-        "backends (model.backend)": {k: importlib.import_module(m).__doc__ for k, (m, _) in BACKENDS.items()
-                                     if k in ("hf", "vllm", "openai")},
+        "environments (env.name)": {k: module_doc(cls) for k, cls in ENVS.items()},
+        "searches (search.name)": {k: module_doc(s.run) for k, s in SEARCHES.items()},
+        "backends (model.backend)": {k: module_doc(cls) for cls, k in backends.items()},
         "export formats (extract --format)": {k: f.build.__doc__ for k, f in FORMATS.items()},
         "pair rules (extract --rule)": {k: f.__doc__ for k, f in RULES.items()},
     }
@@ -164,96 +168,52 @@ def catalog() -> str:
     return "\n".join(lines)
 
 
-class UserInputError(ValueError):
-    """A user's data or option is wrong: one line, no traceback."""
-
-
 # -- generate -------------------------------------------------------------------------------------------
 def _generate(args) -> int:
-    cfg = load_config(args.config, args.overrides)
-    out = Path(args.output or cfg.run.output)
-    # Everything a user can get wrong is checked before the run folder is touched or an engine starts.
-    problems, errors = _problems(cfg)
-    if not problems:
-        for e in errors[:5]:  # every row was bad: say which and why (no run folder is written)
+    from treepref import pipeline
+
+    try:  # everything a user can get wrong is checked before the run folder is touched or an engine starts
+        plan = pipeline.prepare(args.config, args.output, overrides=args.overrides, force=args.force)
+    except pipeline.NoProblems as exc:
+        for e in exc.errors[:5]:  # every row was bad: say which and why (no run folder is written)
             print(f"treepref: bad problem row: {e}", file=sys.stderr)
-        more = f" ({len(errors)} bad rows)" if errors else ""
-        print(f"treepref: no problems to search{more}", file=sys.stderr)
+        print(f"treepref: {exc}", file=sys.stderr)
         return 1
-    from treepref.models import check_model
-    from treepref.run_folder import RecipeMismatch, check_recipe, fingerprint, start_attempt, write_recipe
-
-    try:
-        from treepref.config import env_settings
-        from treepref.envs import probe_env
-
-        probe_env(cfg.env.name, env_settings(cfg), problems, cfg.source)  # a constructor or reset that fails
-        check_model(cfg.model.name)
-        if cfg.run.executor == "ray":
-            from treepref.executors import require_ray
-
-            require_ray()  # a one-line error when the extra is missing (MissingExtra is a ValueError)
-        recipe = fingerprint(cfg, problems)
-        forced = check_recipe(out, recipe, force=args.force)
-    except (ValueError, RecipeMismatch) as exc:
-        raise UserInputError(str(exc)) from None
-    out.mkdir(parents=True, exist_ok=True)
-    start_attempt(out)  # the previous attempt's summary and errors go to attempts/<n>/
-    import yaml
-
-    from treepref.tree import atomic_write_text
-
-    atomic_write_text(out / "config.yaml", yaml.safe_dump(cfg.to_dict(), sort_keys=False))
-    write_recipe(out, recipe, forced)
-    if forced:
-        print(f"treepref: --force: continuing {out} with a new recipe ({', '.join(forced)} changed)",
-              file=sys.stderr)
-    _report_problem_errors(errors, out)
+    pipeline.start(plan)  # the previous attempt's summary and errors go to attempts/<n>/
+    for line in pipeline.notes(plan):
+        print(f"treepref: {line}", file=sys.stderr)
     from treepref.console import engine_log
+    from treepref.executors import ExecutorError
 
+    cfg, out = plan.cfg, plan.out
     engine = out / "logs" / "engine.log"
-    print(f"treepref: {cfg.search.name} on {len(problems)} {cfg.problems.source} problems, model "
+    print(f"treepref: {cfg.search.name} on {len(plan.problems)} {cfg.problems.source} problems, model "
           f"{cfg.model.name or 'SmolLM2-135M-Instruct (embedded)'} on {cfg.model.backend}, into {out}"
           + ("" if args.verbose else f" (engine log: {engine})"), flush=True)
-    started = time.time()
     with _sigterm_as_interrupt(), engine_log(engine, enabled=not args.verbose) as terminal:
         try:
-            if cfg.run.executor == "ray":  # problems sharded over Ray actors (docs/scaling.md)
-                from treepref.executors.ray import RayExecutorError, run_config
-
-                try:
-                    summary = run_config(cfg, problems, out, progress=not args.quiet, progress_file=terminal)
-                except RayExecutorError as exc:  # no cluster, or actors that cannot start: one line
-                    print(f"treepref: {exc}", file=terminal)
-                    return 1
-            else:
-                summary = asyncio.run(_search_all(cfg, problems, out, progress=not args.quiet,
-                                                  progress_file=terminal))
+            summary = pipeline.search_problems(plan, progress=not args.quiet, progress_file=terminal)
+        except ExecutorError as exc:  # no cluster, or actors that cannot start: one line
+            print(f"treepref: {exc}", file=terminal)
+            return 1
         except KeyboardInterrupt:
             print(f"treepref: interrupted; the trees written so far are kept in {out / 'trees'} (rerun to "
                   "resume)", file=terminal)
             return 130
-        result = {"config": str(args.config), "output": str(out), **summary.to_dict()}
-        if not args.no_extract:
-            result["exports"] = _export(out, cfg, cfg.extract.formats, cfg.extract.rule, cfg.extract.value,
-                                        cfg.extract.layout, cfg.extract.options)
-    result["total_wall_time_s"] = round(time.time() - started, 3)
-    result["look"] = {"viewer": f"treepref view {out}  ->  {out / 'view.html'}",
-                      "report": f"treepref report {out}  ->  {out / 'report' / 'index.html'}"}
-    from treepref.runner import write_json
-
-    write_json(out / "summary.json", result)
+        result = pipeline.finish(plan, summary, extract=not args.no_extract)
     _print_summary(result)
     return _failures_exit(summary, out, allow=args.allow_failures or cfg.run.allow_failures)
 
 
 def _failures_exit(summary, out: Path, allow: bool) -> int:
     """Name the failed problems (a few) and where the rest is; 1 when any failed, unless allowed."""
+    from treepref.pipeline import failures_line
+
     if not summary.failed:
         return 0
     for f in summary.failures[:10]:
         print(f"treepref: failed {f['problem_id']} ({f['reason']}): {f['error']}", file=sys.stderr)
-    print(f"treepref: {summary.failed} of {summary.problems} problems failed; details in {out / 'errors.jsonl'}"
+    print(f"treepref: {failures_line(summary, out)}"
           + ("" if allow else " (rerun to retry them; --allow-failures to exit 0)"), file=sys.stderr)
     return 0 if allow else 1
 
@@ -282,97 +242,12 @@ def _sigterm_as_interrupt():
         signal.signal(signal.SIGTERM, previous)
 
 
-def _problems(cfg: Config):
-    """The recipe's problems and the rows that could not be read; a missing file or an unknown source is a
-    one-line error."""
-    from treepref.domains import build_problems
-
-    try:
-        return build_problems(cfg.problems.source, **cfg.problems.options)
-    except (FileNotFoundError, ValueError) as exc:
-        raise UserInputError(f"{cfg.source}: problems: {exc}") from None
-
-
-def _report_problem_errors(errors, out: Path) -> None:
-    if errors:
-        from treepref.tree import atomic_write_text
-
-        lines = [json.dumps(_error_dict(e), ensure_ascii=False) for e in errors]
-        atomic_write_text(out / "problem_errors.jsonl", "\n".join(lines) + "\n")
-        for e in errors[:20]:
-            print(f"treepref: skipped bad problem: {e}", file=sys.stderr)
-        if len(errors) > 20:
-            print(f"treepref: ... {len(errors) - 20} more in {out / 'problem_errors.jsonl'}", file=sys.stderr)
-
-
-def _error_dict(err) -> dict:
-    import dataclasses
-
-    if dataclasses.is_dataclass(err):
-        return dataclasses.asdict(err)
-    return {"error": str(err)}
-
-
-def build_context(cfg: Config, policy):
-    """The environment and sampling settings of a config, around an existing policy."""
-    from treepref.backends.base import Sampling
-    from treepref.config import env_settings
-    from treepref.envs import build_env
-    from treepref.search.base import SearchContext
-
-    env = build_env(cfg.env.name, env_settings(cfg), policy=policy, source=cfg.source)
-    s = cfg.sampling
-    sampling = Sampling(temperature=s.temperature, top_p=s.top_p, max_tokens=s.max_tokens, seed=s.seed)
-    return SearchContext(env=env, policy=policy, sampling=sampling, rollout_max_tokens=s.rollout_max_tokens,
-                         success=cfg.env.success)
-
-
-async def _search_all(cfg: Config, problems, out: Path, progress: bool, progress_file=None):
-    from treepref.backends import make_policy
-    from treepref.runner import Retry, pending, run_problems
-    from treepref.search import build_config, get_search
-
-    search_fn = get_search(cfg.search.name)
-    search_cfg = build_config(cfg.search.name, cfg.search.options, cfg.source)
-    retry = Retry(cfg.run.retries, cfg.run.retry_backoff_s, cfg.run.request_timeout_s)
-    options = dict(concurrency=cfg.run.concurrency, resume=cfg.run.resume, retry=retry, progress=progress,
-                   progress_file=progress_file, share_budget=cfg.run.share_budget)
-    if cfg.run.resume and not pending(problems, out):  # a finished run: no model to load
-        return await run_problems(problems, search_fn, search_cfg, None, out, **options)
-    policy = make_policy(cfg.model.backend, cfg.model.name, **cfg.model.options)
-    try:
-        ctx = build_context(cfg, policy)
-        return await run_problems(problems, search_fn, search_cfg, ctx, out, **options)
-    finally:
-        close = getattr(policy, "close", None)
-        if close is not None:
-            result = close()
-            if asyncio.iscoroutine(result):
-                await result
-
-
 # -- extract --------------------------------------------------------------------------------------------
 def _extract(args) -> int:
-    run = Path(args.run)
-    cfg_path = run / "config.yaml"
-    if not cfg_path.exists():
-        raise ConfigError(f"{run}: not a run folder (no config.yaml); run treepref generate first")
-    cfg = load_config(cfg_path)
-    options = {**cfg.extract.options, **_set_options(args.overrides)}
-    formats = args.formats or cfg.extract.formats
-    from treepref.extract import FORMATS, RULES
+    from treepref.pipeline import extract
 
-    for fmt in formats:
-        if fmt not in FORMATS:
-            raise ConfigError(f"--format: unknown format {fmt!r} (known: {', '.join(sorted(FORMATS))})")
-    rule = args.rule or cfg.extract.rule
-    if rule is not None and rule not in RULES:
-        raise ConfigError(f"--rule: unknown rule {rule!r} (known: {', '.join(sorted(RULES))})")
-    try:
-        result = _export(run, cfg, formats, rule, args.value or cfg.extract.value,
-                         args.layout or cfg.extract.layout, options)
-    except ValueError as exc:  # an option a format does not take, a value no tree has, ...
-        raise UserInputError(str(exc)) from None
+    result = extract(args.run, formats=args.formats, rule=args.rule, value=args.value, layout=args.layout,
+                     options=_set_options(args.overrides))
     print(json.dumps(result, indent=2))
     return 0
 
@@ -408,70 +283,6 @@ def _train(args) -> int:
     print(f"treepref: trained {summary['method']} on {summary['examples']} examples for {summary['steps']} steps "
           f"(loss {summary['train_loss']:.4f}); wrote {summary['model']}")
     return 0
-
-
-def _export(run: Path, cfg: Config, formats, rule, value, layout, options) -> dict:
-    from treepref.extract import FORMATS, template_from_tokenizer, write_export
-    from treepref.extract.api import options_per_format
-    from treepref.few_shot import load_shots
-    from treepref.models import resolve_model
-    from treepref.runner import load_trees
-
-    import datasets
-
-    datasets.disable_progress_bars()  # one bar per shard per format drowns the run's own output
-    trees = load_trees(run)
-    template, shots = None, ()
-    if not all(t.has_text for t in trees):  # trees from before environments recorded their text: re-render
-        model = resolve_model(cfg.model.name)
-        template = template_from_tokenizer(model) if os.path.isdir(model) else None
-        shots = load_shots(cfg.env.few_shot, cfg.source)  # once, not once per format (it may read a file)
-    results = {}
-    per_format = options_per_format(formats, rule, options)  # each format the options it takes
-    for fmt in formats:
-        takes_rule = FORMATS[fmt].default_rule is not None  # trees, stepwise, ... have no pair rule
-        stats = write_export(trees, run / "exports" / fmt, fmt, template=template, layout=layout,
-                             rule=rule if takes_rule else None, value=value, recipe=Path(cfg.source).stem,
-                             system=_system(cfg), delimiter=cfg.env.delimiter,
-                             few_shot=shots, **per_format[fmt])
-        results[fmt] = {k: stats[k] for k in ("rows", "mean_rows_per_problem", "share_with_rows",
-                                              "generated_tokens_per_row") if k in stats}
-        if takes_rule and not stats.get("rows"):  # say why, where the rows cannot
-            from treepref.explain import zero_pairs_reason
-
-            results[fmt]["why"] = zero_pairs_reason(trees, cfg.env.success, per_format[fmt])
-        if cfg.problems.source == "arithmetic" and fmt in _STEP_PAIR_FORMATS:
-            results[fmt]["label_quality"] = _label_quality(run / "exports" / fmt, trees, cfg)
-    return results
-
-
-_STEP_PAIR_FORMATS = ("step_pairs", "step_apo")
-
-
-def _label_quality(folder: Path, trees, cfg: Config) -> dict:
-    """On built-in arithmetic every step can be checked: the oracle's classes of every pair. The problems'
-    expressions and intermediates come from the trees, which record them (older trees: regenerated)."""
-    from treepref.extract.quality import pair_label_quality
-    from treepref.domains import build_problems
-    from treepref.problems import Problem
-    from treepref.runner import write_json
-
-    problems = {t.problem_id: Problem(t.problem_id, t.prompt, t.answer, meta=t.meta["problem_meta"])
-                for t in trees if t.meta.get("problem_meta")}
-    if len(problems) < len(trees):
-        problems = {p.id: p for p in build_problems(cfg.problems.source, **cfg.problems.options)[0]} | problems
-    with open(folder / "rows.jsonl", encoding="utf-8") as f:
-        quality = pair_label_quality((json.loads(line) for line in f), problems)
-    stats = json.loads((folder / "stats.json").read_text(encoding="utf-8"))
-    stats["label_quality"] = quality
-    write_json(folder / "stats.json", stats)
-    return quality
-
-
-def _system(cfg: Config):
-    from treepref.envs.reasoning import DEFAULT_SYSTEM
-
-    return DEFAULT_SYSTEM if cfg.env.system == "default" else cfg.env.system
 
 
 # -- evaluate -------------------------------------------------------------------------------------------

@@ -8,11 +8,12 @@ from __future__ import annotations
 
 import dataclasses
 import inspect
-import types
 import typing
 from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any
+
+from treepref.options import coerce
 
 
 class ConfigError(ValueError):
@@ -141,7 +142,7 @@ def read_yaml(path: str | Path, overrides: list[str] | None = None) -> dict:
         key, sep, raw = item.partition("=")
         if not sep:
             raise ConfigError(f"override {item!r}: expected section.key=value")
-        _set_path(data, key.split("."), yaml.safe_load(raw), f"override {item!r}")
+        set_path(data, key.split("."), yaml.safe_load(raw), f"override {item!r}")
     return data
 
 
@@ -149,9 +150,12 @@ def config_from_dict(data: dict, source: str = "<dict>") -> Config:
     cfg = _build(Config, {k: v for k, v in data.items()}, source, "")
     cfg.source = source
     if cfg.problems.source is None:
-        from treepref.envs import default_problems
+        from treepref.envs import EnvError, default_problems
 
-        cfg.problems.source = default_problems(cfg.env.name)
+        try:
+            cfg.problems.source = default_problems(cfg.env.name, f"{source}: env.name")
+        except EnvError as exc:
+            raise ConfigError(str(exc)) from None
     _validate(cfg)
     return cfg
 
@@ -180,7 +184,7 @@ def env_settings(cfg: Config) -> dict:
     return out
 
 
-def _set_path(data: dict, keys: list[str], value: Any, where: str) -> None:
+def set_path(data: dict, keys: list[str], value: Any, where: str) -> None:
     for k in keys[:-1]:
         nxt = data.setdefault(k, {})
         if not isinstance(nxt, dict):
@@ -210,26 +214,8 @@ def build_section(cls, data: Any, source: str, prefix: str, *, skip: tuple[str, 
         if dataclasses.is_dataclass(kind):
             values[name] = _build(kind, value or {}, source, key + ".")
         else:
-            values[name] = _check_type(value, kind, source, key)
+            values[name] = coerce(value, kind, source=source, key=key, error=ConfigError)
     return cls(**values)
-
-
-def _check_type(value: Any, kind: Any, source: str, key: str) -> Any:
-    allowed = typing.get_args(kind) if isinstance(kind, types.UnionType) else (kind,)
-    allowed = tuple(typing.get_origin(a) or a for a in allowed)
-    if value is None and type(None) in allowed:
-        return None
-    if float in allowed and isinstance(value, int) and not isinstance(value, bool):
-        return float(value)
-    if bool not in allowed and isinstance(value, bool):
-        raise ConfigError(f"{source}: {key} must be {_names(allowed)}, got {value!r}")
-    if not isinstance(value, tuple(a for a in allowed if a is not type(None))):
-        raise ConfigError(f"{source}: {key} must be {_names(allowed)}, got {value!r}")
-    return value
-
-
-def _names(allowed: tuple) -> str:
-    return " or ".join("null" if a is type(None) else a.__name__ for a in allowed)
 
 
 def _validate(cfg: Config) -> None:
@@ -237,8 +223,7 @@ def _validate(cfg: Config) -> None:
     src = cfg.source
     from treepref.backends import BACKENDS
 
-    if cfg.model.backend not in BACKENDS:
-        raise ConfigError(f"{src}: model.backend {cfg.model.backend!r} is not one of {sorted(BACKENDS)}")
+    _named(BACKENDS, cfg.model.backend, src, "model.backend")  # by name: its module loads when the run starts
     for key in ("max_depth", "max_tokens"):
         if getattr(cfg.env, key) is not None and getattr(cfg.env, key) < 1:
             raise ConfigError(f"{src}: env.{key} must be >= 1")
@@ -285,9 +270,9 @@ def _validate(cfg: Config) -> None:
         from treepref.verifiers.step_check import load_step_check
 
         try:
-            load_step_check(step_check)
+            load_step_check(step_check, source=src, key="env.step_check")
         except ValueError as exc:
-            raise ConfigError(f"{src}: env.{exc}") from None
+            raise ConfigError(str(exc)) from None
     # The environment, search and problem options are checked against the code that will receive them.
     from treepref.envs import EnvError, check_environment
 
@@ -303,8 +288,18 @@ def _validate(cfg: Config) -> None:
         raise
     except (ValueError, TypeError) as exc:
         raise ConfigError(str(exc) if src in str(exc) else f"{src}: search: {exc}") from None
-    _check_kwargs("treepref.domains", "build_problems", cfg.problems.options, src, "problems.options")
+    from treepref.domains import build_problems
+
+    _check_kwargs(build_problems, cfg.problems.options, src, "problems.options")
     _check_formats(cfg, src)
+
+
+def _named(registry, name: str, src: str, key: str) -> None:
+    """``registry.check`` with its error as a ``ConfigError``."""
+    try:
+        registry.check(name, source=src, key=key)
+    except ValueError as exc:
+        raise ConfigError(str(exc)) from None
 
 
 def _check_executor(run: RunSection, src: str) -> None:
@@ -320,10 +315,7 @@ def _check_executor(run: RunSection, src: str) -> None:
         raise ConfigError(f"{src}: run.ray.placement must be PACK, SPREAD, STRICT_PACK, STRICT_SPREAD or null")
 
 
-def _check_kwargs(module: str, func: str, options: dict, src: str, key: str) -> None:
-    import importlib
-
-    fn = getattr(importlib.import_module(module), func)
+def _check_kwargs(fn, options: dict, src: str, key: str) -> None:
     params = inspect.signature(fn).parameters
     if any(p.kind is p.VAR_KEYWORD for p in params.values()):
         return
@@ -336,10 +328,9 @@ def _check_formats(cfg: Config, src: str) -> None:
     from treepref.extract import FORMATS, RULES
 
     for fmt in cfg.extract.formats:
-        if fmt not in FORMATS:
-            raise ConfigError(f"{src}: extract.formats: unknown format {fmt!r} (known: {', '.join(sorted(FORMATS))})")
-    if cfg.extract.rule is not None and cfg.extract.rule not in RULES:
-        raise ConfigError(f"{src}: extract.rule: unknown rule {cfg.extract.rule!r} (known: {', '.join(sorted(RULES))})")
+        _named(FORMATS, fmt, src, "extract.formats")
+    if cfg.extract.rule is not None:
+        _named(RULES, cfg.extract.rule, src, "extract.rule")
     from treepref.extract.api import check_settings, options_per_format
 
     try:  # as the CLI exports them: the rule to the formats that take one, each format the options it takes

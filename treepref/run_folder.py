@@ -19,6 +19,7 @@ from pathlib import Path
 from typing import Sequence
 
 from treepref.config import Config
+from treepref.errors import UserInputError
 from treepref.problems import Problem
 from treepref.tree import atomic_write_text
 
@@ -27,7 +28,7 @@ MOVED = ("summary.json", "errors.jsonl", "problem_errors.jsonl")  # describe one
 COPIED = ("config.yaml", RECIPE)  # describe the run: copied, then rewritten atomically
 
 
-class RecipeMismatch(ValueError):
+class RecipeMismatch(UserInputError):
     """The run folder was written by another recipe."""
 
 

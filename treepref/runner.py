@@ -206,9 +206,11 @@ def start_summary(problems: Sequence[Problem], out_dir: Path, resume: bool) -> t
 
 
 async def search_one(problem: Problem, search: SearchFn, search_cfg: object, ctx: SearchContext,
-                     timeline: Timeline, retry: Retry, checkpoint: Checkpoint | None = None) -> Outcome:
+                     timeline: Timeline, retry: Retry, checkpoint: Checkpoint | None = None, *,
+                     raise_errors: bool = False) -> Outcome:
     """One problem's search on the shared ``ctx``; whatever it raises becomes its failure record, so one bad
-    problem never kills the run. ``checkpoint``: where a search that checkpoints saves itself (and resumes)."""
+    problem never kills the run. ``checkpoint``: where a search that checkpoints saves itself (and resumes).
+    ``raise_errors``: let the exception through instead (``treepref.search``: no run to keep going)."""
     counter = CountingPolicy(ctx.policy, timeline, problem_id=problem.id, retry=retry)
     local = dataclasses.replace(ctx, policy=counter, timeline=timeline, checkpoint=checkpoint)
     t0 = time.perf_counter()
@@ -216,6 +218,8 @@ async def search_one(problem: Problem, search: SearchFn, search_cfg: object, ctx
     try:
         tree = await search(problem, local, search_cfg)
     except Exception as exc:
+        if raise_errors:
+            raise
         out.failure = {"problem_id": problem.id, "reason": failure_reason(exc, counter),
                        "error": f"{type(exc).__name__}: {exc}", "retries": counter.retried,
                        "traceback": traceback.format_exc(limit=5)}

@@ -7,12 +7,11 @@ domain loads only when its name is asked for.
 
 from __future__ import annotations
 
+import inspect
 from pathlib import Path
 
 from treepref.problems import Problem, ProblemError, load_problems
-
-SOURCES = ("arithmetic", "gsm8k", "math", "champ", "reasoning_gym", "file", "shop", "tools", "seeds", "instructions",
-           "ifeval", "humaneval", "code")
+from treepref.registry import Registry
 
 
 def _split_path(path: str | Path | None, split: str | None, source: str) -> Path:
@@ -62,68 +61,117 @@ def build_problems(source: str, *, count: int | None = None, seed: int = 0, diff
 
     ``count`` on file sources keeps the first ``count`` good problems (file order, so runs are
     reproducible). ``split`` picks ``{path}/{split}.jsonl``, ``{path}/{split}.parquet`` or ``{path}/{split}/``.
-    Returns ``(problems, errors)``; unknown source names raise ``ValueError``.
+    Returns ``(problems, errors)``; unknown source names raise ``ValueError``. A user's source registers in
+    ``SOURCES`` as ``load(**settings) -> (problems, errors)`` taking the keywords above that it uses.
     """
-    name = source.strip().lower().replace("-", "_")
+    name = source.strip().lower().replace("-", "_") if isinstance(source, str) else source
     if count is not None and count < 0:
         raise ValueError(f"count must be >= 0, got {count}")
-    errors: list[ProblemError] = []
-    if name == "arithmetic":
-        from treepref.domains.arithmetic import generate
+    load = SOURCES.get(name)
+    settings = {"count": count, "seed": seed, "difficulty": difficulty, "path": path, "split": split, "task": task,
+                "id_field": id_field, "prompt_field": prompt_field, "answer_field": answer_field,
+                "options": options, "name": name}
+    params = inspect.signature(load).parameters
+    if not any(p.kind is p.VAR_KEYWORD for p in params.values()):
+        settings = {k: v for k, v in settings.items() if k in params}
+    return load(**settings)
 
-        return generate(100 if count is None else count, seed=seed, difficulty=difficulty), errors
-    if name == "instructions":  # seeded writing tasks with checkable constraints; options: {"n_constraints": 3}
-        from treepref.domains.instructions import generate as generate_instructions
 
-        return generate_instructions(100 if count is None else count, seed=seed, **(options or {})), errors
-    if name == "shop":  # the shop environment's shipped goals
-        from treepref.envs.shop import load_goals
-
-        return load_goals(count, seed), errors
-    if name == "tools":  # the tool environment's shipped tasks
-        from treepref.envs.tools import load_tasks
-
-        return load_tasks(count, seed, **(options or {})), errors
-    if name == "seeds":  # episodes of a user's environment: one problem per reset seed (and task)
-        return seed_problems(16 if count is None else count, seed, options), errors
-    if name == "reasoning_gym":
-        from treepref.domains.reasoning_gym import load_reasoning_gym
-
-        if not task:
-            raise ValueError("problems source 'reasoning_gym' needs `task` (e.g. 'gsm_symbolic')")
-        return load_reasoning_gym(task, count=100 if count is None else count, seed=seed, **(options or {})), errors
-    if name == "gsm8k":
-        from treepref.domains.gsm8k import load_gsm8k
-
-        problems, errors = load_gsm8k(_split_path(path, split, name))
-    elif name == "ifeval":
-        from treepref.domains.instructions import load_ifeval
-
-        problems, errors = load_ifeval(_split_path(path, split, name))
-    elif name in ("humaneval", "code"):
-        from treepref.domains.code import load_code, load_humaneval
-
-        if name == "code" and path is None:
-            raise ValueError("problems source 'code' needs `path` (a JSONL file in HumanEval's or MBPP's layout)")
-        problems, errors = (load_humaneval(None if path is None else _split_path(path, split, name))
-                            if name == "humaneval" else load_code(_split_path(path, split, name)))
-    elif name == "champ":
-        from treepref.domains.champ import load_champ
-
-        if split:
-            raise ValueError("problems source 'champ' has no splits; leave out `split`")
-        problems, errors = load_champ(None if path is None else _split_path(path, None, name))
-    elif name == "math":
-        from treepref.domains.math_dataset import load_math
-
-        problems, errors = load_math(_split_path(path, split, name))
-    elif name == "file":
-        problems, errors = load_problems(_split_path(path, split, name), id_field=id_field,
-                                         prompt_field=prompt_field, answer_field=answer_field)
-    else:
-        raise ValueError(f"unknown problems source {source!r}; choose one of {', '.join(SOURCES)}")
+# Each source is ``load(**settings) -> (problems, errors)``, taking the keywords of ``build_problems`` it uses
+# (and ``name``, the source's name). The generators default ``count`` themselves; file sources keep the first
+# ``count`` good problems (``_first``).
+def _first(count: int | None, loaded: tuple[list[Problem], list[ProblemError]]):
+    problems, errors = loaded
     return (problems if count is None else problems[:count]), errors
 
+
+def _arithmetic(count, seed, difficulty, **_):
+    from treepref.domains.arithmetic import generate
+
+    return generate(100 if count is None else count, seed=seed, difficulty=difficulty), []
+
+
+def _instructions(count, seed, options, **_):  # seeded writing tasks with checkable constraints
+    from treepref.domains.instructions import generate
+
+    return generate(100 if count is None else count, seed=seed, **(options or {})), []
+
+
+def _shop(count, seed, **_):  # the shop environment's shipped goals
+    from treepref.envs.shop import load_goals
+
+    return load_goals(count, seed), []
+
+
+def _tools(count, seed, options, **_):  # the tool environment's shipped tasks
+    from treepref.envs.tools import load_tasks
+
+    return load_tasks(count, seed, **(options or {})), []
+
+
+def _seeds(count, seed, options, **_):  # episodes of a user's environment: one problem per reset seed (and task)
+    return seed_problems(16 if count is None else count, seed, options), []
+
+
+def _reasoning_gym(count, seed, task, options, **_):
+    from treepref.domains.reasoning_gym import load_reasoning_gym
+
+    if not task:
+        raise ValueError("problems source 'reasoning_gym' needs `task` (e.g. 'gsm_symbolic')")
+    return load_reasoning_gym(task, count=100 if count is None else count, seed=seed, **(options or {})), []
+
+
+def _gsm8k(count, path, split, name, **_):
+    from treepref.domains.gsm8k import load_gsm8k
+
+    return _first(count, load_gsm8k(_split_path(path, split, name)))
+
+
+def _ifeval(count, path, split, name, **_):
+    from treepref.domains.instructions import load_ifeval
+
+    return _first(count, load_ifeval(_split_path(path, split, name)))
+
+
+def _humaneval(count, path, split, name, **_):
+    from treepref.domains.code import load_humaneval
+
+    return _first(count, load_humaneval(None if path is None else _split_path(path, split, name)))
+
+
+def _code(count, path, split, name, **_):
+    from treepref.domains.code import load_code
+
+    if path is None:
+        raise ValueError("problems source 'code' needs `path` (a JSONL file in HumanEval's or MBPP's layout)")
+    return _first(count, load_code(_split_path(path, split, name)))
+
+
+def _champ(count, path, split, name, **_):
+    from treepref.domains.champ import load_champ
+
+    if split:
+        raise ValueError("problems source 'champ' has no splits; leave out `split`")
+    return _first(count, load_champ(None if path is None else _split_path(path, None, name)))
+
+
+def _math(count, path, split, name, **_):
+    from treepref.domains.math_dataset import load_math
+
+    return _first(count, load_math(_split_path(path, split, name)))
+
+
+def _file(count, path, split, name, id_field, prompt_field, answer_field, **_):
+    loaded = load_problems(_split_path(path, split, name), id_field=id_field, prompt_field=prompt_field,
+                           answer_field=answer_field)
+    return _first(count, loaded)
+
+
+SOURCES = Registry("problems source", {
+    "arithmetic": _arithmetic, "gsm8k": _gsm8k, "math": _math, "champ": _champ, "reasoning_gym": _reasoning_gym,
+    "file": _file, "shop": _shop, "tools": _tools, "seeds": _seeds, "instructions": _instructions,
+    "ifeval": _ifeval, "humaneval": _humaneval, "code": _code,
+})
 
 
 def seed_problems(count: int, seed: int = 0, options: dict | list | None = None) -> list[Problem]:

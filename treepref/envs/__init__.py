@@ -10,20 +10,21 @@ options are checked against what the class accepts before anything runs.
 from __future__ import annotations
 
 import dataclasses
-import importlib
 import inspect
 from typing import Any
 
 from treepref.envs.base import EnvError  # a bad name or option, or a user's env that fails: one line
+from treepref.options import coerce, option_types
+from treepref.registry import Registry
 
-# name -> (module, class, the problems source its tasks come from)
-ENVS: dict[str, tuple[str, str, str]] = {
-    "reasoning": ("treepref.envs.reasoning", "ReasoningEnv", "arithmetic"),
-    "shop": ("treepref.envs.shop", "ShopEnv", "shop"),
-    "tools": ("treepref.envs.tools", "ToolEnv", "tools"),
-    "response": ("treepref.envs.response", "ResponseEnv", "instructions"),
-    "code": ("treepref.envs.code", "CodeEnv", "humaneval"),
-}
+# A registered class may name the problems source its tasks come from (``default_problems``; else "seeds").
+ENVS = Registry("environment", {
+    "reasoning": "treepref.envs.reasoning:ReasoningEnv",
+    "shop": "treepref.envs.shop:ShopEnv",
+    "tools": "treepref.envs.tools:ToolEnv",
+    "response": "treepref.envs.response:ResponseEnv",
+    "code": "treepref.envs.code:CodeEnv",
+}, inline=True, error=EnvError)
 
 # What the engine sets itself (from the policy), never an option.
 BOUND = ("template", "tokenizer", "factory", "env_kwargs")
@@ -31,27 +32,16 @@ BOUND = ("template", "tokenizer", "factory", "env_kwargs")
 
 def env_class(name: str, source: str = "<env>") -> type:
     """The class registered as ``name``, or ``module:Class`` imported."""
-    if name in ENVS:
-        module, cls, _ = ENVS[name]
-        return getattr(importlib.import_module(module), cls)
-    if ":" not in name:
-        raise EnvError(f"{source}: unknown environment {name!r}; choose one of {', '.join(sorted(ENVS))} "
-                       "or give your class as package.module:ClassName")
-    module, _, attr = name.partition(":")
-    try:
-        obj = importlib.import_module(module)
-        for part in attr.split("."):
-            obj = getattr(obj, part)
-    except (ImportError, AttributeError) as exc:
-        raise EnvError(f"{source}: cannot import environment {name!r} ({exc})") from None
+    obj = ENVS.get(name, source=source)
     if not isinstance(obj, type):
-        raise EnvError(f"{source}: environment {name!r} is not a class")
+        raise EnvError(f"{source}: environment {name!r} is not a class, got {obj!r}")
     return obj
 
 
-def default_problems(name: str) -> str:
-    """The problems source a registered environment's tasks come from ("seeds" for a user's class)."""
-    return ENVS[name][2] if name in ENVS else "seeds"
+def default_problems(name: str, source: str = "<env>") -> str:
+    """The problems source environment ``name``'s tasks come from: its class's ``default_problems``, else
+    "seeds" (episodes reset with seeds, for a user's class)."""
+    return getattr(env_class(name, source), "default_problems", "seeds")
 
 
 def accepted_options(cls: type) -> dict[str, Any]:
@@ -67,31 +57,16 @@ def accepted_options(cls: type) -> dict[str, Any]:
 
 
 def check_options(cls: type, options: dict, source: str, name: str) -> dict:
-    """``options`` with unknown keys and values of the wrong type (against the defaults) refused."""
+    """``options`` with unknown keys refused and each value ``options.coerce``d to the option's type."""
     known = accepted_options(cls)
+    kinds = option_types(cls)
     takes_any = any(p.kind is p.VAR_KEYWORD for p in inspect.signature(cls).parameters.values())
     out = {}
     for key, value in (options or {}).items():
         if key not in known and not takes_any:
             raise EnvError(f"{source}: unknown option env.options.{key} for environment {name!r}; "
                            f"known options: {', '.join(known) or 'none'}")
-        default = known.get(key)
-        if key == "demos":  # a count of the environment's own worked episodes, a JSONL file or a list of them
-            if isinstance(value, bool) or not isinstance(value, (int, str, list)):
-                raise EnvError(f"{source}: env.options.demos must be a count, a JSONL file of worked episodes "
-                               f"or a list of them, got {value!r}")
-            out[key] = value
-            continue
-        if isinstance(default, bool) and not isinstance(value, bool):
-            raise EnvError(f"{source}: env.options.{key} must be true or false, got {value!r}")
-        if isinstance(default, (int, float)) and not isinstance(default, bool) and (
-                isinstance(value, bool) or not isinstance(value, (int, float))):
-            raise EnvError(f"{source}: env.options.{key} must be a number, got {value!r}")
-        if isinstance(default, float) and isinstance(value, int):
-            value = float(value)
-        if isinstance(default, tuple) and isinstance(value, list):
-            value = tuple(value)
-        out[key] = value
+        out[key] = coerce(value, kinds.get(key), source=source, key=f"env.options.{key}", error=EnvError)
     return out
 
 

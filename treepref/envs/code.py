@@ -41,6 +41,7 @@ class CodeEnv:
     once (default: one per CPU) while generation continues."""
 
     name = "code"
+    default_problems = "humaneval"  # the problems source a recipe naming it gets by default
     interactive = False
     reward_range = (0.0, 1.0)
 

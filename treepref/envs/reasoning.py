@@ -48,6 +48,7 @@ class ReasoningEnv:
     """
 
     name = "reasoning"
+    default_problems = "arithmetic"  # the problems source a recipe naming it gets by default
 
     template: Callable[[list[dict]], str] = plain_template
     tokenizer: Tokenizer | None = None  # None: the policy's (``SearchContext`` binds it); alone, the toy PLAIN

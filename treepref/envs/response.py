@@ -32,6 +32,7 @@ class ResponseEnv:
     """
 
     name = "response"
+    default_problems = "instructions"  # the problems source a recipe naming it gets by default
     interactive = False
     reward_range = (0.0, 1.0)
     stop = ()  # a response ends where the model ends it

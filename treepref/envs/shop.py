@@ -175,6 +175,7 @@ class ShopEnv(AgentEnv):
     max_results: int = 30
 
     name = "shop"
+    default_problems = "shop"  # the problems source a recipe naming it gets by default
     interactive = True
     reward_range: tuple[float, float] = (0.0, 1.0)
     default_system: str = DEFAULT_SYSTEM

@@ -334,6 +334,7 @@ class ToolEnv(AgentEnv):
     tables: dict | None = None
 
     name = "tools"
+    default_problems = "tools"  # the problems source a recipe naming it gets by default
     interactive = True
 
     def demonstrations(self, problem: Problem) -> list[tuple[Problem, list[str]]]:

@@ -10,6 +10,11 @@ from __future__ import annotations
 EXECUTORS = ("local", "ray")
 
 
+class ExecutorError(RuntimeError):
+    """An executor cannot run the searches at all (no cluster, actors that cannot start): one line. The problems
+    it did not reach are not failures of their own; a rerun resumes."""
+
+
 class MissingExtra(ImportError, ValueError):
     """An executor's optional dependency is not installed; the message is the one line that says what to do (a
     ValueError too, so ``generate`` reports it as a user mistake before the run folder is touched)."""
@@ -25,4 +30,4 @@ def require_ray():
     return ray
 
 
-__all__ = ["EXECUTORS", "MissingExtra", "require_ray"]
+__all__ = ["EXECUTORS", "ExecutorError", "MissingExtra", "require_ray"]

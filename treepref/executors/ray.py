@@ -29,7 +29,7 @@ from pathlib import Path
 from typing import Callable, Sequence
 
 from treepref.config import Config, RaySection
-from treepref.executors import require_ray
+from treepref.executors import ExecutorError, require_ray
 from treepref.problems import Problem
 from treepref.runner import (Outcome, Retry, RunSummary, _progress, checkpoint_path, record, search_one,
                              start_summary, update_progress)
@@ -40,7 +40,7 @@ from treepref.timeline import Timeline
 ContextFactory = Callable[[], SearchContext]
 
 
-class RayExecutorError(RuntimeError):
+class RayExecutorError(ExecutorError):
     """The run cannot go on: no cluster to connect to, or actors that cannot start (one line)."""
 
 
@@ -64,7 +64,7 @@ class ConfigContext:
 
     def __call__(self) -> SearchContext:
         from treepref.backends import make_policy
-        from treepref.cli import build_context
+        from treepref.context import build_context
 
         policy = make_policy(self.cfg.model.backend, self.cfg.model.name, **self.cfg.model.options)
         return build_context(self.cfg, policy)

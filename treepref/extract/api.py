@@ -35,10 +35,10 @@ def _tokenizer(path: str):
     return AutoTokenizer.from_pretrained(path)
 
 
-def _choose(name: str, options, what: str):
+def _choose(name: str, options: tuple, what: str) -> str:
     if name not in options:
-        raise ValueError(f"unknown {what} {name!r}; choose one of {sorted(options)}")
-    return options[name] if isinstance(options, dict) else name
+        raise ValueError(f"unknown {what} {name!r} (known: {', '.join(map(str, options))})")
+    return name
 
 
 def _rule_options(rule: str) -> set[str]:
@@ -48,13 +48,13 @@ def _rule_options(rule: str) -> set[str]:
 
 def option_names(fmt: str, rule: str | None = None) -> set[str]:
     """The keyword options ``export`` takes for ``fmt`` with ``rule`` (None: the format's default)."""
-    form = _choose(fmt, FORMATS, "format")
+    form = FORMATS.get(fmt)
     rule = rule or form.default_rule
     names = set(form.filters) | ({"threshold", "paths"} if fmt == "stepwise" else set())
     if fmt in ("step_pairs", "step_apo"):  # their rows carry a per-pair weight (MCTS-DPO's visit confidence)
         names |= {"weight", "weight_k"}
     if rule:
-        _choose(rule, RULES, "rule")
+        RULES.get(rule)
         names |= _rule_options(rule) - {"success"}
     return names
 
@@ -76,7 +76,7 @@ def check_settings(fmt: str, *, layout: str = "standard", rule: str | None = Non
     """Check an export's settings without any tree (a recipe checks them before its search starts):
     returns the rule (the format's default where None), the rule's options and the filter settings;
     a bad name or option is a ValueError saying what is accepted."""
-    form = _choose(fmt, FORMATS, "format")
+    form = FORMATS.get(fmt)
     _choose(layout, LAYOUTS, "layout")
     if layout not in form.layouts:
         raise ValueError(f"format {fmt!r} has only the layouts {form.layouts}, not {layout!r}")
@@ -90,7 +90,7 @@ def check_settings(fmt: str, *, layout: str = "standard", rule: str | None = Non
     rule_opts, filters = {}, {}
     accepted = set()
     if rule:
-        _choose(rule, RULES, "rule")
+        RULES.get(rule)
         accepted = _rule_options(rule) - {"success"}  # the export's own ``success`` is passed on
         if "success" in _rule_options(rule):
             rule_opts["success"] = success

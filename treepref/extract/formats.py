@@ -25,6 +25,7 @@ from typing import Any, Callable, Hashable
 from treepref.envs.base import is_success
 from treepref.extract.common import Pair, Prompter, ValueReader, best_leaf, problem_of, success_nodes
 from treepref.extract.rules import visit_weight
+from treepref.registry import Registry
 from treepref.tree import ROOT, STEP, Tree
 from treepref.verifiers.judge import SCORE_KEY as JUDGE_KEY
 from treepref.verifiers.judge import passes
@@ -468,7 +469,7 @@ _PAIR_COLUMNS = _ID + ("prompt", "chosen", "rejected", "question", "prefix_steps
                        "rejected_value", "margin", "depth", "chosen_visits", "rejected_visits",
                        "chosen_final", "rejected_final", "strategy", "weight") + _PAIR_IDS
 
-FORMATS: dict[str, Format] = {
+FORMATS = Registry("format", {
     "step_pairs": Format(step_pairs, _PAIR_COLUMNS, "max_min", _STEP_PAIR_FILTERS),
     "step_dpo": Format(step_dpo, _ID + ("prompt", "initial_reason_steps", "chosen", "rejected", "full_chosen",
                                         "full_rejected", "answer", "chosen_value", "rejected_value", "margin",
@@ -501,4 +502,4 @@ FORMATS: dict[str, Format] = {
                                                         "rejected_final", "strategy")
                                + _PAIR_IDS,
                                None, ("min_margin", "min_edit", "max_per_problem")),
-}
+})

@@ -13,6 +13,7 @@ import itertools
 from typing import Callable
 
 from treepref.extract.common import Pair, ValueReader, edit_distance, success_nodes
+from treepref.registry import Registry
 from treepref.tree import Tree
 
 Rule = Callable[..., list[Pair]]
@@ -103,14 +104,14 @@ def on_off_path(tree: Tree, parent: int, children: list[int], *, value: ValueRea
     return [Pair(parent, a, b, v(a), v(b), "on_off_path") for a in on for b in off]
 
 
-RULES: dict[str, Rule] = {
+RULES = Registry("rule", {
     "max_min": max_min,
     "best_runner_up": best_runner_up,
     "margin": margin,
     "q_sign": q_sign,
     "margin_edit": margin_edit,
     "on_off_path": on_off_path,
-}
+})
 
 # Rules that order a pair by the value they read (chosen_value >= rejected_value always holds).
 VALUE_ORDERED = ("max_min", "best_runner_up", "margin", "q_sign", "margin_edit")

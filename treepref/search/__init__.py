@@ -1,85 +1,87 @@
 """Search algorithms by name, for the CLI and YAML recipes; the modules load only when a name is asked for.
 
-Each search is ``async search(problem, ctx, cfg) -> Tree`` with its own config dataclass.
+Each search is ``async search(problem, ctx, cfg) -> Tree`` with its own config dataclass, registered as a
+``Search`` record (``SEARCHES.register("greedy", Search(greedy, GreedyConfig))`` adds a user's; a
+``"package.module:SEARCH"`` spec works too).
 """
 
 from __future__ import annotations
 
 import dataclasses
-import importlib
+from dataclasses import dataclass
 from typing import Any, Callable
 
-# name -> (module, search function, config class)
-SEARCHES: dict[str, tuple[str, str, str]] = {
-    "mcts": ("treepref.search.mcts", "mcts", "MCTSConfig"),
-    "best_first": ("treepref.search.best_first", "best_first", "BestFirstConfig"),
-    "beam": ("treepref.search.beam", "beam", "BeamConfig"),
-    "sample": ("treepref.search.sample", "sample", "SampleConfig"),
-    "refine": ("treepref.search.refine", "refine", "RefineConfig"),  # SPaR: judge, refine, judge again
-    "dfs": ("treepref.search.dfs", "dfs", "DFSConfig"),  # DFSDT: depth first with backtracking (ToolLLM)
+from treepref.options import coerce, option_types
+from treepref.registry import Registry, resolve, where
+
+
+@dataclass(frozen=True)
+class Search:
+    """A search a recipe can name: the function that builds one tree and the config dataclass of its options."""
+
+    run: Callable  # async (problem, ctx, cfg) -> Tree
+    config: type
+
+
+SEARCHES = Registry("search", {
+    "mcts": "treepref.search.mcts:SEARCH",
+    "best_first": "treepref.search.best_first:SEARCH",
+    "beam": "treepref.search.beam:SEARCH",
+    "sample": "treepref.search.sample:SEARCH",
+    "refine": "treepref.search.refine:SEARCH",  # SPaR: judge, refine, judge again
+    "dfs": "treepref.search.dfs:SEARCH",  # DFSDT: depth first with backtracking (ToolLLM)
     # Labelling procedures that build trees the same way: sampled solutions with Monte Carlo step values.
-    "math_shepherd": ("treepref.search.math_shepherd", "math_shepherd", "MathShepherdConfig"),
-    "omegaprm": ("treepref.search.omegaprm", "omegaprm", "OmegaPRMConfig"),
-}
+    "math_shepherd": "treepref.search.math_shepherd:SEARCH",
+    "omegaprm": "treepref.search.omegaprm:SEARCH",
+})
 
 
-def _load(name: str, which: int):
-    if name not in SEARCHES:
-        raise ValueError(f"unknown search {name!r}; choose one of {', '.join(sorted(SEARCHES))}")
-    entry = SEARCHES[name]
-    return getattr(importlib.import_module(entry[0]), entry[which])
+def _load(name: str, source: str | None = None) -> Search:
+    entry = SEARCHES.get(name, source=source)
+    if not isinstance(entry, Search):
+        raise ValueError(f"{where(source, None)}search {name!r} is registered as {entry!r}, "
+                         "not a treepref.search.Search(run, config)")
+    return entry
 
 
 def get_search(name: str) -> Callable:
     """The search function registered as ``name``: ``async (problem, ctx, cfg) -> Tree``."""
-    return _load(name, 1)
+    return _load(name).run
 
 
 def get_config_class(name: str) -> type:
     """The config dataclass of search ``name``."""
-    return _load(name, 2)
+    return _load(name).config
 
 
 def build_config(name: str, options: dict[str, Any] | None, source: str = "<options>"):
     """Build search ``name``'s config from ``options`` (a YAML mapping), naming ``source`` in every error.
 
-    Unknown keys and values of the wrong type are rejected here, before ``__post_init__`` checks ranges.
-    A callable option (a scorer) may be given as ``"module:function"``.
+    Unknown keys and values of the wrong type (``options.coerce`` against the field's annotation) are
+    rejected here, before ``__post_init__`` checks ranges. A callable option (a scorer) may be given as
+    ``"module:function"``.
     """
-    try:
-        cls = get_config_class(name)
-    except ValueError as exc:
-        raise ValueError(f"{source}: {exc}") from None
+    cls = _load(name, source).config
     options = dict(options or {})
-    fields = {f.name: f for f in dataclasses.fields(cls)}
+    fields = [f.name for f in dataclasses.fields(cls)]
+    kinds = option_types(cls)
     for key, value in options.items():
         if key not in fields:
             raise ValueError(f"{source}: unknown option {key!r} for search {name!r}; "
                              f"known options: {', '.join(fields)}")
-        options[key] = _check(name, fields[key], value, source)
+        if isinstance(value, str) and ":" in value and _is_hook(kinds.get(key)):
+            value = resolve(value, what="function", source=source, key=f"search.options.{key}")
+        options[key] = coerce(value, kinds.get(key), source=source, key=f"search.options.{key}")
     try:
         return cls(**options)
     except (TypeError, ValueError) as exc:
         raise ValueError(f"{source}: search {name!r}: {exc}") from None
 
 
-def _check(search: str, f: dataclasses.Field, value: Any, source: str) -> Any:
-    default = f.default
-    where = f"{source}: search {search!r} option {f.name!r}"
-    if isinstance(default, bool):
-        if not isinstance(value, bool):
-            raise ValueError(f"{where} must be true or false, got {value!r}")
-    elif isinstance(default, int):
-        if isinstance(value, bool) or not isinstance(value, int):
-            raise ValueError(f"{where} must be an integer, got {value!r}")
-    elif isinstance(default, float):
-        if isinstance(value, bool) or not isinstance(value, (int, float)):
-            raise ValueError(f"{where} must be a number, got {value!r}")
-        value = float(value)
-    elif default is None and isinstance(value, str) and ":" in value:  # a hook named as module:function
-        module, _, attr = value.partition(":")
-        try:
-            value = getattr(importlib.import_module(module), attr)
-        except (ImportError, AttributeError) as exc:
-            raise ValueError(f"{where}: cannot import {value!r} ({exc})") from None
-    return value
+def _is_hook(kind: Any) -> bool:
+    """Whether an option's annotation admits a callable (a scorer named in YAML as ``module:function``)."""
+    import collections.abc
+    import typing
+
+    return kind is not None and (typing.get_origin(kind) is collections.abc.Callable
+                                 or any(_is_hook(a) for a in typing.get_args(kind)))

@@ -18,6 +18,7 @@ from dataclasses import dataclass
 from typing import Awaitable, Callable
 
 from treepref.problems import Problem
+from treepref.search import Search
 from treepref.search.base import (SearchContext, expand, leaf_value, new_tree, over_budget, settings_of,
                                   value_by_rollouts)
 from treepref.tree import ROOT, Tree
@@ -39,7 +40,7 @@ class BeamConfig:
     """Completions that value a new step when there is no ``scorer``."""
     scorer: Scorer | None = None
     """Optional ``async (tree, node) -> float`` that values a non-final step instead of rollouts (a PRM)."""
-    evaluator: dict | None = None
+    evaluator: dict | str | None = None
     """Where a non-final step's value comes from (``search.evaluators``, as in MCTS); wins over ``scorer``
     and ``n_rollouts``."""
     truncated_reward: float = 0.0
@@ -103,3 +104,6 @@ async def beam(problem: Problem, ctx: SearchContext, cfg: BeamConfig | None = No
     tree.meta["beams"] = history
     tree.meta["stats"] = {"rounds": rounds, "open_beams": len(beams)}
     return tree
+
+
+SEARCH = Search(beam, BeamConfig)  # what treepref.search registers as "beam"

@@ -21,6 +21,7 @@ from collections import Counter
 from dataclasses import dataclass
 
 from treepref.problems import Problem
+from treepref.search import Search
 from treepref.search.base import (SearchContext, expand, new_tree, over_budget, settings_of, succeeded,
                                   value_by_rollouts)
 from treepref.search.spend import spend_budget
@@ -111,3 +112,6 @@ async def best_first(problem: Problem, ctx: SearchContext, cfg: BestFirstConfig 
     if spend is not None:
         tree.meta["stats"]["spend"] = spend
     return tree
+
+
+SEARCH = Search(best_first, BestFirstConfig)  # what treepref.search registers as "best_first"

@@ -20,6 +20,7 @@ from dataclasses import dataclass
 
 from treepref.envs.base import is_success
 from treepref.problems import Problem
+from treepref.search import Search
 from treepref.search.base import SearchContext, expand, leaf_value, new_tree, over_budget, settings_of
 from treepref.tree import ROOT, STEP, Tree
 
@@ -125,3 +126,6 @@ async def dfs(problem: Problem, ctx: SearchContext, cfg: DFSConfig | None = None
     tree.meta["expansion_order"] = order
     tree.meta["stats"] = {**stats, "found": stats["successes"] > 0}
     return tree
+
+
+SEARCH = Search(dfs, DFSConfig)  # what treepref.search registers as "dfs"

@@ -17,34 +17,34 @@ a score, one per completion (backed up from where it ended) for rollouts; a mix 
 weighted mean of its parts. Every score is also recorded in ``tree.scores[node][<kind>]`` for the exports. A
 final node is never evaluated: its reward is its value. A path's step scores are squashed by
 ``verifiers.backup`` (``min`` / ``last`` / ``product`` / ``mean``); steps a scorer cannot judge (None) are left
-out, and a path with none judged is worth ``default``.
+out, and a path with none judged is worth ``default``. A user's kind is registered in ``EVALUATORS`` as an
+``Evaluator(required, optional, score)`` and is then named in YAML like these.
 """
 
 from __future__ import annotations
 
 import asyncio
 import functools
-import importlib
 import math
-from typing import Any
+from dataclasses import dataclass, field
+from typing import Any, Callable
 
 from treepref.backends.base import Coalescer
 from treepref.envs.base import State
+from treepref.registry import Registry, resolve
 from treepref.tree import ROOT, Tree
 
 Evidence = list[tuple[int, float]]
 
-# kind -> (required options, optional options with defaults)
-KINDS: dict[str, tuple[tuple[str, ...], dict[str, Any]]] = {
-    "rollouts": ((), {"n": 1}),
-    "constant": (("value",), {}),
-    "prm": (("model",), {"aggregate": "min", "default": 0.5}),
-    "steps": (("scorer",), {"aggregate": "min", "default": 0.5}),
-    "verifier": (("model",), {}),
-    "judge": ((), {"k": 4, "temperature": 0.7, "max_tokens": 192}),
-    "self_eval": ((), {}),
-    "mix": (("parts",), {}),
-}
+@dataclass(frozen=True)
+class Evaluator:
+    """An evaluator kind: the options a spec must give, those it may (with their defaults), and
+    ``score(spec, tree, states, nodes, ctx) -> one value per node`` (async). ``rollouts`` and ``mix`` have no
+    ``score``: their evidence is completions backed up from where they ended, or their parts' weighted mean."""
+
+    required: tuple[str, ...] = ()
+    optional: dict[str, Any] = field(default_factory=dict)
+    score: Callable | None = None
 
 
 def parse(spec: Any, where: str = "evaluator") -> dict:
@@ -53,11 +53,10 @@ def parse(spec: Any, where: str = "evaluator") -> dict:
     if isinstance(spec, str):
         spec = {"kind": spec}
     if not isinstance(spec, dict) or "kind" not in spec:
-        raise ValueError(f"{where} must be a mapping with a kind ({', '.join(KINDS)}), got {spec!r}")
+        raise ValueError(f"{where} must be a mapping with a kind ({', '.join(EVALUATORS)}), got {spec!r}")
     kind = spec["kind"]
-    if kind not in KINDS:
-        raise ValueError(f"{where}.kind {kind!r} is not one of {', '.join(KINDS)}")
-    required, optional = KINDS[kind]
+    entry = EVALUATORS.get(kind, key=f"{where}.kind")
+    required, optional = entry.required, entry.optional
     known = {"kind", "weight", *required, *optional}
     unknown = sorted(set(spec) - known)
     if unknown:
@@ -80,7 +79,7 @@ def parse(spec: Any, where: str = "evaluator") -> dict:
     if kind == "steps":
         if not isinstance(out["scorer"], str) or ":" not in out["scorer"]:
             raise ValueError(f"{where}.scorer must name an async step scorer as 'module:function'")
-        _import(out["scorer"])  # fails now, naming it, rather than in the first tree
+        _scorer(out["scorer"], f"{where}.scorer")  # fails now, naming it, rather than in the first tree
     if kind in ("prm", "verifier"):
         from pathlib import Path
 
@@ -131,33 +130,49 @@ async def evaluate(spec: dict, tree: Tree, states: dict[int, State], nodes: list
 
 
 async def _scores(spec: dict, tree: Tree, states: dict[int, State], nodes: list[int], ctx) -> list[float]:
-    kind, problem = spec["kind"], states[ROOT].problem
-    if kind == "constant":
-        return [float(spec["value"]) for _ in nodes]
-    if kind == "steps":
-        scorer = _import(spec["scorer"])
-        rows = await scorer([problem] * len(nodes), [tree.steps(n) for n in nodes])
-        return [_squash(row, spec) for row in rows]
-    if kind == "prm":  # step scores of each node's path, read on the tree's own ids
-        rows = await _batcher(spec["model"], "prm").submit(
-            [(tuple(tree.token_ids[ROOT]), tuple(tuple(tree.token_ids[i]) for i in tree.path(n))) for n in nodes], None)
-        return [_squash(row, spec) for row in rows]
-    if kind == "verifier":  # the score of each node's whole context
-        return await _batcher(spec["model"], "verifier").submit([tuple(tree.prompt_ids(n)) for n in nodes], None)
-    if kind == "judge":
-        from treepref.backends.base import Sampling
-        from treepref.verifiers.judge import judge_nodes
+    score = EVALUATORS.get(spec["kind"]).score
+    if score is None:
+        raise ValueError(f"evaluator kind {spec['kind']!r} has no score function")
+    return list(await score(spec, tree, states, nodes, ctx))
 
-        sampling = Sampling(temperature=spec["temperature"], max_tokens=spec["max_tokens"])
-        rates = await judge_nodes(tree, problem, nodes, ctx.policy, k=spec["k"], sampling=sampling)
-        return [0.5 if r is None else r for r in rates]  # no parsable verdict: undecided
-    if kind == "self_eval":
-        from treepref.verifiers.self_eval import SelfEvaluator
 
-        if not callable(getattr(ctx.policy, "score", None)):
-            raise ValueError("evaluator self_eval needs a policy with score() (the hf or vllm backend)")
-        return await SelfEvaluator(ctx.policy).score_nodes(tree, problem, nodes)
-    raise ValueError(f"unknown evaluator kind {kind!r}")
+async def _constant(spec, tree, states, nodes, ctx) -> list[float]:
+    return [float(spec["value"]) for _ in nodes]
+
+
+async def _steps(spec, tree, states, nodes, ctx) -> list[float]:
+    scorer = _scorer(spec["scorer"])
+    rows = await scorer([states[ROOT].problem] * len(nodes), [tree.steps(n) for n in nodes])
+    return [_squash(row, spec) for row in rows]
+
+
+async def _prm(spec, tree, states, nodes, ctx) -> list[float]:
+    """Step scores of each node's path, read on the tree's own ids."""
+    rows = await _batcher(spec["model"], "prm").submit(
+        [(tuple(tree.token_ids[ROOT]), tuple(tuple(tree.token_ids[i]) for i in tree.path(n))) for n in nodes], None)
+    return [_squash(row, spec) for row in rows]
+
+
+async def _verifier(spec, tree, states, nodes, ctx) -> list[float]:
+    """The score of each node's whole context."""
+    return await _batcher(spec["model"], "verifier").submit([tuple(tree.prompt_ids(n)) for n in nodes], None)
+
+
+async def _judge(spec, tree, states, nodes, ctx) -> list[float]:
+    from treepref.backends.base import Sampling
+    from treepref.verifiers.judge import judge_nodes
+
+    sampling = Sampling(temperature=spec["temperature"], max_tokens=spec["max_tokens"])
+    rates = await judge_nodes(tree, states[ROOT].problem, nodes, ctx.policy, k=spec["k"], sampling=sampling)
+    return [0.5 if r is None else r for r in rates]  # no parsable verdict: undecided
+
+
+async def _self_eval(spec, tree, states, nodes, ctx) -> list[float]:
+    from treepref.verifiers.self_eval import SelfEvaluator
+
+    if not callable(getattr(ctx.policy, "score", None)):
+        raise ValueError("evaluator self_eval needs a policy with score() (the hf or vllm backend)")
+    return await SelfEvaluator(ctx.policy).score_nodes(tree, states[ROOT].problem, nodes)
 
 
 def _squash(row, spec: dict) -> float:
@@ -207,9 +222,19 @@ def _batcher(folder: str, method: str) -> Coalescer:
 
 
 @functools.lru_cache(maxsize=32)
-def _import(name: str):
-    module, _, attr = name.partition(":")
-    try:
-        return getattr(importlib.import_module(module), attr)
-    except (ImportError, AttributeError) as exc:
-        raise ValueError(f"evaluator scorer {name!r} cannot be imported ({exc})") from None
+def _scorer(name: str, key: str = "evaluator.scorer"):
+    return resolve(name, what="step scorer", key=key)
+
+
+# Kinds by name; a user's registers the same way (``EVALUATORS.register("mine", Evaluator(("x",), {}, score))``).
+EVALUATORS = Registry("evaluator kind", {
+    "rollouts": Evaluator((), {"n": 1}),
+    "constant": Evaluator(("value",), {}, _constant),
+    "prm": Evaluator(("model",), {"aggregate": "min", "default": 0.5}, _prm),
+    "steps": Evaluator(("scorer",), {"aggregate": "min", "default": 0.5}, _steps),
+    "verifier": Evaluator(("model",), {}, _verifier),
+    "judge": Evaluator((), {"k": 4, "temperature": 0.7, "max_tokens": 192}, _judge),
+    "self_eval": Evaluator((), {}, _self_eval),
+    "mix": Evaluator(("parts",), {}),
+})
+KINDS = EVALUATORS  # the name it had

@@ -19,6 +19,7 @@ from dataclasses import dataclass
 
 from treepref.envs.base import State
 from treepref.problems import Problem
+from treepref.search import Search
 from treepref.search.base import SearchContext, add_step, rollouts, succeeded
 from treepref.tree import ROOT, STEP, Tree
 
@@ -164,3 +165,6 @@ async def math_shepherd(problem: Problem, ctx: SearchContext, cfg: MathShepherdC
     # the completions became steps too; these are the nodes of the sampled solutions, each labelled
     tree.meta.update(search="math_shepherd", settings=asdict(cfg), labelled=nodes)
     return tree
+
+
+SEARCH = Search(math_shepherd, MathShepherdConfig)  # what treepref.search registers as "math_shepherd"

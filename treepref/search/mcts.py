@@ -35,6 +35,7 @@ from dataclasses import dataclass
 
 from treepref.envs.base import State
 from treepref.problems import Problem
+from treepref.search import Search
 from treepref.search.base import (SearchContext, expand, leaf_value, new_tree, over_budget, rollouts, set_priors,
                                   settings_of, succeeded)
 from treepref.search.spend import spend_budget
@@ -93,7 +94,7 @@ class MCTSConfig:
     checkpoint_every: int | None = None
     """Save the search every this many simulations (in the runner: ``RUN/checkpoints/``), so a run stopped
     mid-search resumes it instead of starting over (None: off, right for short searches)."""
-    evaluator: dict | None = None
+    evaluator: dict | str | None = None
     """Where a new node's value comes from (``search.evaluators``): rollouts, a PRM, a verifier, a judge,
     self-evaluation, a step scorer or a weighted mix; None: ``n_rollouts`` completions (``default_value``
     when 0)."""
@@ -392,3 +393,6 @@ async def mcts(problem: Problem, ctx: SearchContext, cfg: MCTSConfig | None = No
     if spend is not None:
         tree.meta["stats"]["spend"] = spend
     return tree
+
+
+SEARCH = Search(mcts, MCTSConfig)  # what treepref.search registers as "mcts"

@@ -20,6 +20,7 @@ from __future__ import annotations
 from dataclasses import dataclass
 
 from treepref.envs.base import State
+from treepref.search import Search
 from treepref.search.base import SearchContext
 from treepref.tree import Tree
 from treepref.search.math_shepherd import mc_value
@@ -133,3 +134,6 @@ async def omegaprm(problem, ctx: SearchContext, cfg: OmegaPRMConfig | None = Non
         first_errors=[None if r.first_error is None else tree.path(leaf)[r.first_error]
                       for leaf, r in zip(leaves, results)])
     return tree
+
+
+SEARCH = Search(omegaprm, OmegaPRMConfig)  # what treepref.search registers as "omegaprm"

@@ -19,6 +19,7 @@ from __future__ import annotations
 from dataclasses import dataclass
 
 from treepref.problems import Problem
+from treepref.search import Search
 from treepref.search.base import SearchContext, add_step, new_tree, record_generation, settings_of
 from treepref.tree import ROOT, Tree
 from treepref.verifiers.judge import SCORE_KEY, parse_verdict, passes
@@ -213,3 +214,6 @@ async def refine(problem: Problem, ctx: SearchContext, cfg: RefineConfig | None 
     tree.meta["kept"] = history
     tree.meta["stats"] = stats
     return tree
+
+
+SEARCH = Search(refine, RefineConfig)  # what treepref.search registers as "refine"

@@ -14,6 +14,7 @@ from __future__ import annotations
 from dataclasses import dataclass
 
 from treepref.problems import Problem
+from treepref.search import Search
 from treepref.search.base import SearchContext, new_tree, over_budget, rollouts, settings_of, succeeded
 from treepref.tree import NO_PARENT, ROOT, Tree
 
@@ -91,3 +92,6 @@ def first_solutions(tree: Tree, tokens: int) -> Tree:
     cut.meta = {**tree.meta, "generated_tokens": spent, "cut_from_tokens": tree.meta.get("generated_tokens"),
                 "solutions": [[new_id[leaf], cost, value] for leaf, cost, value in kept]}
     return cut
+
+
+SEARCH = Search(sample, SampleConfig)  # what treepref.search registers as "sample"

@@ -11,6 +11,8 @@ from __future__ import annotations
 import math
 from typing import Callable, Sequence
 
+from treepref.registry import Registry
+
 Aggregator = Callable[[Sequence[float]], float]
 
 
@@ -70,10 +72,10 @@ def discounted(gamma: float) -> Aggregator:
     return lambda rewards: discounted_return(rewards, gamma)
 
 
-AGGREGATORS: dict[str, Aggregator] = {
+AGGREGATORS = Registry("aggregator", {
     "mean": mean, "max": maximum, "min": minimum, "last": last, "product": product, "prod": product,
     "sum": total,
-}
+})
 
 
 def get_aggregator(name: str) -> Aggregator:
@@ -83,5 +85,6 @@ def get_aggregator(name: str) -> Aggregator:
         _, _, g = key.partition(":")
         return discounted(float(g) if g else 1.0)
     if key not in AGGREGATORS:
-        raise ValueError(f"unknown aggregator {name!r}; choose one of {sorted(AGGREGATORS)} or 'discounted:<gamma>'")
-    return AGGREGATORS[key]
+        raise ValueError(f"unknown aggregator {name!r} (known: {', '.join(sorted(AGGREGATORS))}; "
+                         "or discounted:<gamma>)")
+    return AGGREGATORS.get(key)

@@ -13,30 +13,26 @@ every number the problem states; or ``module:function``).
 
 from __future__ import annotations
 
-import importlib
 from collections.abc import Sequence
 from typing import Callable
 
 from treepref.problems import Problem
+from treepref.registry import Registry, where
 
 StepCheck = Callable[[Problem, str, Sequence[str]], "bool | None"]
 
-# Short names for the checks treepref ships.
-BUILTIN = {"arithmetic": "treepref.domains.arithmetic:check_step",
-           "arithmetic_grounded": "treepref.domains.arithmetic:grounded_step",
-           "arithmetic_derived": "treepref.domains.arithmetic:derived_step"}
+# Short names for the checks treepref ships; a name not here may be given in place as ``module:function``.
+STEP_CHECKS = Registry("step check", {
+    "arithmetic": "treepref.domains.arithmetic:check_step",
+    "arithmetic_grounded": "treepref.domains.arithmetic:grounded_step",
+    "arithmetic_derived": "treepref.domains.arithmetic:derived_step",
+}, inline=True)
+BUILTIN = STEP_CHECKS  # the name it had
 
 
-def load_step_check(name: str) -> StepCheck:
-    """The check ``name`` denotes (a key of ``BUILTIN`` or ``module:function``); ValueError naming it if not."""
-    target = BUILTIN.get(name, name)
-    module, _, attr = target.partition(":")
-    if not module or not attr:
-        raise ValueError(f"step_check {name!r}: not one of {', '.join(BUILTIN)} nor 'module:function'")
-    try:
-        check = getattr(importlib.import_module(module), attr)
-    except (ImportError, AttributeError) as exc:
-        raise ValueError(f"step_check {name!r} cannot be imported ({exc})") from None
+def load_step_check(name: str, *, source: str | None = None, key: str | None = "step_check") -> StepCheck:
+    """The check ``name`` denotes (a registered name or ``module:function``); a ValueError naming it if not."""
+    check = STEP_CHECKS.get(name, source=source, key=key)
     if not callable(check):
-        raise ValueError(f"step_check {name!r} is not a function")
+        raise ValueError(f"{where(source, key)}step check {name!r} is not a function, got {check!r}")
     return check
