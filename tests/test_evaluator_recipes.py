@@ -106,3 +106,44 @@ def test_spar_on_checkable_instructions(vllm_policy, aio, tmp_path):
     assert exports["refine_pairs"]["rows"] == len(rows)
     for row in rows:
         assert row["chosen_value"] > 0.5
+
+
+def moved(trees):
+    """What the PAV test needs: a step whose advantage is not zero (a step that changed the prover's chances)."""
+    return [] if any(t.scores[n].get("advantage") for t in trees for n in range(1, len(t))) else [
+        "a step with a non-zero advantage"]
+
+
+def test_pav_values_each_step_by_its_progress_under_the_prover(vllm_policy, aio, tmp_path):
+    """configs/pav.yaml: every valued step's advantage is its prover value less its parent's, each value the
+    share of the prover's recorded completions that were right, and the exports read the same numbers."""
+    from treepref.pipeline import export_run
+
+    searched = search_recipe(CONFIGS / "pav.yaml", (2, 4, 8), vllm_policy, aio, tmp_path, lambda s: moved(s.trees))
+    rollouts = searched.cfg.search.options["evaluator"]["rollouts"]
+    checked = 0
+    for tree in searched.trees:  # (a tree whose every step ended its path asked the prover nothing)
+        assert (tree.meta.get("prover_requests", 0) > 0) == any("prover" in i for i in tree.info)
+        for n in range(1, len(tree)):
+            s = tree.scores[n]
+            if s.get("prover_value") is None:
+                continue
+            counts = tree.info[n]["prover"]
+            assert counts["total"] == rollouts and s["prover_value"] == counts["correct"] / counts["total"]
+            before = tree.scores[tree.parent[n]]["prover_value"]
+            assert s["advantage"] == pytest.approx(s["prover_value"] - before)
+            checked += 1
+    assert checked
+    e = searched.cfg.extract
+    export_run(tmp_path, searched.cfg, e.formats, e.rule, e.value, e.layout, e.options)
+    by_id = {t.problem_id: t for t in searched.trees}
+    for line in (tmp_path / "exports" / "stepwise" / "rows.jsonl").read_text().splitlines():
+        row = json.loads(line)
+        values, advantages = row["prover_values"], row["advantages"]
+        for i, a in enumerate(advantages):
+            if a is not None and values[i] is not None and values[i + 1] is not None:
+                assert a == pytest.approx(values[i + 1] - values[i])
+        assert by_id[row["problem_id"]]
+    for line in (tmp_path / "exports" / "step_pairs" / "rows.jsonl").read_text().splitlines():
+        row = json.loads(line)  # ranked by advantage: the chosen step made more progress
+        assert row["chosen_value"] > row["rejected_value"]

@@ -22,6 +22,7 @@ ValueReader = Callable[[Tree, int], "float | None"]
 
 LAYOUTS = ("standard", "conversational")
 BUILTIN_VALUES = ("value", "mc", "reward")
+DERIVED = ("advantage", "prover_value")  # score keys also read where a final step implies them
 
 
 @dataclass(frozen=True)
@@ -46,8 +47,14 @@ def value_reader(name: str) -> ValueReader:
     """The node value a rule reads: ``value`` (backed-up mean), ``mc``, ``reward`` or a ``scores`` key.
 
     A score key may be written plainly (``prm``) or as ``scores.prm`` (needed if it clashes with a
-    built-in name). Nodes without that value read as None.
+    built-in name). Nodes without that value read as None. ``advantage`` and ``prover_value`` (what the
+    advantage evaluator recorded, ``verifiers.progress``) are also read for final steps, from their outcome, so a
+    right answer ranks against its siblings; ``scores.advantage`` reads only what was recorded.
     """
+    if name in DERIVED:
+        from treepref.verifiers import progress
+
+        return getattr(progress, name)
     if name == "value":
         return lambda tree, node: tree.value(node)
     if name == "mc":

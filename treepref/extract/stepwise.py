@@ -11,8 +11,15 @@ one ``[]`` per step, never partial ids.
 Label sources:
   * ``"mc"``: Monte Carlo counts on each node (Math-Shepherd): hard = any completion correct, soft = share
     correct. A final node without counts is labelled by its own reward.
-  * any other name (``"omegaprm"``, ``"prm"``, ``"judge"``, ...): ``scores[name]`` on each node; the hard label
-    is ``score >= threshold``.
+  * any other name (``"omegaprm"``, ``"prm"``, ``"judge"``, ...): ``scores[name]`` on each node, read as pair
+    rules read it (``common.value_reader``: ``prover_value`` also for final steps); the hard label is
+    ``score >= threshold``.
+  * ``"advantage"``: PAV's progress A = V(after) − V(before) under the prover (``verifiers.progress``; a final
+    step's from its outcome). The soft label is ``(1 + A) / 2``, so it stays a BCE target in [0, 1] and the
+    default threshold 0.5 labels a step good when it lost no ground (A >= 0); rows also carry ``advantages``
+    (A per step), ``prover_values`` (V at the prompt, then after each step: ``advantages[i] =
+    prover_values[i + 1] - prover_values[i]``) and the counts behind them, ``prover_correct`` / ``prover_total``
+    (None for a final step, valued by its outcome).
 A path is cut at its first unlabelled step (TRL needs a label for every step), and dropped when nothing
 is labelled. Only ``step`` nodes form paths (older trees kept completions as ``rollout`` chains). In newer
 trees completions are steps too, so a path through a completion ends where its labels do: deduplication
@@ -24,7 +31,9 @@ from __future__ import annotations
 from typing import Iterable
 
 from treepref.envs.base import is_success
+from treepref.extract.common import value_reader
 from treepref.tree import ROOT, STEP, Tree
+from treepref.verifiers.progress import advantage, prover_value
 
 
 def _label(tree: Tree, node: int, source: str, threshold: float) -> tuple[bool, float] | None:
@@ -35,10 +44,21 @@ def _label(tree: Tree, node: int, source: str, threshold: float) -> tuple[bool, 
         if tree.terminated[node] and tree.reward[node] is not None:
             return is_success(tree.reward[node], tree.info[node]), float(tree.reward[node])
         return None
-    score = tree.scores[node].get(source)
+    score = value_reader(source)(tree, node)
     if score is None:
         return None
-    return float(score) >= threshold, float(score)
+    soft = (1.0 + float(score)) / 2 if source == "advantage" else float(score)
+    return soft >= threshold, soft
+
+
+def _progress_columns(tree: Tree, nodes: list[int]) -> dict:
+    """What an advantage row's labels came from: A per step, and V at the prompt and after each step."""
+    states = [tree.parent[nodes[0]], *nodes]
+    counts = [tree.info[n].get("prover", {}) for n in states]
+    return {"advantages": [advantage(tree, n) for n in nodes],
+            "prover_values": [prover_value(tree, n) for n in states],
+            "prover_correct": [c.get("correct") for c in counts],
+            "prover_total": [c.get("total") for c in counts]}
 
 
 def path_ends(tree: Tree, *, paths: str = "leaves") -> list[int]:
@@ -88,6 +108,8 @@ def stepwise_rows(tree: Tree, *, source: str = "mc", threshold: float = 0.5, pat
             "prompt_ids": list(tree.token_ids[ROOT]) if known else [],
             "completions_ids": [list(tree.token_ids[i]) if known else [] for i in nodes],
         })
+        if source == "advantage":
+            rows[-1].update(_progress_columns(tree, nodes))
     return rows
 
 

@@ -11,6 +11,7 @@ hands its new nodes to :func:`evaluate` and backs up what comes back, so each of
     evaluator: {kind: judge, k: 4}                          # the policy as judge: its pass rate
     evaluator: {kind: self_eval}                            # the policy's P("correct") for the step
     evaluator: {kind: mix, parts: [{kind: rollouts, n: 1, weight: 0.5}, {kind: self_eval, weight: 0.5}]}
+    evaluator: {kind: advantage, prover: null, rollouts: 4, temperature: 0.7}   # PAV: progress under a prover
 
 Each returns, per node, the ``(node to back up from, value)`` pairs of its evidence: one pair at the node for
 a score, one per completion (backed up from where it ended) for rollouts; a mix is one pair at the node, the
@@ -40,11 +41,16 @@ Evidence = list[tuple[int, float]]
 class Evaluator:
     """An evaluator kind: the options a spec must give, those it may (with their defaults), and
     ``score(spec, tree, states, nodes, ctx) -> one value per node`` (async). ``rollouts`` and ``mix`` have no
-    ``score``: their evidence is completions backed up from where they ended, or their parts' weighted mean."""
+    ``score``: their evidence is completions backed up from where they ended, or their parts' weighted mean.
+    ``records``: ``score`` writes its own ``tree.scores`` entries (its value backed up is not the score it
+    records, as with ``advantage``), so ``evaluate`` writes none under the kind's name. ``check(spec, where)``:
+    the kind's own option checks, raising ``ValueError`` naming the option, run when the recipe loads."""
 
     required: tuple[str, ...] = ()
     optional: dict[str, Any] = field(default_factory=dict)
     score: Callable | None = None
+    records: bool = False
+    check: Callable[[dict, str], None] | None = None
 
 
 def parse(spec: Any, where: str = "evaluator") -> dict:
@@ -65,13 +71,11 @@ def parse(spec: Any, where: str = "evaluator") -> dict:
     if missing:
         raise ValueError(f"{where}: kind {kind!r} needs {missing[0]!r}")
     out = {"kind": kind, **optional, **spec}
-    weight = out.get("weight", 1.0)
-    if isinstance(weight, bool) or not isinstance(weight, (int, float)) or weight < 0:
-        raise ValueError(f"{where}.weight must be a number >= 0, got {weight!r}")
-    if kind == "rollouts" and (isinstance(out["n"], bool) or not isinstance(out["n"], int) or out["n"] < 1):
-        raise ValueError(f"{where}.n must be an integer >= 1, got {out['n']!r}")
-    if kind == "judge" and (not isinstance(out["k"], int) or out["k"] < 1):
-        raise ValueError(f"{where}.k must be an integer >= 1, got {out['k']!r}")
+    check_number(out.get("weight", 1.0), f"{where}.weight", low=0)
+    if kind == "rollouts":
+        check_number(out["n"], f"{where}.n", integer=True, low=1)
+    if kind == "judge":
+        check_number(out["k"], f"{where}.k", integer=True, low=1)
     if "aggregate" in out:
         from treepref.verifiers.backup import get_aggregator
 
@@ -94,7 +98,18 @@ def parse(spec: Any, where: str = "evaluator") -> dict:
             raise ValueError(f"{where}: a mix cannot contain a mix")
         if sum(p.get("weight", 1.0) for p in out["parts"]) <= 0:
             raise ValueError(f"{where}: the parts' weights sum to 0")
+    if entry.check is not None:
+        entry.check(out, where)
     return out
+
+
+def check_number(value: Any, key: str, *, integer: bool = False, low: float | None = None) -> None:
+    """An evaluator option that must be a number (an integer where ``integer``) of at least ``low``: a
+    ``ValueError`` naming ``key`` otherwise (a bool is no number)."""
+    kinds = (int,) if integer else (int, float)
+    if isinstance(value, bool) or not isinstance(value, kinds) or (low is not None and value < low):
+        what = "an integer" if integer else "a number"
+        raise ValueError(f"{key} must be {what}{f' >= {low:g}' if low is not None else ''}, got {value!r}")
 
 
 async def evaluate(spec: dict, tree: Tree, states: dict[int, State], nodes: list[int], ctx,
@@ -118,22 +133,19 @@ async def evaluate(spec: dict, tree: Tree, states: dict[int, State], nodes: list
             tree.scores[n]["mix"] = value
             out.append([(n, value)])
         return out
+    entry = EVALUATORS.get(kind)
+    if entry.score is None:
+        raise ValueError(f"evaluator kind {kind!r} has no score function")
     timeline = getattr(ctx, "timeline", None)
     if timeline is None:
-        values = await _scores(spec, tree, states, nodes, ctx)
+        values = list(await entry.score(spec, tree, states, nodes, ctx))
     else:
         with timeline.evaluating():
-            values = await _scores(spec, tree, states, nodes, ctx)
-    for n, v in zip(nodes, values):
-        tree.scores[n][kind] = v
+            values = list(await entry.score(spec, tree, states, nodes, ctx))
+    if not entry.records:
+        for n, v in zip(nodes, values):
+            tree.scores[n][kind] = v
     return [[(n, v)] for n, v in zip(nodes, values)]
-
-
-async def _scores(spec: dict, tree: Tree, states: dict[int, State], nodes: list[int], ctx) -> list[float]:
-    score = EVALUATORS.get(spec["kind"]).score
-    if score is None:
-        raise ValueError(f"evaluator kind {spec['kind']!r} has no score function")
-    return list(await score(spec, tree, states, nodes, ctx))
 
 
 async def _constant(spec, tree, states, nodes, ctx) -> list[float]:
@@ -236,5 +248,6 @@ EVALUATORS = Registry("evaluator kind", {
     "judge": Evaluator((), {"k": 4, "temperature": 0.7, "max_tokens": 192}, _judge),
     "self_eval": Evaluator((), {}, _self_eval),
     "mix": Evaluator(("parts",), {}),
+    "advantage": "treepref.search.prover:EVALUATOR",  # PAV's progress under a prover policy
 })
 KINDS = EVALUATORS  # the name it had
