@@ -310,6 +310,20 @@ def test_treepref_search_is_still_the_package_of_searches():
     assert treepref.search.get_search("mcts") is get_search("mcts") is mcts and callable(treepref.search)
 
 
+def test_treepref_train_is_the_command_and_still_the_package_of_trainers(tmp_path):
+    """``treepref.train(recipe)`` trains as ``treepref train`` does (a bad data path: the command's one line,
+    before any model loads); ``treepref.train.trainer`` is the module it was."""
+    from treepref.train import trainer
+
+    assert treepref.train.trainer is trainer and callable(treepref.train)
+    missing = tmp_path / "missing"
+    with pytest.raises(treepref.UserInputError) as caught:
+        treepref.train({"method": "dpo", "data": str(missing)}, tmp_path / "out")
+    assert str(caught.value) == f"{missing}: no such file or folder"
+    with pytest.raises(treepref.ConfigError, match="method must be one of"):
+        treepref.train({"method": "sft", "data": str(missing)})
+
+
 # -- the README's example ------------------------------------------------------------------------------
 def test_the_readme_example_runs_as_written(tmp_path, scripted, monkeypatch, capsys):
     """README.md's Python example, copied out of the page, on the tutor backend (one override added)."""

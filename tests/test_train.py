@@ -185,7 +185,7 @@ def test_prm_learns_step_labels(tok, tiny, tmp_path):
     rows = [{"prompt_ids": p, "completions_ids": [good], "labels": [True], "soft_labels": [0.9]},
             {"prompt_ids": p, "completions_ids": [bad], "labels": [False], "soft_labels": [0.1]}]
     s = run("prm", write_jsonl(tmp_path / "steps.jsonl", rows), tiny, tmp_path / "out", loss={"labels": "soft"},
-            max_steps=16)
+            max_steps=32)  # at 16 steps most head initialisations had not separated the two yet
     model = AutoModelForTokenClassification.from_pretrained(s["model"]).eval()
     with torch.no_grad():
         probs = [model(input_ids=torch.tensor([p + ids])).logits[0, -1].softmax(-1)[1] for ids in (good, bad)]
@@ -336,3 +336,23 @@ def test_every_recipe_runs_on_a_real_export(real_run, tiny, tmp_path, recipe, ca
     summary = json.loads((out / "model" / "treepref-train.json").read_text())
     assert summary["steps"] == 2 and summary["retokenized_rows"] == 0
     assert "wrote" in capsys.readouterr().out
+
+
+def test_the_python_api_trains_as_the_command_does(tok, tiny, tmp_path):
+    """``treepref.train`` (a recipe mapping, overrides as a mapping) and ``treepref train -c ... --set`` train the
+    same model on the same rows: the same examples, steps and loss."""
+    import yaml
+
+    import treepref
+    from treepref.cli import main
+
+    recipe = {"method": "dpo", "data": write_jsonl(tmp_path / "pairs.jsonl", toy_pairs(tok)), "model": tiny,
+              "loss": {"beta": 1.0}, "train": {"max_steps": 8, "batch_size": 2, "learning_rate": 2e-2,
+                                                "save_steps": 100, "progress": False}}
+    summary = treepref.train(recipe, tmp_path / "api", overrides={"train.max_steps": 3})
+    (tmp_path / "t.yaml").write_text(yaml.safe_dump(recipe))
+    assert main(["train", "-c", str(tmp_path / "t.yaml"), "-o", str(tmp_path / "cli"), "--set", "train.max_steps=3"]) == 0
+    cli = json.loads((tmp_path / "cli" / "summary.json").read_text())
+    assert summary["model"].startswith(str(tmp_path / "api")) and summary["steps"] == 3
+    assert (summary["examples"], summary["steps"]) == (cli["examples"], cli["steps"])
+    assert summary["train_loss"] == pytest.approx(cli["train_loss"], rel=1e-5)

@@ -1,8 +1,9 @@
 """treepref: LLM tree search turned into step-level preference data.
 
 From Python (docs/api.md): ``generate`` runs a recipe into a run folder, ``load_run`` opens one, and the
-``Run`` exports, views and reports it; ``search`` searches problems with a policy object you hold. Importing
-treepref loads none of that (no torch, no engine): each name is imported when it is first used.
+``Run`` exports, views and reports it; ``search`` searches problems with a policy object you hold; ``train``
+trains on the exports as ``treepref train`` does. Importing treepref loads none of that (no torch, no engine):
+each name is imported when it is first used.
 """
 
 from __future__ import annotations
@@ -29,8 +30,8 @@ _PUBLIC = {
 
 
 def __getattr__(name: str):
-    if name == "search":  # the subpackage, made callable as it is set here (``_Package``)
-        return importlib.import_module("treepref.search")
+    if name in CALLABLE_PACKAGES:  # the subpackage, made callable as it is set here (``_Package``)
+        return importlib.import_module(f"treepref.{name}")
     if name not in _PUBLIC:
         raise AttributeError(f"module 'treepref' has no attribute {name!r}")
     value = getattr(importlib.import_module(_PUBLIC[name]), name)
@@ -39,29 +40,35 @@ def __getattr__(name: str):
 
 
 def __dir__() -> list[str]:
-    return sorted(set(globals()) | set(_PUBLIC) | {"search"})
+    return sorted(set(globals()) | set(_PUBLIC) | set(CALLABLE_PACKAGES))
 
 
-class _SearchPackage(types.ModuleType):
-    """``treepref.search`` is the package of search algorithms, and calling it runs one on your own policy:
-    ``await treepref.search(problems, env=..., policy=...)`` is ``treepref.api.search`` (a package attribute
+# Subpackages whose name is also a function of the API: ``treepref.search`` (the algorithms; calling it searches
+# with your own policy) and ``treepref.train`` (the trainers; calling it trains as ``treepref train`` does).
+CALLABLE_PACKAGES = ("search", "train")
+
+
+class _CallablePackage(types.ModuleType):
+    """A subpackage that is also the API function of its name: ``treepref.search(...)`` is
+    ``treepref.api.search(...)`` and ``treepref.train(...)`` is ``treepref.api.train(...)``, while
+    ``treepref.search.mcts`` and ``treepref.train.trainer`` stay the modules they are (a package attribute
     cannot be both a module and a function, so the module is made callable)."""
 
-    def __call__(self, problems, **kwargs):
-        return importlib.import_module("treepref.api").search(problems, **kwargs)
+    def __call__(self, *args, **kwargs):
+        return getattr(importlib.import_module("treepref.api"), self.__name__.rpartition(".")[2])(*args, **kwargs)
 
 
 class _Package(types.ModuleType):
-    """treepref itself: whenever its ``search`` subpackage is imported (the import system sets it as an
+    """treepref itself: whenever one of ``CALLABLE_PACKAGES`` is imported (the import system sets it as an
     attribute here), that module becomes callable; nothing is imported for it in advance."""
 
     def __setattr__(self, name: str, value) -> None:
-        if name == "search" and isinstance(value, types.ModuleType):
-            value.__class__ = _SearchPackage
+        if name in CALLABLE_PACKAGES and isinstance(value, types.ModuleType):
+            value.__class__ = _CallablePackage
         super().__setattr__(name, value)
 
 
 sys.modules[__name__].__class__ = _Package
 
 __all__ = ["ConfigError", "NoProblems", "Problem", "ProblemsFailed", "RecipeMismatch", "Run", "Tree",
-           "UserInputError", "__version__", "generate", "load_run", "search"]
+           "UserInputError", "__version__", "generate", "load_run", "search", "train"]

@@ -149,6 +149,20 @@ def generate(config: ConfigLike, output: str | os.PathLike | None = None, *, ove
     return run
 
 
+def train(config: Any, output: str | os.PathLike | None = None, *, overrides: Overrides = None) -> dict:
+    """Train on exported data as ``treepref train`` does: step-DPO, Step-APO, TPO, a pairwise verifier or a PRM.
+
+    ``config``: a training recipe (``configs/train-*.yaml``), a mapping shaped like one, or a ``TrainConfig``;
+    its ``data`` is a run folder, an export folder, a ``datasets`` folder, ``.jsonl`` or ``.parquet``.
+    ``output`` replaces the recipe's; ``overrides`` as ``generate``'s. The data's columns are checked before a
+    model loads. Returns the summary: ``method``, ``examples``, ``steps``, ``train_loss``, ``model`` (the folder
+    the trained model was written to, which ``from_pretrained`` and ``evaluator: {kind: prm, model: ...}`` load).
+    """
+    from treepref import pipeline
+
+    return pipeline.train(config, output, overrides=overrides)
+
+
 async def search(problems: Iterable[Problem | Mapping | str], *, env: Any, policy: Any, search: str = "mcts",
                  sampling: Mapping[str, Any] | None = None, concurrency: int = 8, **options: Any) -> list[Tree]:
     """Search ``problems`` with a policy you hold (anything with ``backends.base.Policy``'s methods), without a
@@ -220,4 +234,4 @@ def as_problems(problems: Iterable[Problem | Mapping | str]) -> list[Problem]:
     return out
 
 
-__all__ = ["ProblemsFailed", "Run", "as_problems", "generate", "load_run", "search"]
+__all__ = ["ProblemsFailed", "Run", "as_problems", "generate", "load_run", "search", "train"]

@@ -267,19 +267,9 @@ def _set_options(items: list[str]) -> dict:
 
 # -- train ----------------------------------------------------------------------------------------------
 def _train(args) -> int:
-    from treepref.train.config import load_train_config
-    from treepref.train.data import TrainDataError, load_rows
+    from treepref.pipeline import train
 
-    cfg = load_train_config(args.config, args.overrides)
-    if args.output:
-        cfg.output = args.output
-    try:
-        load_rows(cfg.data, cfg.method, cfg.format)  # columns checked before a model loads
-        from treepref.train.trainer import train
-
-        summary = train(cfg)
-    except TrainDataError as exc:
-        raise UserInputError(str(exc)) from None
+    summary = train(args.config, args.output, overrides=args.overrides)
     print(f"treepref: trained {summary['method']} on {summary['examples']} examples for {summary['steps']} steps "
           f"(loss {summary['train_loss']:.4f}); wrote {summary['model']}")
     return 0

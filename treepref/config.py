@@ -9,6 +9,7 @@ from __future__ import annotations
 import dataclasses
 import inspect
 import typing
+from collections.abc import Mapping
 from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any
@@ -138,12 +139,29 @@ def read_yaml(path: str | Path, overrides: list[str] | None = None) -> dict:
         raise ConfigError(f"{path}: not valid YAML: {exc}") from None
     if not isinstance(data, dict):
         raise ConfigError(f"{path}: the top level must be a mapping of sections")
-    for item in overrides or []:
-        key, sep, raw = item.partition("=")
+    for key, value, label in override_items(overrides):
+        set_path(data, key.split("."), value, f"override {label!r}")
+    return data
+
+
+def override_items(overrides) -> list[tuple[str, Any, str]]:
+    """``(dotted key, value, as given)``: a mapping's items as they are, ``"key=value"`` strings read as YAML
+    (the rule of ``--set``)."""
+    if overrides is None:
+        return []
+    if isinstance(overrides, Mapping):
+        return [(str(k), v, str(k)) for k, v in overrides.items()]
+    if isinstance(overrides, str):
+        overrides = [overrides]
+    import yaml
+
+    items = []
+    for item in overrides:
+        key, sep, raw = str(item).partition("=")
         if not sep:
             raise ConfigError(f"override {item!r}: expected section.key=value")
-        set_path(data, key.split("."), yaml.safe_load(raw), f"override {item!r}")
-    return data
+        items.append((key, yaml.safe_load(raw), item))
+    return items
 
 
 def config_from_dict(data: dict, source: str = "<dict>") -> Config:

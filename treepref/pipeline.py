@@ -28,9 +28,8 @@ from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any, Union
 
-from treepref.config import Config, ConfigError, config_from_dict, load_config, read_yaml
+from treepref.config import Config, ConfigError, config_from_dict, load_config, override_items, read_yaml, set_path
 from treepref.context import build_context, search_context  # noqa: F401  (the run's context, also Ray's)
-from treepref.config import set_path  # the recipe's own rule for a dotted key (``read_yaml``'s)
 from treepref.errors import UserInputError
 from treepref.problems import Problem
 
@@ -68,39 +67,10 @@ def resolve_config(config: ConfigLike, overrides: Overrides = None) -> Config:
     is taken as it is."""
     if isinstance(config, Config) and not overrides:
         return config
-    if isinstance(config, (str, os.PathLike)) and not isinstance(overrides, Mapping):  # as ``--set`` does
-        return load_config(config, [overrides] if isinstance(overrides, str) else list(overrides or ()))
-    if isinstance(config, Config):
-        data, source = config.to_dict(), config.source
-    elif isinstance(config, Mapping):
-        data, source = copy.deepcopy(dict(config)), "<dict>"
-    elif isinstance(config, (str, os.PathLike)):
-        data, source = read_yaml(config), str(config)
-    else:
-        raise UserInputError(f"config: expected a YAML file, a mapping or a Config, got {type(config).__name__}")
-    for key, value, label in override_items(overrides):
-        set_path(data, key.split("."), value, f"override {label!r}")
-    return config_from_dict(data, source)
-
-
-def override_items(overrides: Overrides) -> list[tuple[str, Any, str]]:
-    """``(dotted key, value, as given)``: a mapping's items as they are, ``"key=value"`` strings read as YAML
-    (the rule of ``--set``)."""
-    if overrides is None:
-        return []
-    if isinstance(overrides, Mapping):
-        return [(str(k), v, str(k)) for k, v in overrides.items()]
-    if isinstance(overrides, str):
-        overrides = [overrides]
-    import yaml
-
-    items = []
-    for item in overrides:
-        key, sep, raw = str(item).partition("=")
-        if not sep:
-            raise ConfigError(f"override {item!r}: expected section.key=value")
-        items.append((key, yaml.safe_load(raw), item))
-    return items
+    source = config.source if isinstance(config, Config) else None  # a Config keeps naming its file
+    data, given = _recipe_data(config.to_dict() if isinstance(config, Config) else config, overrides,
+                               "a YAML file, a mapping or a Config")
+    return config_from_dict(data, source or given)
 
 
 def read_problems(cfg: Config) -> tuple[list[Problem], list]:
@@ -370,6 +340,44 @@ def label_quality(folder: Path, trees, cfg: Config) -> dict:
     return quality
 
 
+# -- training on a run's exports -------------------------------------------------------------------------
+def train(config, output: str | os.PathLike | None = None, *, overrides: Overrides = None) -> dict:
+    """Train as a ``treepref train`` recipe says (a YAML file, a mapping shaped like one, or a ``TrainConfig``):
+    the data's columns are checked before a model loads (a bad row is a one-line ``UserInputError``); returns
+    the training summary (``method``, ``examples``, ``steps``, ``train_loss``, ``model``: where it was written)."""
+    from treepref.train.config import TrainConfig, train_config_from_dict
+    from treepref.train.data import TrainDataError, load_rows
+
+    if isinstance(config, TrainConfig):
+        if overrides:
+            raise UserInputError("train: overrides apply to a recipe file or mapping, not to a TrainConfig")
+        cfg = copy.copy(config)
+    else:
+        cfg = train_config_from_dict(*_recipe_data(config, overrides, "a YAML file, a mapping or a TrainConfig"))
+    if output is not None:
+        cfg.output = str(output)
+    try:
+        load_rows(cfg.data, cfg.method, cfg.format)  # columns checked before a model loads
+        from treepref.train.trainer import train as fit
+
+        return fit(cfg)
+    except TrainDataError as exc:
+        raise UserInputError(str(exc)) from None
+
+
+def _recipe_data(config, overrides: Overrides, kinds: str = "a YAML file or a mapping") -> tuple[dict, str]:
+    """A recipe's data and where it came from (a file or ``<dict>``), with ``--set``-style overrides applied."""
+    if isinstance(config, Mapping):
+        data, source = copy.deepcopy(dict(config)), "<dict>"
+    elif isinstance(config, (str, os.PathLike)):
+        data, source = read_yaml(config), str(config)
+    else:
+        raise UserInputError(f"config: expected {kinds}, got {type(config).__name__}")
+    for key, value, label in override_items(overrides):
+        set_path(data, key.split("."), value, f"override {label!r}")
+    return data, source
+
+
 def _system(cfg: Config):
     from treepref.envs.reasoning import DEFAULT_SYSTEM
 
@@ -377,5 +385,5 @@ def _system(cfg: Config):
 
 
 __all__ = ["NoProblems", "Plan", "build_context", "export_run", "extract", "failures_line", "finish", "notes",
-           "override_items", "prepare", "read_problems", "resolve_config", "run_config", "search_context",
-           "search_problems", "start"]
+           "prepare", "read_problems", "resolve_config", "run_config", "search_context",
+           "search_problems", "start", "train"]
