@@ -22,7 +22,8 @@ GENERATE_RECIPES = sorted(p.name for p in (ROOT / "configs").glob("*.yaml") if n
 
 
 # Recipes that read a folder an earlier `treepref train` wrote: the key that names it.
-NEEDS_TRAINED = {"prm-guided-mcts.yaml": "search.options.evaluator.model"}
+NEEDS_TRAINED = {"prm-guided-mcts.yaml": "search.options.evaluator.model",
+                 "pav-guided-beam.yaml": "search.options.evaluator.model"}
 
 
 def _recipe(name, tmp_path):

@@ -14,6 +14,7 @@ import torch
 
 from treepref.train.losses import (
     LossOutput,
+    advantage_mse,
     bradley_terry_loss,
     dpo_loss,
     sequence_logps,
@@ -419,3 +420,26 @@ def test_stepwise_bce_sign_one_step():
     # grads (sigmoid(0) - y) / 2 = [-0.25, 0.25]
     assert logits.grad.tolist() == pytest.approx([-0.25, 0.25])
     assert logits[0].item() > 0 > logits[1].item()
+
+
+def test_advantage_mse_hand_values():
+    # tanh(0) = 0, tanh(ln 3 / 2) = (3 - 1) / (3 + 1) = 0.5, tanh(-ln 3) = -(9 - 1) / (9 + 1) = -0.8
+    logits = t(0.0, math.log(3) / 2, -math.log(3))
+    out = advantage_mse(logits, t(0.25, 0.5, -1.0))
+    # squared errors 0.25², 0, 0.2² -> mean (0.0625 + 0 + 0.04) / 3
+    assert out.loss.item() == pytest.approx(0.1025 / 3, abs=1e-6)
+    assert out.metrics["mae"] == pytest.approx((0.25 + 0 + 0.2) / 3, abs=1e-6)
+    assert out.metrics["mean_pred"] == pytest.approx((0 + 0.5 - 0.8) / 3, abs=1e-6)
+    # signs (>= 0): predictions +, +, -; targets +, +, - -> all agree; a prediction of 0 counts as no loss of ground
+    assert out.metrics["sign_accuracy"] == 1.0
+    weighted = advantage_mse(logits, [0.25, 0.5, -1.0], weights=t(1.0, 1.0, 2.0))
+    assert weighted.loss.item() == pytest.approx((0.0625 + 2 * 0.04) / 4, abs=1e-6)
+
+
+def test_advantage_mse_gradient_and_one_step():
+    # d/dx (tanh x - A)² = 2 (tanh x - A)(1 - tanh² x); at x = 0: -2A, over the mean of 2 steps: -A
+    logits = t(0.0, 0.0, grad=True)
+    out = advantage_mse(logits, t(0.5, -0.75))
+    sgd_step(out.loss, logits)
+    assert logits.grad.tolist() == pytest.approx([-0.5, 0.75])
+    assert logits[0].item() > 0 > logits[1].item()  # each prediction moved toward its advantage

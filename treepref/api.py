@@ -150,13 +150,14 @@ def generate(config: ConfigLike, output: str | os.PathLike | None = None, *, ove
 
 
 def train(config: Any, output: str | os.PathLike | None = None, *, overrides: Overrides = None) -> dict:
-    """Train on exported data as ``treepref train`` does: step-DPO, Step-APO, TPO, a pairwise verifier or a PRM.
+    """Train on exported data as ``treepref train`` does: step-DPO, Step-APO, TPO, a pairwise verifier, a PRM or a
+    PAV.
 
     ``config``: a training recipe (``configs/train-*.yaml``), a mapping shaped like one, or a ``TrainConfig``;
     its ``data`` is a run folder, an export folder, a ``datasets`` folder, ``.jsonl`` or ``.parquet``.
     ``output`` replaces the recipe's; ``overrides`` as ``generate``'s. The data's columns are checked before a
     model loads. Returns the summary: ``method``, ``examples``, ``steps``, ``train_loss``, ``model`` (the folder
-    the trained model was written to, which ``from_pretrained`` and ``evaluator: {kind: prm, model: ...}`` load).
+    the trained model was written to, which ``from_pretrained`` and ``evaluator: {kind: prm | pav, model: ...}`` load).
     """
     from treepref import pipeline
 

@@ -4,7 +4,8 @@
 candidate is a text or a (text, logprob) pair; the ``n`` completions of a request cycle through the
 candidates in order, so a test knows exactly which children a search will see. A candidate ending in
 ``EOS`` ends the sequence the way a model's end-of-sequence token does. Tokens come from the reversible
-``tokens.PLAIN`` tokenizer (a word with its trailing whitespace), and prompts may be text or its ids.
+``tokens.PLAIN`` tokenizer (a word with its trailing whitespace), or the ``tokenizer`` given (one whose ids a
+small test model can read), and prompts may be text or its ids.
 """
 
 from __future__ import annotations
@@ -13,7 +14,7 @@ from typing import Callable, Mapping, Sequence
 
 from treepref.backends.base import Completion, GenerationStats, Prompt, Sampling, truncate_at_stop
 from treepref.envs.reasoning import plain_template
-from treepref.tokens import PLAIN
+from treepref.tokens import PLAIN, Tokenizer
 
 EOS = "<eos>"
 Candidate = str | tuple[str, float]
@@ -23,8 +24,10 @@ Script = Callable[[tuple[str, ...]], Sequence[Candidate]] | Mapping[tuple[str, .
 class ScriptedPolicy:
     """Replays a script. The prompt is parsed back into steps with ``delimiter`` after ``chat_prompt``."""
 
-    def __init__(self, script: Script, *, delimiter: str = "\n\n", default: Sequence[Candidate] = ()):
+    def __init__(self, script: Script, *, delimiter: str = "\n\n", default: Sequence[Candidate] = (),
+                 tokenizer: Tokenizer = PLAIN):
         self._script = script
+        self.tokenizer = tokenizer
         self.delimiter = delimiter
         self.default = list(default)
         self.stats = GenerationStats()
@@ -34,17 +37,17 @@ class ScriptedPolicy:
         return plain_template(messages)
 
     def encode(self, text: str) -> list[int]:
-        return PLAIN.encode(text)
+        return list(self.tokenizer.encode(text))
 
     def decode(self, token_ids) -> str:
-        return PLAIN.decode(token_ids)
+        return self.tokenizer.decode(list(token_ids))
 
     def count_tokens(self, text: str) -> int:
-        return len(PLAIN.encode(text.replace(EOS, "")))
+        return len(self.encode(text.replace(EOS, "")))
 
     def _steps(self, prompt: Prompt) -> tuple[str, ...]:
         if not isinstance(prompt, str):
-            prompt = PLAIN.decode(prompt)
+            prompt = self.decode(prompt)
         _, sep, body = prompt.rpartition("<assistant>\n")
         if not sep or not body:
             return ()
@@ -91,14 +94,14 @@ class ScriptedPolicy:
                 parts[-1] = (parts[-1][0].removesuffix(self.delimiter), parts[-1][1])
         ids, lps = [], []
         for text, lp in parts:
-            part = PLAIN.encode(text)
+            part = self.encode(text)
             ids.extend(part)
             lps.extend([lp / len(part)] * len(part) if part else [])
         truncated = len(ids) > params.max_tokens
         ids, lps = ids[: params.max_tokens], lps[: params.max_tokens]
-        body, stop_reason = truncate_at_stop(PLAIN.decode(ids), params.stop)
+        body, stop_reason = truncate_at_stop(self.decode(ids), params.stop)
         if stop_reason is not None:  # keep the tokens up to the one that completed the stop string
-            keep = next(k for k in range(1, len(ids) + 1) if len(PLAIN.decode(ids[:k])) >= len(body))
+            keep = next(k for k in range(1, len(ids) + 1) if len(self.decode(ids[:k])) >= len(body))
             ids, lps = ids[:keep], lps[:keep]
         finish = "length" if truncated and stop_reason is None else "stop"
         if not ended and stop_reason is None and finish == "stop" and params.stop:

@@ -33,7 +33,7 @@ from typing import Iterable
 from treepref.envs.base import is_success
 from treepref.extract.common import value_reader
 from treepref.tree import ROOT, STEP, Tree
-from treepref.verifiers.progress import advantage, prover_value
+from treepref.verifiers.progress import advantage, as_unit, prover_value
 
 
 def _label(tree: Tree, node: int, source: str, threshold: float) -> tuple[bool, float] | None:
@@ -47,7 +47,7 @@ def _label(tree: Tree, node: int, source: str, threshold: float) -> tuple[bool, 
     score = value_reader(source)(tree, node)
     if score is None:
         return None
-    soft = (1.0 + float(score)) / 2 if source == "advantage" else float(score)
+    soft = as_unit(score) if source == "advantage" else float(score)
     return soft >= threshold, soft
 
 

@@ -6,6 +6,7 @@ hands its new nodes to :func:`evaluate` and backs up what comes back, so each of
 
     evaluator: {kind: rollouts, n: 2}                       # the default of MCTS (n = n_rollouts)
     evaluator: {kind: prm, model: runs/train-prm/model, aggregate: min}
+    evaluator: {kind: pav, model: runs/train-pav/model}     # a trained PAV: (1 + sum of A along the path) / 2
     evaluator: {kind: steps, scorer: "treepref.domains.arithmetic:arithmetic_step_scorer", aggregate: min}
     evaluator: {kind: verifier, model: runs/train-verifier/model}
     evaluator: {kind: judge, k: 4}                          # the policy as judge: its pass rate
@@ -36,6 +37,7 @@ from treepref.registry import Registry, resolve
 from treepref.tree import ROOT, Tree
 
 Evidence = list[tuple[int, float]]
+TRAINED = ("prm", "verifier", "pav")  # kinds that read a folder ``treepref train`` wrote, named by its method
 
 @dataclass(frozen=True)
 class Evaluator:
@@ -84,11 +86,8 @@ def parse(spec: Any, where: str = "evaluator") -> dict:
         if not isinstance(out["scorer"], str) or ":" not in out["scorer"]:
             raise ValueError(f"{where}.scorer must name an async step scorer as 'module:function'")
         _scorer(out["scorer"], f"{where}.scorer")  # fails now, naming it, rather than in the first tree
-    if kind in ("prm", "verifier"):
-        from pathlib import Path
-
-        if not Path(str(out["model"])).is_dir():
-            raise ValueError(f"{where}.model: no folder {out['model']!r} (a folder written by treepref train)")
+    if kind in TRAINED:
+        _check_trained(out["model"], kind, f"{where}.model")
     if kind == "mix":
         parts = out["parts"]
         if not isinstance(parts, list) or not parts:
@@ -101,6 +100,20 @@ def parse(spec: Any, where: str = "evaluator") -> dict:
     if entry.check is not None:
         entry.check(out, where)
     return out
+
+
+def _check_trained(folder: Any, kind: str, key: str) -> None:
+    """A trained scorer's folder exists and, where its summary says, holds a model of this ``kind`` (a PAV read
+    as a PRM would misread its head)."""
+    from pathlib import Path
+
+    from treepref.verifiers.trained import model_folder, read_method
+
+    if not Path(str(folder)).is_dir():
+        raise ValueError(f"{key}: no folder {folder!r} (a folder written by treepref train)")
+    method = read_method(model_folder(str(folder)))
+    if method is not None and method != kind:
+        raise ValueError(f"{key}: {folder} holds a trained {method}, not a {kind}")
 
 
 def check_number(value: Any, key: str, *, integer: bool = False, low: float | None = None) -> None:
@@ -160,9 +173,35 @@ async def _steps(spec, tree, states, nodes, ctx) -> list[float]:
 
 async def _prm(spec, tree, states, nodes, ctx) -> list[float]:
     """Step scores of each node's path, read on the tree's own ids."""
-    rows = await _batcher(spec["model"], "prm").submit(
+    return [_squash(row, spec) for row in await _path_scores(spec["model"], "prm", tree, nodes)]
+
+
+async def _pav(spec, tree, states, nodes, ctx) -> list[float]:
+    """A trained PAV's advantages along each node's path (the tree's ids), aggregated, clipped to [-1, 1] and
+    squashed to [0, 1] by (1 + A) / 2, the scale of the values MCTS and beam compare with rewards, ``fpu`` and
+    ``truncated_reward``. The default ``sum`` is the progress from the prompt: advantages telescope, so the sum
+    along a path estimates V(node) − V(prompt) under the prover, which compares nodes under different parents
+    (beam's candidates) and at different depths; ``last`` is the node's own step's progress (a ranking of
+    siblings), ``min`` its worst step. A node with no step (the root) is worth ``default``. The node's own step's
+    advantage is recorded as ``scores["pav_advantage"]`` beside the value (``scores["pav"]``)."""
+    from treepref.verifiers.backup import get_aggregator
+    from treepref.verifiers.progress import as_unit
+
+    rows = await _path_scores(spec["model"], "pav", tree, nodes)
+    out = []
+    for n, row in zip(nodes, rows):
+        if not row:
+            out.append(float(spec["default"]))
+            continue
+        tree.scores[n]["pav_advantage"] = row[-1]
+        out.append(as_unit(max(-1.0, min(1.0, get_aggregator(spec["aggregate"])(row)))))
+    return out
+
+
+async def _path_scores(folder: str, method: str, tree: Tree, nodes: list[int]) -> list[list[float]]:
+    """A stepwise scorer's score of every step on each node's path, on the tree's own ids."""
+    return await _batcher(folder, method).submit(
         [(tuple(tree.token_ids[ROOT]), tuple(tuple(tree.token_ids[i]) for i in tree.path(n))) for n in nodes], None)
-    return [_squash(row, spec) for row in rows]
 
 
 async def _verifier(spec, tree, states, nodes, ctx) -> list[float]:
@@ -219,7 +258,7 @@ def _batcher(folder: str, method: str) -> Coalescer:
 
         async def run(requests):
             rows = [row for items, _ in requests for row in items]
-            if method == "prm":
+            if method in ("prm", "pav"):  # per-step scores of each path
                 flat = await asyncio.to_thread(scorer.score_many, rows)
             else:
                 flat = [1.0 / (1.0 + math.exp(-x)) for x in await asyncio.to_thread(scorer.score_ids, rows)]
@@ -243,6 +282,7 @@ EVALUATORS = Registry("evaluator kind", {
     "rollouts": Evaluator((), {"n": 1}),
     "constant": Evaluator(("value",), {}, _constant),
     "prm": Evaluator(("model",), {"aggregate": "min", "default": 0.5}, _prm),
+    "pav": Evaluator(("model",), {"aggregate": "sum", "default": 0.5}, _pav),
     "steps": Evaluator(("scorer",), {"aggregate": "min", "default": 0.5}, _steps),
     "verifier": Evaluator(("model",), {}, _verifier),
     "judge": Evaluator((), {"k": 4, "temperature": 0.7, "max_tokens": 192}, _judge),

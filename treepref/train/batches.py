@@ -74,7 +74,7 @@ def distinctness(batch: Sequence[ListExample], k: int) -> torch.Tensor:
 
 
 def step_batch(batch: Sequence[StepExample], pad_id: int) -> dict[str, torch.Tensor]:
-    """PRM rows; ``rows``/``positions``/``labels`` list every labelled step of the batch."""
+    """PRM or PAV rows; ``rows``/``positions``/``labels_`` list every labelled step of the batch."""
     out = pad([e.ids for e in batch], [0] * len(batch), pad_id)
     rows = [b for b, e in enumerate(batch) for _ in e.positions]
     out["rows"] = torch.tensor(rows, dtype=torch.long)
@@ -83,4 +83,5 @@ def step_batch(batch: Sequence[StepExample], pad_id: int) -> dict[str, torch.Ten
     return out
 
 
-COLLATE = {"dpo": pair_batch, "step_apo": pair_batch, "verifier": pair_batch, "tpo": list_batch, "prm": step_batch}
+COLLATE = {"dpo": pair_batch, "step_apo": pair_batch, "verifier": pair_batch, "tpo": list_batch, "prm": step_batch,
+           "pav": step_batch}

@@ -48,7 +48,8 @@ class OptimSection:
 @dataclass
 class TrainConfig:
     method: str = "dpo"  # dpo (step-DPO on step pairs, or plain DPO on trajectory_pairs) | step_apo | tpo |
-    #                      verifier (pairwise, Bradley-Terry) | prm (stepwise BCE)
+    #                      verifier (pairwise, Bradley-Terry) | prm (stepwise BCE) | pav (stepwise regression on
+    #                      the advantages of a stepwise export made with value: advantage)
     data: str = "runs/demo"  # a run folder, an export folder, a dataset folder, .jsonl or .parquet
     format: str | None = None  # which export of a run folder (default: the method's first format)
     model: str | None = None  # the model to start from: a local folder; None: the embedded SmolLM2

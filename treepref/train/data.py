@@ -32,6 +32,7 @@ class Need:
     formats: tuple[str, ...]  # exports that carry these columns (the first is the default of a run folder)
     columns: tuple[str, ...]
     any_of: tuple[str, ...] = ()  # at least one of these
+    value: str | None = None  # the export's ``--value`` that writes these columns, where not the default
 
 
 NEEDS: dict[str, Need] = {
@@ -42,6 +43,7 @@ NEEDS: dict[str, Need] = {
     "tpo": Need(("ranked_lists",), ("prompt_ids", "responses_ids", "scores", "responses_final")),
     "verifier": Need(("step_pairs", "step_apo", "step_dpo"), ("prompt_ids", "chosen_ids", "rejected_ids")),
     "prm": Need(("stepwise",), ("prompt_ids", "completions_ids"), any_of=("labels", "soft_labels")),
+    "pav": Need(("stepwise",), ("prompt_ids", "completions_ids", "advantages"), value="advantage"),
 }
 METHODS = tuple(NEEDS)
 
@@ -71,7 +73,8 @@ class ListExample:
 
 @dataclass
 class StepExample:
-    """A PRM row: the ids of prompt and steps, where each step's label is read (its last token), the labels."""
+    """A PRM or PAV row: the ids of prompt and steps, where each labelled step's target is read (its last
+    token), the targets (a PRM's labels, a PAV's advantages)."""
 
     ids: list[int]
     positions: list[int]
@@ -97,7 +100,7 @@ def load_rows(path: str | Path, method: str, fmt: str | None = None) -> Loaded:
         path = path / "exports" / (fmt or NEEDS[method].formats[0])
         if not path.exists():
             raise TrainDataError(f"{path}: the run has no such export; make it with "
-                                 f"`treepref extract {path.parent.parent} -f {fmt or NEEDS[method].formats[0]}`")
+                                 f"{extract_command(method, path.parent.parent, fmt)}")
     if path.is_dir() and (path / "dataset").is_dir():  # an export folder
         path = path / "dataset"
     loaded = _read(path)
@@ -135,10 +138,17 @@ def _read(path: Path) -> Loaded:
     raise TrainDataError(f"{path}: expected a run or export folder, a dataset folder, .jsonl or .parquet")
 
 
+def extract_command(method: str, run: str | Path = "RUN", fmt: str | None = None) -> str:
+    """The ``treepref extract`` command that writes ``method``'s columns for the run folder ``run``."""
+    need = NEEDS[method]
+    value = f" --value {need.value}" if need.value else ""
+    return f"`treepref extract {run} -f {fmt or need.formats[0]}{value}`"
+
+
 def check_columns(loaded: Loaded, method: str) -> None:
     need = NEEDS[method]
     formats = " / ".join(need.formats)
-    hint = f"method {method} reads the {formats} export (`treepref extract RUN -f {need.formats[0]}`)"
+    hint = f"method {method} reads the {formats} export ({extract_command(method)})"
     if not loaded.rows:
         raise TrainDataError(f"{loaded.source}: no rows; {hint}")
     for col in need.columns:
@@ -163,10 +173,12 @@ class Builder:
     max_length: int | None = None
     retokenized: int = 0
     too_long: int = 0
+    skipped_steps: int = 0  # pav: steps without an advantage (None), left out of the loss
+    unlabelled: int = 0  # pav: rows with no step left, dropped
 
     def build(self, rows: Sequence[dict]) -> list:
         make = {"dpo": self._pair, "step_apo": self._pair, "verifier": self._pair, "tpo": self._list,
-                "prm": self._steps}[self.method]
+                "prm": self._steps, "pav": self._steps}[self.method]
         out = []
         for i, row in enumerate(rows, 1):
             ex = make(row, i)
@@ -208,21 +220,52 @@ class Builder:
         return ex if self._fits(len(prompt) + max(map(len, out))) else None
 
     def _steps(self, row: dict, i: int) -> StepExample | None:
-        prompt = list(row["prompt_ids"])
-        steps = row["completions_ids"]
-        column = "soft_labels" if self.labels == "soft" else "labels"
+        """Prompt and step ids as exported, a target at each step's last token; a PAV's step whose advantage is
+        None is skipped (counted), and the ids end at the last labelled step (nothing after it is read)."""
+        prompt, steps = row.get("prompt_ids"), row.get("completions_ids")
+        if not _token_ids(prompt):
+            raise self._error(i, "prompt_ids", "must be a non-empty list of token ids (a tree without token ids: "
+                              "regenerate the run)")
+        if not isinstance(steps, list) or not steps or not all(map(_token_ids, steps)):
+            raise self._error(i, "completions_ids", "must be one non-empty list of token ids per step (a tree "
+                              "without token ids: regenerate the run)")
+        column = self._target_column()
         if column not in row or row[column] is None:
-            raise self._error(i, column, f"missing (labels={self.labels!r} reads it)")
-        labels = [float(x) for x in row[column]]
-        if not prompt or not steps or not all(steps):
-            raise self._error(i, "completions_ids", "empty ids (trees without token ids); regenerate the run")
-        if len(labels) != len(steps):
-            raise self._error(i, column, f"{len(labels)} labels for {len(steps)} steps")
-        ids, positions = list(prompt), []
-        for s in steps:
+            reader = "method pav" if self.method == "pav" else f"labels={self.labels!r}"
+            raise self._error(i, column, f"missing ({reader} reads it)")
+        targets = row[column]
+        if not isinstance(targets, list) or len(targets) != len(steps):
+            got = len(targets) if isinstance(targets, list) else repr(targets)
+            raise self._error(i, column, f"must hold one value per step ({len(steps)}), got {got}")
+        ids, positions, kept = list(prompt), [], []
+        for k, (s, y) in enumerate(zip(steps, targets), 1):
             ids += list(s)
+            y = self._target(y, i, column, k)
+            if y is None:
+                self.skipped_steps += 1
+                continue
             positions.append(len(ids) - 1)
-        return StepExample(ids, positions, labels) if self._fits(len(ids)) else None
+            kept.append(y)
+        if not kept:
+            self.unlabelled += 1
+            return None
+        ids = ids[:positions[-1] + 1]
+        return StepExample(ids, positions, kept) if self._fits(len(ids)) else None
+
+    def _target_column(self) -> str:
+        if self.method == "pav":
+            return "advantages"
+        return "soft_labels" if self.labels == "soft" else "labels"
+
+    def _target(self, y: Any, i: int, column: str, step: int) -> float | None:
+        """A step's target: a PRM label in [0, 1] (a bool counts), a PAV advantage in [-1, 1] or None."""
+        if y is None and self.method == "pav":
+            return None
+        low = -1.0 if self.method == "pav" else 0.0
+        if not isinstance(y, (int, float)) or not low <= y <= 1.0:
+            none = " or null" if self.method == "pav" else ""
+            raise self._error(i, column, f"step {step}: must be a number in [{low:g}, 1]{none}, got {y!r}")
+        return float(y)
 
     # fields ---------------------------------------------------------------------------------------
     def _ids(self, row: dict, i: int, column: str, text_column: str, *, prompt: bool = False) -> list[int]:
@@ -259,6 +302,10 @@ class Builder:
         return TrainDataError(f"{self.source}: row {i}: {column}: {what}")
 
 
+def _token_ids(ids: Any) -> bool:
+    return isinstance(ids, list) and bool(ids) and all(isinstance(t, int) and not isinstance(t, bool) for t in ids)
+
+
 def examples(path: str | Path, method: str, *, eos_id: int, fmt: str | None = None, **options: Any
              ) -> tuple[list, Builder]:
     """Load ``path`` for ``method`` and build its examples; the builder reports what it re-tokenised or dropped."""
@@ -266,6 +313,8 @@ def examples(path: str | Path, method: str, *, eos_id: int, fmt: str | None = No
     builder = Builder(method, loaded.source, eos_id, **options)
     out = builder.build(loaded.rows)
     if not out:
-        raise TrainDataError(f"{loaded.source}: no example left (all {builder.too_long} rows longer than "
-                             f"max_length={builder.max_length})")
+        why = f"{builder.too_long} rows longer than max_length={builder.max_length}"
+        if builder.unlabelled:
+            why += f", {builder.unlabelled} with no step labelled"
+        raise TrainDataError(f"{loaded.source}: no example left ({why})")
     return out, builder

@@ -308,8 +308,9 @@ async def evaluate(model: str | None, *, problems: Sequence[Problem], n: int = 8
 
     ``verifier`` / ``prm``: folders saved by ``treepref train`` (``load_trained``), used to rerank the
     samples next to majority vote and the policy's own mean log-prob; a PRM is reported as ``prm_min``
-    (the weakest step) and ``prm_last``. ``policy``: an existing backend to use instead of building one
-    (then it is not closed). ``env``: the environment (default :func:`default_env`). Returns
+    (the weakest step) and ``prm_last`` (a PAV given as ``prm``: ``pav_min``, ``pav_last``). ``policy``: an
+    existing backend to use instead of building one (then it is not closed). ``env``: the environment (default
+    :func:`default_env`). Returns
     ``{"policy": policy_report, "rerank": rerank_report, "generated_tokens", "seconds", ...}``; with
     ``keep_solutions`` also the solutions themselves (under ``"solutions"``, not JSON-ready).
     """
@@ -344,7 +345,8 @@ async def evaluate(model: str | None, *, problems: Sequence[Problem], n: int = 8
             scores["verifier"] = verifier_scores(scorer, samples)
         else:
             steps = prm_step_scores(scorer, samples)
-            scores["prm_min"], scores["prm_last"] = aggregate(steps, "min"), aggregate(steps, "last")
+            name = scorer.method  # a PRM's P(good), or a PAV's advantages (both stepwise)
+            scores[f"{name}_min"], scores[f"{name}_last"] = aggregate(steps, "min"), aggregate(steps, "last")
         timings[scorer.method] = round(time.perf_counter() - t1, 1)
         del scorer
     out = {"model": model, "problems": len(problems), "n": n, "temperature": temperature, "top_p": top_p,

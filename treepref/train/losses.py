@@ -277,3 +277,29 @@ def stepwise_bce(logits: torch.Tensor, labels, *, weights=None) -> LossOutput:
     prob = torch.sigmoid(logits.detach())
     metrics = {"accuracy": _mean(((prob > 0.5) == (labels > 0.5)).float()), "mean_prob": _mean(prob)}
     return LossOutput(_weighted_mean(per_step, weights), metrics)
+
+
+def advantage_mse(logits: torch.Tensor, targets, *, weights=None) -> LossOutput:
+    """Process-advantage regression (a PAV): squared error of ``tanh(logit)`` against each step's advantage;
+    inputs ``[N]``, one per step.
+
+    An advantage ``A = V(after) - V(before)`` is a difference of two success probabilities, so it lies in
+    ``[-1, 1]``; ``tanh`` maps the head's unbounded logit onto that range, so no prediction can leave it and a
+    target of ±1 is approached rather than overshot::
+
+        l = (tanh(logit) - A) ** 2
+
+    The head's output is the advantage itself, signed, in the units the export records and a search sums along
+    a path. (BCE on the soft label ``(1 + A) / 2`` has the same optimum, since ``sigmoid(x) = (1 + tanh(x / 2)) /
+    2``: that is ``method: prm`` with ``labels: soft`` on an advantage export; this is the regression.)
+
+    Metrics: ``"mae"`` (mean ``|tanh(logit) - A|``), ``"sign_accuracy"`` (``tanh >= 0`` agrees with ``A >= 0``:
+    the export's hard label) and ``"mean_pred"``.
+    """
+    targets = _like(targets, logits)
+    pred = torch.tanh(logits)
+    per_step = (pred - targets) ** 2
+    p = pred.detach()
+    metrics = {"mae": _mean((p - targets).abs()), "sign_accuracy": _mean(((p >= 0) == (targets >= 0)).float()),
+               "mean_pred": _mean(p)}
+    return LossOutput(_weighted_mean(per_step, weights), metrics)

@@ -1,4 +1,4 @@
-"""``treepref train``: step-DPO, Step-APO, TPO, a pairwise verifier and a stepwise PRM on treepref exports.
+"""``treepref train``: step-DPO, Step-APO, TPO, a pairwise verifier, a stepwise PRM and a PAV on treepref exports.
 
 Built on ``transformers.Trainer`` (optimiser, schedules, accelerate for one or many GPUs, checkpoints and
 resume, the progress bar, logging); only ``compute_loss`` is ours, calling the pure losses of
@@ -74,19 +74,27 @@ def verifier_loss(model, batch: dict, cfg: TrainConfig) -> losses.LossOutput:
     return losses.bradley_terry_loss(s[:n], s[n:])
 
 
-def step_logits(model, batch: dict) -> torch.Tensor:
-    """logit(good) - logit(bad) of a 2-class token head at every labelled step (its softmax class 1 is what
-    ``verifiers.prm.TokenClassPRM`` reads)."""
+def step_outputs(model, batch: dict) -> torch.Tensor:
+    """A token head's outputs at every labelled step: ``[N, num_labels]``."""
     logits = model(input_ids=batch["input_ids"], attention_mask=batch["attention_mask"]).logits.float()
-    at = logits[batch["rows"], batch["positions"]]
-    return at[:, 1] - at[:, 0]
+    return logits[batch["rows"], batch["positions"]]
 
 
 def prm_loss(model, batch: dict, cfg: TrainConfig) -> losses.LossOutput:
-    return losses.stepwise_bce(step_logits(model, batch), batch["labels_"])
+    """BCE on logit(good) - logit(bad) of the 2-class head (its softmax class 1 is what
+    ``verifiers.prm.TokenClassPRM`` reads)."""
+    at = step_outputs(model, batch)
+    return losses.stepwise_bce(at[:, 1] - at[:, 0], batch["labels_"])
 
 
-LOSSES = {"dpo": pair_loss, "step_apo": pair_loss, "tpo": list_loss, "verifier": verifier_loss, "prm": prm_loss}
+def pav_loss(model, batch: dict, cfg: TrainConfig) -> losses.LossOutput:
+    """Squared error of tanh of the 1-output head against each step's advantage (``verifiers.trained.TrainedPAV``
+    reads the same tanh)."""
+    return losses.advantage_mse(step_outputs(model, batch)[:, 0], batch["labels_"])
+
+
+LOSSES = {"dpo": pair_loss, "step_apo": pair_loss, "tpo": list_loss, "verifier": verifier_loss, "prm": prm_loss,
+          "pav": pav_loss}
 
 
 class TreeprefTrainer(Trainer):
@@ -126,7 +134,8 @@ class _Examples(torch.utils.data.Dataset):
 # -- models -------------------------------------------------------------------------------------------
 def load_model(method: str, name: str, *, pad_id: int):
     """The model a method trains: the causal LM itself, or the same weights under a fresh head (a 1-logit
-    sequence classifier for the pairwise verifier, a 2-class token classifier for the PRM)."""
+    sequence classifier for the pairwise verifier, a token classifier with 2 classes for the PRM and 1 output
+    for the PAV)."""
     from transformers import (AutoConfig, AutoModelForCausalLM, AutoModelForSequenceClassification,
                               AutoModelForTokenClassification)
 
@@ -137,7 +146,7 @@ def load_model(method: str, name: str, *, pad_id: int):
     else:
         # No dropout on the hidden state the label is read from (transformers' default 0.1): a PRM reads one
         # token per step, and the noise drowned the small differences between steps in our direction tests.
-        config = AutoConfig.from_pretrained(name, num_labels=2)
+        config = AutoConfig.from_pretrained(name, num_labels=2 if method == "prm" else 1)
         config.classifier_dropout = 0.0
         model = AutoModelForTokenClassification.from_pretrained(name, config=config, dtype=torch.float32)
     model.config.pad_token_id = pad_id
@@ -208,7 +217,7 @@ def _lora(model, options: dict, method: str):
         from peft import LoraConfig, get_peft_model
     except ImportError:
         raise RuntimeError("train.lora needs peft: pip install 'treepref[train]'") from None
-    task = {"verifier": "SEQ_CLS", "prm": "TOKEN_CLS"}.get(method, "CAUSAL_LM")
+    task = {"verifier": "SEQ_CLS", "prm": "TOKEN_CLS", "pav": "TOKEN_CLS"}.get(method, "CAUSAL_LM")
     cfg = LoraConfig(r=int(options.get("r", 8)), lora_alpha=int(options.get("alpha", 16)),
                      lora_dropout=float(options.get("dropout", 0.0)),
                      target_modules=options.get("target_modules", "all-linear"), task_type=task)
@@ -222,7 +231,7 @@ def last_checkpoint(folder: Path) -> str | None:
 
 def train(cfg: TrainConfig) -> dict:
     """Train ``cfg.method`` on ``cfg.data``; the model lands in ``cfg.output/model`` with its summary."""
-    from transformers import AutoTokenizer, TrainingArguments
+    from transformers import AutoTokenizer, TrainingArguments, set_seed
 
     from treepref.models import resolve_model
     from treepref.tree import atomic_write_text
@@ -243,6 +252,7 @@ def train(cfg: TrainConfig) -> dict:
     out.mkdir(parents=True, exist_ok=True)
     cuda = torch.cuda.is_available()
     device = torch.device("cuda" if cuda else "cpu")
+    set_seed(cfg.train.seed)  # a new head's initial weights follow the recipe's seed too (Trainer seeds only later)
     model = load_model(cfg.method, name, pad_id=pad)
     cached = None
     if cfg.method in POLICY_METHODS:
@@ -271,6 +281,7 @@ def train(cfg: TrainConfig) -> dict:
     tokenizer.save_pretrained(str(target))
     summary = {"method": cfg.method, "data": str(cfg.data), "base_model": name, "model": str(target),
                "examples": len(items), "retokenized_rows": builder.retokenized, "dropped_too_long": builder.too_long,
+               "skipped_steps": builder.skipped_steps, "dropped_unlabelled": builder.unlabelled,
                "reference_cache_used": cached, "resumed_from": resume, "steps": trainer.state.global_step,
                "train_loss": result.training_loss,
                "log": [r for r in trainer.state.log_history if "loss" in r or "train_loss" in r],

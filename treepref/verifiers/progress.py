@@ -34,3 +34,9 @@ def advantage(tree: Tree, node: int, success: float = 1.0) -> float | None:
         return None
     before, after = prover_value(tree, parent, success), prover_value(tree, node, success)
     return None if before is None or after is None else after - before
+
+
+def as_unit(a: float) -> float:
+    """An advantage in [-1, 1] as a number in [0, 1], (1 + A) / 2: a stepwise soft label (0.5: the step lost no
+    ground and made none) and the value a ``pav`` evaluator backs up, on the scale of success probabilities."""
+    return (1.0 + float(a)) / 2

@@ -9,6 +9,9 @@ weights, the tokenizer and ``treepref-train.json`` (its ``"method"`` says which 
 * ``method: "prm"`` — a stepwise PRM: a 2-class token-classification head on ``prompt_ids`` followed by every
   step's ids; step i is labelled at its own last token and P(good) = softmax(logits)[1] there.
   :class:`TrainedPRM`.
+* ``method: "pav"`` — a process advantage verifier (PAV): the same layout with a 1-output token head, and step
+  i's predicted advantage A = tanh(logit) in [-1, 1] at its last token: the progress the step makes in a
+  prover's chance of reaching the answer (``verifiers.progress``). :class:`TrainedPAV`.
 
 :func:`load_trained` picks the class from the summary.
 
@@ -72,6 +75,15 @@ def read_method(folder: str | Path) -> str | None:
     return method
 
 
+def model_folder(folder: str | Path) -> Path:
+    """Where the model is: ``folder`` itself, or ``folder/model`` when ``folder`` is the run's output folder
+    (``treepref train`` saves the model under it)."""
+    folder = Path(folder)
+    if not (folder / SUMMARY).is_file() and (folder / "model" / SUMMARY).is_file():
+        return folder / "model"
+    return folder
+
+
 def _sigmoid(x: float) -> float:
     if x >= 0:
         return 1.0 / (1.0 + math.exp(-x))
@@ -80,7 +92,7 @@ def _sigmoid(x: float) -> float:
 
 
 class _Trained:
-    """Loading, prompt rendering, step encoding and right-padded batching shared by both kinds."""
+    """Loading, prompt rendering, step encoding and right-padded batching shared by every kind."""
 
     method: str
     _auto: str  # the transformers Auto class the folder is loaded with
@@ -169,8 +181,8 @@ class _Trained:
 
     # -- inside a search ---------------------------------------------------------------------------
     async def score_node(self, tree, node: int) -> float:
-        """A node's score in (0, 1) from the ids the policy generated (exact): the search hook
-        ``scorer(tree, node)`` (e.g. ``BeamConfig(scorer=load_trained(folder).score_node)``)."""
+        """A node's score from the ids the policy generated (exact; in (0, 1), a PAV's in [-1, 1]): the search
+        hook ``scorer(tree, node)`` (e.g. ``BeamConfig(scorer=load_trained(folder).score_node)``)."""
         return await asyncio.to_thread(self.score_node_sync, tree, node)
 
     def score_node_sync(self, tree, node: int) -> float:
@@ -224,24 +236,23 @@ class TrainedVerifier(_Trained):
         return [[_sigmoid(next(logits)) for _ in row] for row in rows]
 
 
-class TrainedPRM(_Trained):
-    """A stepwise PRM from ``treepref train --method prm``: P(good) at the last token of every step.
+class _Stepwise(_Trained):
+    """A token head read at the last token of every step of ``prompt_ids + steps_ids[0] + steps_ids[1] + ...``
+    (each step's ids as generated, its "\\n\\n" included); a subclass says what a step's outputs mean
+    (``_read_steps``). ``score_many`` does it for many rows in batches; awaited as a ``StepScorer`` it scores
+    step texts. See the module docstring for ``render`` and for ids versus text."""
 
-    ``score_ids(prompt_ids, steps_ids)`` reads softmax(logits)[1] at each step's last token of
-    ``prompt_ids + steps_ids[0] + steps_ids[1] + ...`` (each step's ids as generated, its "\\n\\n" included);
-    ``score_many`` does the same for many rows in batches. Awaited as a ``StepScorer`` it scores step texts.
-    See the module docstring for ``render`` and for ids versus text.
-    """
-
-    method = "prm"
     _auto = "AutoModelForTokenClassification"
-    _labels = 2
+
+    def _read_steps(self, outputs):
+        """``[steps, labels]`` head outputs at the steps' last tokens -> one score per step."""
+        raise NotImplementedError
 
     def score_ids(self, prompt_ids: Sequence[int], steps_ids: Sequence[Sequence[int]]) -> list[float]:
         return self.score_many([(prompt_ids, steps_ids)])[0]
 
     def score_node_sync(self, tree, node: int) -> float:
-        """P(good) of ``node``'s step, read after the prompt and every step above it (the tree's ids)."""
+        """The score of ``node``'s step, read after the prompt and every step above it (the tree's ids)."""
         from treepref.tree import ROOT
 
         steps = [tree.token_ids[n] for n in tree.path(node)]
@@ -263,7 +274,7 @@ class TrainedPRM(_Trained):
         if live:
             scores = self._run([seqs[n] for n in live], lambda logits, _len: logits)
             for n, logits in zip(live, scores):
-                out[n] = logits[positions[n]].softmax(-1)[:, 1].tolist()
+                out[n] = self._read_steps(logits[positions[n]]).tolist()
         return out
 
     def score_texts(self, problems: Sequence[Problem], steps: Sequence[Sequence[str]]) -> list[list[float]]:
@@ -271,19 +282,41 @@ class TrainedPRM(_Trained):
         return self.score_many(rows)
 
 
-def load_trained(folder: str | Path, **options) -> TrainedVerifier | TrainedPRM:
+class TrainedPRM(_Stepwise):
+    """A stepwise PRM from ``treepref train --method prm``: P(good) = softmax(logits)[1] at the last token of
+    every step, in (0, 1)."""
+
+    method = "prm"
+    _labels = 2
+
+    def _read_steps(self, outputs):
+        return outputs.softmax(-1)[:, 1]
+
+
+class TrainedPAV(_Stepwise):
+    """A process advantage verifier from ``treepref train --method pav``: each step's predicted advantage,
+    tanh of the 1-output head at its last token, in [-1, 1] (the trainer fits that tanh to the export's
+    ``advantages``). ``score_node`` is the node's own step's advantage, so it ranks siblings; a search that
+    compares nodes under different parents sums a path's advantages (the ``pav`` evaluator)."""
+
+    method = "pav"
+    _labels = 1
+
+    def _read_steps(self, outputs):
+        return outputs[:, 0].tanh()
+
+
+def load_trained(folder: str | Path, **options) -> TrainedVerifier | TrainedPRM | TrainedPAV:
     """The trained verifier in ``folder`` (``OUT/model``, or ``OUT`` itself), by its summary's ``"method"``.
 
     ``options`` go to the class (``device``, ``batch_size``, ``render``). A folder without
     ``treepref-train.json``, or trained with another method (a policy), is a ``ValueError`` naming it.
     """
-    folder = Path(folder)
-    if not (folder / SUMMARY).is_file() and (folder / "model" / SUMMARY).is_file():
-        folder = folder / "model"  # the run's output folder: the model is saved under it
+    folder = model_folder(folder)
     method = read_method(folder)
     if method is None:
         raise ValueError(f"{folder}: no {SUMMARY}; not a folder saved by `treepref train`")
-    classes = {"verifier": TrainedVerifier, "prm": TrainedPRM}
+    classes = {"verifier": TrainedVerifier, "prm": TrainedPRM, "pav": TrainedPAV}
     if method not in classes:
         raise ValueError(f"{folder}: trained with method {method!r}, not a verifier "
                          f"(load_trained reads {' or '.join(map(repr, classes))})")
