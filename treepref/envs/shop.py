@@ -132,16 +132,20 @@ def score(goal: Goal, bought: Product, chosen: tuple[tuple[str, str], ...]) -> t
                     "attribute_matches": attrs, "option_matches": opts, "price_ok": price_ok}
 
 
-def load_goals(count: int | None = None, seed: int = 0) -> list[Problem]:
+def load_goals(count: int | None = None, seed: int = 0, skip: int = 0) -> list[Problem]:
     """The shipped goals as Problems (``meta["goal"]`` holds the goal's record).
 
-    ``seed=0`` keeps file order; any other seed shuffles with ``random.Random(seed)``. ``count`` then keeps
-    the first ``count`` goals, so the same (count, seed) always gives the same problems.
+    ``seed=0`` keeps file order; any other seed shuffles with ``random.Random(seed)``. ``skip`` then leaves out
+    the first ``skip`` goals (held-out goals: ``skip`` = the ``count`` another recipe took at the same seed) and
+    ``count`` keeps the first ``count`` of the rest, so the same (count, seed, skip) always gives the same problems.
     """
+    if isinstance(skip, bool) or not isinstance(skip, int) or skip < 0:
+        raise ValueError(f"skip must be an integer >= 0, got {skip!r}")
     rows = [json.loads(line) for line in (DATA / "goals.jsonl").read_text(encoding="utf-8").splitlines()
             if line.strip()]
     if seed:
         random.Random(seed).shuffle(rows)
+    rows = rows[skip:]
     if count is not None:
         rows = rows[:count]
     return [Problem(id=r["id"], prompt=r["instruction"], answer=None, meta={"goal": r}) for r in rows]

@@ -399,9 +399,13 @@ def _demo_tasks(problem: Problem, n: int) -> list[Problem]:
     return (same[:1] + chains[:1] + same[1:])[:n] if same else chains[:n]
 
 
-def load_tasks(count: int | None = None, seed: int = 0, kinds: list[str] | None = None) -> list[Problem]:
-    """The shipped tasks (``tasks.jsonl``) in an order shuffled by ``seed``, the first ``count`` of them;
-    ``kinds`` keeps only those kinds (e.g. ``["capital", "symbol"]``: one lookup each)."""
+def load_tasks(count: int | None = None, seed: int = 0, kinds: list[str] | None = None,
+               skip: int = 0) -> list[Problem]:
+    """The shipped tasks (``tasks.jsonl``) in an order shuffled by ``seed``, the first ``count`` of them after the
+    first ``skip`` (held-out tasks: ``skip`` = another recipe's ``count`` at the same seed and kinds); ``kinds``
+    keeps only those kinds (e.g. ``["capital", "symbol"]``: one lookup each)."""
+    if isinstance(skip, bool) or not isinstance(skip, int) or skip < 0:
+        raise ValueError(f"skip must be an integer >= 0, got {skip!r}")
     rows = [json.loads(line) for line in (DATA / "tasks.jsonl").read_text(encoding="utf-8").splitlines()
             if line.strip()]
     if kinds:
@@ -413,4 +417,5 @@ def load_tasks(count: int | None = None, seed: int = 0, kinds: list[str] | None 
     random.Random(seed).shuffle(rows)
     problems = [Problem(id=r["id"], prompt=r["prompt"], answer=str(r["answer"]),
                         meta={k: v for k, v in r.items() if k not in ("id", "prompt", "answer")}) for r in rows]
+    problems = problems[skip:]
     return problems if count is None else problems[:count]

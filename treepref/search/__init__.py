@@ -30,6 +30,7 @@ SEARCHES = Registry("search", {
     "sample": "treepref.search.sample:SEARCH",
     "refine": "treepref.search.refine:SEARCH",  # SPaR: judge, refine, judge again
     "dfs": "treepref.search.dfs:SEARCH",  # DFSDT: depth first with backtracking (ToolLLM)
+    "q_guided": "treepref.search.q_guided:SEARCH",  # act by a step-level Q-value model: best of k actions a step
     # Labelling procedures that build trees the same way: sampled solutions with Monte Carlo step values.
     "math_shepherd": "treepref.search.math_shepherd:SEARCH",
     "omegaprm": "treepref.search.omegaprm:SEARCH",

@@ -13,6 +13,7 @@ hands its new nodes to :func:`evaluate` and backs up what comes back, so each of
     evaluator: {kind: self_eval}                            # the policy's P("correct") for the step
     evaluator: {kind: mix, parts: [{kind: rollouts, n: 1, weight: 0.5}, {kind: self_eval, weight: 0.5}]}
     evaluator: {kind: advantage, prover: null, rollouts: 4, temperature: 0.7}   # PAV: progress under a prover
+    evaluator: {kind: dpo_q, model: runs/train-q-value/model}   # a DPO policy's implicit reward of the step
 
 Each returns, per node, the ``(node to back up from, value)`` pairs of its evidence: one pair at the node for
 a score, one per completion (backed up from where it ended) for rollouts; a mix is one pair at the node, the
@@ -204,6 +205,46 @@ async def _path_scores(folder: str, method: str, tree: Tree, nodes: list[int]) -
         [(tuple(tree.token_ids[ROOT]), tuple(tuple(tree.token_ids[i]) for i in tree.path(n))) for n in nodes], None)
 
 
+async def _dpo_q(spec, tree, states, nodes, ctx) -> list[float]:
+    """A step-level Q-value model (a policy trained by step-level DPO, ``verifiers.trained.TrainedQ``): each
+    node's action scored β·(log π_θ − log π_ref) given its parent's context, on the tree's own ids. A terminated
+    action gets EOS after it, as the trainer appended it to a final side (the Q it learnt is of that sequence).
+    Not squashed: a Q on the implicit reward's scale ranks siblings (``q_guided``), not a success probability."""
+    options = (spec["reference"], spec["device"], spec["beta"])
+    model = _trained(spec["model"], "dpo_q", *options)
+    eos = (model.eos_id,) if model.eos_id is not None else ()
+    rows = [(tuple(tree.prompt_ids(tree.parent[n])), tuple(tree.token_ids[n]) + (eos if tree.terminated[n] else ()))
+            for n in nodes]
+    ratios = await _batcher(spec["model"], "dpo_q", *options).submit(rows, None)
+    return [model.beta * r for r in ratios]
+
+
+def _check_dpo_q(spec: dict, where: str) -> None:
+    """The folder holds a policy ``treepref train`` wrote (its summary names the base model it started from, the
+    reference), or the spec names the reference and beta."""
+    from pathlib import Path
+
+    from treepref.verifiers.trained import POLICY_METHODS, model_folder, read_summary
+
+    folder = spec["model"]
+    if not Path(str(folder)).is_dir():
+        raise ValueError(f"{where}.model: no folder {folder!r} (a policy written by treepref train, method dpo)")
+    summary = read_summary(model_folder(str(folder)))
+    if summary is not None and summary.get("method") not in POLICY_METHODS:
+        raise ValueError(f"{where}.model: {folder} holds a trained {summary.get('method')}, not a policy "
+                         f"({', '.join(POLICY_METHODS)})")
+    if spec["reference"] is None and not (summary or {}).get("base_model"):
+        raise ValueError(f"{where}.reference: {folder} names no base model; give the reference policy")
+    if not isinstance(spec["device"], str):
+        raise ValueError(f"{where}.device must be a torch device name (cpu, cuda, cuda:1), got {spec['device']!r}")
+    if spec["beta"] is not None:
+        check_number(spec["beta"], f"{where}.beta")
+        if spec["beta"] <= 0:
+            raise ValueError(f"{where}.beta must be > 0, got {spec['beta']!r}")
+    elif not (((summary or {}).get("config") or {}).get("loss") or {}).get("beta"):
+        raise ValueError(f"{where}.beta: {folder} names no loss beta; give beta")
+
+
 async def _verifier(spec, tree, states, nodes, ctx) -> list[float]:
     """The score of each node's whole context."""
     return await _batcher(spec["model"], "verifier").submit([tuple(tree.prompt_ids(n)) for n in nodes], None)
@@ -234,10 +275,13 @@ def _squash(row, spec: dict) -> float:
 
 
 @functools.lru_cache(maxsize=8)
-def _trained(folder: str, method: str):
-    """A trained scorer, loaded once per process however many trees use it."""
-    from treepref.verifiers.trained import load_trained
+def _trained(folder: str, method: str, reference: str | None = None, device: str = "cpu", beta: float | None = None):
+    """A trained scorer, loaded once per process however many trees use it (``dpo_q``: a policy and its
+    reference, read as a Q-value model)."""
+    from treepref.verifiers.trained import load_q_model, load_trained
 
+    if method == "dpo_q":
+        return load_q_model(folder, reference=reference, device=device, beta=beta)
     scorer = load_trained(folder)
     if scorer.method != method:
         raise ValueError(f"evaluator {method}: {folder} holds a trained {scorer.method}, not a {method}")
@@ -247,19 +291,22 @@ def _trained(folder: str, method: str):
 _BATCHERS: dict[tuple, tuple[asyncio.AbstractEventLoop, Coalescer]] = {}
 
 
-def _batcher(folder: str, method: str) -> Coalescer:
+def _batcher(folder: str, method: str, *options) -> Coalescer:
     """One batcher per trained scorer and event loop: the evaluations of every simulation and tree in flight
     in one loop tick become one forward pass (in a worker thread, so generation goes on meanwhile), as
-    policy requests become one engine batch."""
+    policy requests become one engine batch. ``options``: ``_trained``'s (a Q-value model's reference, device,
+    beta)."""
     loop = asyncio.get_running_loop()
-    key = (folder, method)
+    key = (folder, method, *options)
     if key not in _BATCHERS or _BATCHERS[key][0] is not loop:  # a batcher serves the loop it was made in
-        scorer = _trained(folder, method)
+        scorer = _trained(folder, method, *options)
 
         async def run(requests):
             rows = [row for items, _ in requests for row in items]
             if method in ("prm", "pav"):  # per-step scores of each path
                 flat = await asyncio.to_thread(scorer.score_many, rows)
+            elif method == "dpo_q":  # log-ratios of (context, action) rows; the caller scales by beta
+                flat = await asyncio.to_thread(scorer.log_ratios, rows)
             else:
                 flat = [1.0 / (1.0 + math.exp(-x)) for x in await asyncio.to_thread(scorer.score_ids, rows)]
             out, i = [], 0
@@ -289,5 +336,7 @@ EVALUATORS = Registry("evaluator kind", {
     "self_eval": Evaluator((), {}, _self_eval),
     "mix": Evaluator(("parts",), {}),
     "advantage": "treepref.search.prover:EVALUATOR",  # PAV's progress under a prover policy
+    # a step-DPO policy as a Q-value model: beta and reference default to its training summary's
+    "dpo_q": Evaluator(("model",), {"beta": None, "reference": None, "device": "cpu"}, _dpo_q, check=_check_dpo_q),
 })
 KINDS = EVALUATORS  # the name it had

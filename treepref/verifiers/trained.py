@@ -12,8 +12,11 @@ weights, the tokenizer and ``treepref-train.json`` (its ``"method"`` says which 
 * ``method: "pav"`` — a process advantage verifier (PAV): the same layout with a 1-output token head, and step
   i's predicted advantage A = tanh(logit) in [-1, 1] at its last token: the progress the step makes in a
   prover's chance of reaching the answer (``verifiers.progress``). :class:`TrainedPAV`.
+* ``method: "dpo"`` (or ``step_apo``, ``tpo``) — a policy, read as a step-level Q-value model: DPO's implicit
+  reward β·(log π_θ(a|s) − log π_ref(a|s)) of an action given its context, against the model training started
+  from. :class:`TrainedQ`, loaded by :func:`load_q_model` (``load_trained`` reads the verifier kinds only).
 
-:func:`load_trained` picks the class from the summary.
+:func:`load_trained` picks the verifier class from the summary.
 
 Two ways in:
 
@@ -60,8 +63,8 @@ SUMMARY = "treepref-train.json"  # the name ``train.trainer`` writes (not import
 Render = Callable[[Problem], Sequence[int]]
 
 
-def read_method(folder: str | Path) -> str | None:
-    """The ``"method"`` in ``folder``'s ``treepref-train.json``, or None when the folder has no summary."""
+def read_summary(folder: str | Path) -> dict | None:
+    """``folder``'s ``treepref-train.json`` (what it was trained on and how), or None when it has none."""
     path = Path(folder) / SUMMARY
     if not path.is_file():
         return None
@@ -69,7 +72,17 @@ def read_method(folder: str | Path) -> str | None:
         summary = json.loads(path.read_text(encoding="utf-8"))
     except (OSError, json.JSONDecodeError) as exc:
         raise ValueError(f"{folder}: {SUMMARY} is not readable JSON ({exc})") from None
-    method = summary.get("method") if isinstance(summary, dict) else None
+    if not isinstance(summary, dict):
+        raise ValueError(f"{folder}: {SUMMARY} is not a JSON object")
+    return summary
+
+
+def read_method(folder: str | Path) -> str | None:
+    """The ``"method"`` in ``folder``'s ``treepref-train.json``, or None when the folder has no summary."""
+    summary = read_summary(folder)
+    if summary is None:
+        return None
+    method = summary.get("method")
     if not isinstance(method, str):
         raise ValueError(f"{folder}: {SUMMARY} has no \"method\"")
     return method
@@ -95,8 +108,9 @@ class _Trained:
     """Loading, prompt rendering, step encoding and right-padded batching shared by every kind."""
 
     method: str
+    also: tuple[str, ...] = ()  # other methods whose folders this class reads
     _auto: str  # the transformers Auto class the folder is loaded with
-    _labels: int  # the head's number of outputs
+    _labels: int | None  # the head's number of outputs (None: a language model's, not checked)
 
     def __init__(self, folder: str | Path, *, device: str = "cpu", batch_size: int = 16,
                  render: Render | None = None) -> None:
@@ -107,7 +121,7 @@ class _Trained:
         if not (self.folder / "config.json").is_file():
             raise ValueError(f"{self.folder}: not a Hugging Face model folder (no config.json)")
         method = read_method(self.folder)
-        if method is not None and method != self.method:
+        if method is not None and method not in (self.method, *self.also):
             raise ValueError(f"{self.folder}: trained with method {method!r}, but {type(self).__name__} loads "
                              f"method {self.method!r} (load_trained picks the class for you)")
         self.device = device
@@ -116,7 +130,7 @@ class _Trained:
         self.tokenizer = transformers.AutoTokenizer.from_pretrained(str(self.folder))
         auto = getattr(transformers, self._auto)
         self.model = auto.from_pretrained(str(self.folder), dtype=torch.float32).to(device).eval()
-        if self.model.config.num_labels != self._labels:
+        if self._labels is not None and self.model.config.num_labels != self._labels:
             raise ValueError(f"{self.folder}: the head has {self.model.config.num_labels} labels; "
                              f"{type(self).__name__} reads {self._labels}")
         if self.model.config.pad_token_id is None:  # the trainer always sets it; a hand-made folder may not
@@ -149,11 +163,10 @@ class _Trained:
         return step_ids(self.tokenizer, text + "\n\n")
 
     # -- batching ----------------------------------------------------------------------------------
-    def _run(self, seqs: Sequence[Sequence[int]], read) -> list:
-        """``read(logits_row, length)`` of every sequence, in batches of similar length, in input order."""
+    def _batches(self, seqs: Sequence[Sequence[int]]):
+        """Right-padded batches of similar length: ``(indices into seqs, ids, attention mask)`` on the device."""
         import torch
 
-        out: list = [None] * len(seqs)
         order = sorted(range(len(seqs)), key=lambda i: len(seqs[i]))
         for start in range(0, len(order), self.batch_size):
             chunk = order[start:start + self.batch_size]
@@ -163,9 +176,16 @@ class _Trained:
             for k, i in enumerate(chunk):
                 ids[k, :len(seqs[i])] = torch.tensor(list(seqs[i]), dtype=torch.long)
                 mask[k, :len(seqs[i])] = 1
+            yield chunk, ids.to(self.device), mask.to(self.device)
+
+    def _run(self, seqs: Sequence[Sequence[int]], read) -> list:
+        """``read(logits_row, length)`` of every sequence, in batches of similar length, in input order."""
+        import torch
+
+        out: list = [None] * len(seqs)
+        for chunk, ids, mask in self._batches(seqs):
             with self._lock, torch.inference_mode():
-                logits = self.model(input_ids=ids.to(self.device), attention_mask=mask.to(self.device)).logits
-                logits = logits.float().cpu()
+                logits = self.model(input_ids=ids, attention_mask=mask).logits.float().cpu()
             for k, i in enumerate(chunk):
                 out[i] = read(logits[k], len(seqs[i]))
         return out
@@ -304,6 +324,109 @@ class TrainedPAV(_Stepwise):
 
     def _read_steps(self, outputs):
         return outputs[:, 0].tanh()
+
+
+POLICY_METHODS = ("dpo", "step_apo", "tpo")  # a policy trained against a frozen reference (DPO's implicit reward)
+
+
+class TrainedQ(_Trained):
+    """A policy ``treepref train`` fitted with a DPO-family loss (``dpo``, ``step_apo``, ``tpo``) on step pairs,
+    read as a step-level Q-value model (Zhai et al. 2024): Q(s, a) = β·(log π_θ(a|s) − log π_ref(a|s)), the
+    implicit reward the loss raised for chosen actions over rejected ones.
+
+    π_ref is the model training started from (the summary's ``base_model``, the reference the loss compared
+    with) and β the loss's ``beta``; ``reference`` and ``beta`` override them (and are needed for a folder
+    without a summary). ``log_ratios(rows)`` takes ``(context ids, action ids)`` pairs, the ids the policy saw
+    and wrote (``Tree.prompt_ids(parent)``, ``Tree.token_ids[child]``); nothing is re-encoded. Both models are
+    loaded once; the context's logits are never projected onto the vocabulary where the model allows it
+    (``logits_to_keep``), so a long agent transcript costs a forward pass, not a [length, vocabulary] tensor.
+    """
+
+    method = "dpo"
+    also = ("step_apo", "tpo")
+    _auto = "AutoModelForCausalLM"
+    _labels = None
+
+    def __init__(self, folder: str | Path, *, reference: str | None = None, beta: float | None = None,
+                 device: str = "cpu", batch_size: int = 8, render: Render | None = None) -> None:
+        import torch
+        import transformers
+
+        super().__init__(folder, device=device, batch_size=batch_size, render=render)
+        summary = read_summary(self.folder) or {}
+        reference = reference or summary.get("base_model")
+        if not reference:
+            raise ValueError(f"{self.folder}: no {SUMMARY} naming its base model; give the reference policy")
+        trained_beta = ((summary.get("config") or {}).get("loss") or {}).get("beta")
+        if beta is None and trained_beta is None:
+            raise ValueError(f"{self.folder}: no {SUMMARY} naming the loss's beta; give beta")
+        self.beta = float(beta if beta is not None else trained_beta)
+        self.reference_name = str(reference)
+        try:
+            self.reference = transformers.AutoModelForCausalLM.from_pretrained(
+                self.reference_name, dtype=torch.float32).to(device).eval()
+        except (OSError, ValueError) as exc:
+            raise ValueError(f"{self.folder}: the reference policy {self.reference_name!r} does not load "
+                             f"({' '.join(str(exc).split())[:200]})") from None
+        self.vocab = self.model.get_input_embeddings().num_embeddings
+        if self.reference.get_input_embeddings().num_embeddings != self.vocab:
+            raise ValueError(f"{self.folder}: the reference policy {self.reference_name!r} has another vocabulary")
+        self.eos_id = self.tokenizer.eos_token_id
+
+    def score_actions(self, rows: Sequence[tuple[Sequence[int], Sequence[int]]]) -> list[float]:
+        """Q of each ``(context ids, action ids)``: β times :meth:`log_ratios`."""
+        return [self.beta * r for r in self.log_ratios(rows)]
+
+    def log_ratios(self, rows: Sequence[tuple[Sequence[int], Sequence[int]]]) -> list[float]:
+        """log π_θ(a|s) − log π_ref(a|s), each summed over the action's tokens (an empty action: 0)."""
+        theta, ref = self.action_logps(self.model, rows), self.action_logps(self.reference, rows)
+        return [a - b for a, b in zip(theta, ref)]
+
+    def action_logps(self, model, rows: Sequence[tuple[Sequence[int], Sequence[int]]]) -> list[float]:
+        """log ``model``(action | context) of each row, summed over the action's tokens."""
+        import torch
+
+        seqs = []
+        for n, (context, action) in enumerate(rows):
+            if not context:
+                raise ValueError(f"row {n}: the context has no token ids")
+            seq = [int(t) for t in context] + [int(t) for t in action]
+            bad = [t for t in seq if not 0 <= t < self.vocab]
+            if bad:
+                raise ValueError(f"row {n}: token id {bad[0]} is outside the vocabulary of {self.folder} "
+                                 f"({self.vocab} ids); the ids come from another tokenizer")
+            seqs.append(seq)
+        out = [0.0] * len(rows)
+        live = [n for n, (_, action) in enumerate(rows) if len(action)]
+        for chunk, ids, mask in self._batches([seqs[n] for n in live]):
+            members = [live[i] for i in chunk]
+            first = min(len(rows[n][0]) for n in members) - 1  # the first position whose logits predict an action
+            keep = ids.shape[1] - first
+            with self._lock, torch.inference_mode():
+                logp = _last_logits(model, ids, mask, keep).float().log_softmax(-1)
+                for k, n in enumerate(members):
+                    context, action = rows[n]
+                    start = len(context) - 1 - first
+                    at = torch.arange(start, start + len(action), device=logp.device)
+                    target = torch.tensor([int(t) for t in action], device=logp.device)
+                    out[n] = float(logp[k, at, target].sum())
+        return out
+
+
+def _last_logits(model, ids, mask, keep: int):
+    """The logits of each row's last ``keep`` padded positions: ``logits_to_keep`` where the model takes it, so
+    the context is not projected onto the vocabulary; else all of them, sliced."""
+    try:
+        logits = model(input_ids=ids, attention_mask=mask, logits_to_keep=keep).logits
+    except TypeError:  # a model class without logits_to_keep
+        logits = model(input_ids=ids, attention_mask=mask).logits
+    return logits[:, -keep:]
+
+
+def load_q_model(folder: str | Path, **options) -> TrainedQ:
+    """The policy in ``folder`` (``OUT/model``, or ``OUT`` itself) as a Q-value model; ``options`` go to
+    :class:`TrainedQ` (``reference``, ``beta``, ``device``, ``batch_size``)."""
+    return TrainedQ(model_folder(folder), **options)
 
 
 def load_trained(folder: str | Path, **options) -> TrainedVerifier | TrainedPRM | TrainedPAV:
