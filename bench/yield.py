@@ -87,6 +87,10 @@ def parse_args(argv=None):
     ap.add_argument("--temperature", type=float, default=0.9)
     ap.add_argument("--step-tokens", type=int, default=64)
     ap.add_argument("--rollout-tokens", type=int, default=160)
+    ap.add_argument("--rollout-by-step", action=argparse.BooleanOptionalAction, default=True,
+                    help="the trees' completions go one step per request and end at the first slip (sampling.rollout_by_step)")
+    ap.add_argument("--flat-by-step", action=argparse.BooleanOptionalAction, default=False,
+                    help="flat sampling's solutions too (default: whole solutions, the usual best-of-N)")
     ap.add_argument("--concurrency", type=int, default=64)
     ap.add_argument("--cpu-kv-gib", type=int, default=2)
     ap.add_argument("--bootstrap", type=int, default=2000)
@@ -153,7 +157,9 @@ async def run_all(args, policy):
         env = ReasoningEnv(template=policy.chat_prompt, tokenizer=policy, max_depth=difficulty + 3, max_tokens=320,
                            few_shot=worked_examples(difficulty), step_check=args.step_check)
         sampling = Sampling(temperature=args.temperature, top_p=0.95, max_tokens=args.step_tokens)
-        ctx = SearchContext(env=env, policy=policy, sampling=sampling, rollout_max_tokens=args.rollout_tokens)
+        ctx = SearchContext(env=env, policy=policy, sampling=sampling, rollout_max_tokens=args.rollout_tokens,
+                            rollout_by_step=args.rollout_by_step)
+        flat_ctx = dataclasses.replace(ctx, rollout_by_step=args.flat_by_step)
         budget = budgets[difficulty]
         for seed in [int(s) for s in args.seeds.split(",")]:
             problems = generate(args.problems, seed=seed, difficulty=difficulty)
@@ -173,7 +179,7 @@ async def run_all(args, policy):
                 async def flat(problem, ctx_, cfg):
                     return await sample(problem, ctx_, dataclasses.replace(cfg, token_budget=max(1, most[problem.id])))
 
-                flat_trees, flat_wall = await run_search(problems, flat, SampleConfig(n=FLAT_N, token_budget=1), ctx,
+                flat_trees, flat_wall = await run_search(problems, flat, SampleConfig(n=FLAT_N, token_budget=1), flat_ctx,
                                                          root / f"sample-d{difficulty}-s{seed}", args, False)
                 flat_by_id = {t.problem_id: t for t in flat_trees}
                 for name, (trees, wall) in trees_of.items():
@@ -274,13 +280,16 @@ def save(args, records) -> None:
     out = Path(args.out)
     rows = pooled(records, args.bootstrap)
     meta = {"command": "python bench/yield.py " + " ".join(sys.argv[1:]), "machine": platform.platform(),
-            "exports": EXPORTS, "searches": SEARCHES, "flat_n": FLAT_N}
+            "exports": EXPORTS, "searches": SEARCHES, "flat_n": FLAT_N, "rollout_by_step": args.rollout_by_step,
+            "flat_by_step": args.flat_by_step}
     atomic_write_text(out.with_suffix(".json"), json.dumps(records, indent=1))
     atomic_write_text(out.with_name(out.name + "-pooled.json"), json.dumps(rows, indent=1))
     atomic_write_text(out.with_name(out.name + "-meta.json"), json.dumps(meta, indent=1))
     atomic_write_text(out.with_suffix(".md"), f"# Yield at equal spent tokens\n\n`{meta['command']}`\n\n"
                       "Pooled over seeds; intervals are bootstrap 95% over problems (the ratio paired on the same "
-                      "resampled problems). Flat best-of-N is cut, problem by problem, to the tree's spend.\n\n"
+                      "resampled problems). Flat best-of-N is cut, problem by problem, to the tree's spend. "
+                      f"The trees' completions {'go one step per request and end at the first slip' if args.rollout_by_step else 'are whole'}; "
+                      f"flat's solutions {'go one step per request and end at the first slip' if args.flat_by_step else 'are whole'}.\n\n"
                       f"{table(rows)}\n")
 
 

@@ -45,12 +45,12 @@ def test_expansion_order_follows_the_values_and_stops_at_a_correct_step():
     assert tree.terminated[leaf] and tree.reward[leaf] == 1.0
 
 
-def test_without_stopping_the_whole_tree_is_grown_best_first_ties_to_the_older_node():
+def test_without_stopping_the_whole_tree_is_grown_best_first_ties_to_the_deeper_node():
     tree = run(best_first(PROBLEM, make_ctx(SCRIPT), BestFirstConfig(k=2, n_rollouts=2, stop_at_correct=False,
                                                                      max_expansions=50)))
-    # after B1a: A (0.5) and B2 (0.5) tie, A is older; then A2 (0.5) and B2 tie, and A2 is older: A's
-    # completions (valued before B's) wrote A1 and A2 into the tree; then A1 (0.0)
-    assert order(tree) == [[], ["B"], ["B", "B1"], ["B", "B1", "B1a"], ["A"], ["A", "A2"], ["B", "B2"],
+    # after B1a: A (0.5) and B2 (0.5) tie, and B2 is deeper; then A, then A2 (0.5; A's completions wrote A1
+    # and A2 into the tree), then A1 (0.0)
+    assert order(tree) == [[], ["B"], ["B", "B1"], ["B", "B1", "B1a"], ["B", "B2"], ["A"], ["A", "A2"],
                            ["A", "A1"]]
     assert tree.meta["stats"]["frontier_left"] == 0
     for n in tree.nodes(STEP):  # final steps are never expanded

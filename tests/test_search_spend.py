@@ -15,7 +15,7 @@ from treepref.extract import export
 from treepref.extract.quality import pair_label_quality
 from treepref.problems import Problem
 from treepref.runner import load_trees, run_problems
-from treepref.search.base import expand, new_tree
+from treepref.search.base import expand, new_tree, rollouts
 from treepref.search.best_first import BestFirstConfig, best_first
 from treepref.search.mcts import MCTSConfig, mcts
 from treepref.search.sample import SampleConfig, first_solutions, sample
@@ -259,3 +259,33 @@ def test_the_yield_bench_compares_at_equal_spend_and_writes_every_field(tmp_path
     pooled = json.loads(out.with_name("yield-pooled.json").read_text())
     assert {p["seeds"] == [0, 1] for p in pooled} == {True}
     assert "tree ÷ flat" in out.with_suffix(".md").read_text()
+
+
+def test_a_completion_by_step_ends_at_the_first_slip_and_generates_nothing_past_it():
+    # PLAIN tokens: "1 + 1 = 3" is 5 with the delimiter on its last word, "The answer is 2." 4. A whole
+    # completion writes both (9 tokens) and the tree keeps only the slip, which the step check ended; by step,
+    # the slip's request is the last (5 tokens). The outcome and the tree are the same either way.
+    script = {(): ["1 + 1 = 3"], ("1 + 1 = 3",): ["The answer is 2." + EOS]}
+    for by_step, tokens, requests in ((False, 9, 1), (True, 5, 1)):
+        ctx = dataclasses.replace(make_ctx(script, step_check="arithmetic"), rollout_by_step=by_step)
+        tree, states = new_tree(ONE_PLUS_ONE, ctx, "test", {})
+        [(last, reward)] = run(rollouts(tree, states, ROOT, ctx, 1))
+        assert (tree.text[last], tree.is_final(last), reward, len(tree)) == ("1 + 1 = 3", True, 0.0, 2)
+        assert (tree.meta["generated_tokens"], tree.meta["policy_requests"]) == (tokens, requests)
+    # a right path costs the same tokens by step (one request per step) and reaches the same outcome
+    script = {(): ["1 + 1 = 2"], ("1 + 1 = 2",): ["The answer is 2." + EOS]}
+    for by_step, requests in ((False, 1), (True, 2)):
+        ctx = dataclasses.replace(make_ctx(script, step_check="arithmetic"), rollout_by_step=by_step)
+        tree, states = new_tree(ONE_PLUS_ONE, ctx, "test", {})
+        [(last, reward)] = run(rollouts(tree, states, ROOT, ctx, 1))
+        assert (tree.steps(last), reward) == (["1 + 1 = 2", "The answer is 2."], 1.0)
+        assert (tree.meta["generated_tokens"], tree.meta["policy_requests"]) == (9, requests)
+
+
+def test_the_recipe_sampling_section_turns_completions_by_step_on():
+    from treepref.config import SamplingSection
+    from treepref.context import search_context
+
+    ctx = search_context(make_ctx({}).env, make_ctx({}).policy, SamplingSection(rollout_by_step=True))
+    assert ctx.rollout_by_step is True
+    assert search_context(ctx.env, ctx.policy, SamplingSection()).rollout_by_step is False

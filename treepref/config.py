@@ -56,6 +56,8 @@ class SamplingSection:
     top_p: float = 0.95
     max_tokens: int = 96  # per step
     rollout_max_tokens: int = 384  # per Monte Carlo completion (all remaining steps)
+    rollout_by_step: bool = False  # completions one step per request, ending at the first step that ends the
+    # episode (a slip the step check ends): no tokens are generated past it
     seed: int | None = None
 
 

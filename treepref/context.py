@@ -26,4 +26,4 @@ def search_context(env, policy, sampling: SamplingSection, success: float = 1.0)
     s = sampling
     params = Sampling(temperature=s.temperature, top_p=s.top_p, max_tokens=s.max_tokens, seed=s.seed)
     return SearchContext(env=env, policy=policy, sampling=params, rollout_max_tokens=s.rollout_max_tokens,
-                         success=success)
+                         rollout_by_step=s.rollout_by_step, success=success)

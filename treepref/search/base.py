@@ -36,6 +36,7 @@ class SearchContext:
     policy: Policy
     sampling: Sampling = field(default_factory=lambda: Sampling(temperature=0.8, max_tokens=96))
     rollout_max_tokens: int = 384  # budget of one Monte Carlo completion (all remaining steps)
+    rollout_by_step: bool = False  # completions go one step per request and stop at the first final step
     success: float = 1.0  # the reward counted as solved when the environment does not say (``is_success``)
     timeline: Timeline | None = None  # generation and evaluation intervals (the runner sets one per run)
     checkpoint: Checkpoint | None = None  # where a long search saves itself (the runner sets one per problem)
@@ -183,7 +184,9 @@ async def rollouts(tree: Tree, states: dict[int, State], node: int, ctx: SearchC
     completion is one request of ``n`` (no stop) cut into steps in token space; for an ``interactive`` one
     (an agent) each completion alternates one action and the environment's observation until the episode
     ends or ``rollout_max_tokens`` are spent, the ``n`` of them in flight together. The outcomes are also
-    counted in ``node``'s ``mc_correct``/``mc_total``. Returns ``(last node, reward)`` per completion
+    counted in ``node``'s ``mc_correct``/``mc_total``. With ``ctx.rollout_by_step`` a reasoning completion
+    goes step by step as an agent's does: a step the environment's check ends (a slip) ends the completion
+    there, so the tokens a whole completion would write after it are never generated. Returns ``(last node, reward)`` per completion
     (``truncated_reward`` when it ended without an answer). A final node is its own outcome. ``costs``, when
     given, receives each completion's generated tokens in the same order (what flat sampling's equal-spend cut
     reads).
@@ -193,7 +196,7 @@ async def rollouts(tree: Tree, states: dict[int, State], node: int, ctx: SearchC
         return [(node, r)] * n
     if n <= 0:
         return []
-    if getattr(ctx.env, "interactive", False):
+    if getattr(ctx.env, "interactive", False) or ctx.rollout_by_step:
         played = await asyncio.gather(*(play_out(tree, states, node, ctx) for _ in range(n)))
         lasts, spent = [last for last, _ in played], [tokens for _, tokens in played]
     else:

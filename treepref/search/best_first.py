@@ -5,7 +5,9 @@ fraction that reach the right answer (``Tree.mc_value``). A final step is worth 
 expanded. The priority is kept in ``tree.scores[node]["mc"]``. The frontier is a priority queue on it (ties
 go to the earlier node). Each round pops the best ``parallel_expansions`` frontier nodes, expands each into
 ``k`` steps and values every new step by rollouts, all at once, then pushes the non-final new steps (and,
-with ``rewiden``, a node whose children all failed, to be sampled again).
+with ``rewiden``, a node whose children all failed, to be sampled again). Among equal priorities the deeper
+node goes first: before any completion has succeeded every value is 0, and a step that passed the
+environment's checks deep in the solution is where a completion is likeliest to reach the answer.
 
 Values for exporters: every rollout outcome (and a final step's reward, once) is backed up from the step it
 was sampled from to the root, so ``Tree.value`` of a step is the mean outcome over every completion that
@@ -72,7 +74,7 @@ async def best_first(problem: Problem, ctx: SearchContext, cfg: BestFirstConfig 
     """Run best-first search on ``problem``; ``tree.meta["expansion_order"]`` lists the nodes expanded."""
     cfg = cfg or BestFirstConfig()
     tree, states = new_tree(problem, ctx, "best_first", settings_of(cfg))
-    frontier: list[tuple[float, int]] = [(-1.0, ROOT)]  # (-priority, node): heapq pops the smallest
+    frontier: list[tuple[float, int, int]] = [(-1.0, 0, ROOT)]  # (-priority, -depth, node): heapq pops the smallest
     order: list[int] = []
     found = False
     rewidened: Counter = Counter()
@@ -88,19 +90,19 @@ async def best_first(problem: Problem, ctx: SearchContext, cfg: BestFirstConfig 
     while (frontier and len(order) < cfg.max_expansions and not (found and cfg.stop_at_correct)
            and not over_budget(tree, cfg.token_budget)):
         width = min(cfg.parallel_expansions, cfg.max_expansions - len(order), len(frontier))
-        batch = [heapq.heappop(frontier)[1] for _ in range(width)]
+        batch = [heapq.heappop(frontier)[-1] for _ in range(width)]
         order.extend(batch)
         for node, children in zip(batch, await asyncio.gather(*(grow(n) for n in batch))):
             for c in children:
                 if tree.is_final(c):
                     found = found or succeeded(tree, c, ctx.success)
                 else:
-                    heapq.heappush(frontier, (-tree.scores[c]["mc"], c))
+                    heapq.heappush(frontier, (-tree.scores[c]["mc"], -tree.depth[c], c))
             kids = tree.children(node)
             if rewidened[node] < cfg.rewiden and all(tree.is_final(c) and not succeeded(tree, c, ctx.success)
                                                      for c in kids):
                 rewidened[node] += 1
-                heapq.heappush(frontier, (-(tree.value(node) or 0.0), node))
+                heapq.heappush(frontier, (-(tree.value(node) or 0.0), -tree.depth[node], node))
 
     spend = None
     if cfg.fill_budget and cfg.token_budget is not None:
