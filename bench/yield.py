@@ -11,6 +11,7 @@ rejected wrong or off track. Counts are pooled over seeds (a different problem s
 intervals over problems, and the tree ÷ flat ratio is bootstrapped on the same resampled problems (paired).
 
     python bench/yield.py --difficulty 2,3 --seeds 0,1,2,3 --problems 64 --searches best_first,mcts
+    python bench/yield.py --difficulty 3 --problems 12 --add   # one difficulty more, into the same result
     python bench/yield.py --backend scripted --problems 4 --seeds 0 --difficulty 2   # checks the harness
 
 Writes ``bench/results/yield.json`` (one record per search, difficulty, seed and export: search, difficulty,
@@ -95,6 +96,8 @@ def parse_args(argv=None):
     ap.add_argument("--cpu-kv-gib", type=int, default=2)
     ap.add_argument("--bootstrap", type=int, default=2000)
     ap.add_argument("--out", default=str(Path(__file__).parent / "results" / "yield"))
+    ap.add_argument("--add", action="store_true",
+                    help="keep the output's records of other difficulties (run difficulties one at a time)")
     ap.add_argument("--keep", default=None, help="also keep every run's trees under this folder")
     return ap.parse_args(argv)
 
@@ -149,8 +152,18 @@ async def run_search(problems, search, options, ctx, folder, args, share) -> tup
     return load_trees(folder), time.perf_counter() - t0
 
 
+def earlier_records(args) -> list[dict]:
+    """With ``--add``: the records already in the output of the difficulties this run does not measure, so
+    difficulties can be run one at a time (each at its own ``--problems``) into one result."""
+    path = Path(args.out).with_suffix(".json")
+    if not args.add or not path.exists():
+        return []
+    ours = {int(d) for d in args.difficulty.split(",")}
+    return [r for r in json.loads(path.read_text()) if r["difficulty"] not in ours]
+
+
 async def run_all(args, policy):
-    records = []
+    records = earlier_records(args)
     budgets = {int(d): int(b) for d, b in (x.split(":") for x in args.budget.split(","))}
     names = args.searches.split(",")
     for difficulty in [int(d) for d in args.difficulty.split(",")]:
@@ -279,13 +292,18 @@ def table(rows) -> str:
 def save(args, records) -> None:
     out = Path(args.out)
     rows = pooled(records, args.bootstrap)
-    meta = {"command": "python bench/yield.py " + " ".join(sys.argv[1:]), "machine": platform.platform(),
+    command = "python bench/yield.py " + " ".join(sys.argv[1:])
+    meta_path = out.with_name(out.name + "-meta.json")
+    old = json.loads(meta_path.read_text()) if args.add and meta_path.exists() else {}
+    earlier = old.get("commands", [old["command"]] if "command" in old else [])
+    commands = [c for c in earlier if c != command] + [command]
+    meta = {"command": command, "commands": commands, "machine": platform.platform(),
             "exports": EXPORTS, "searches": SEARCHES, "flat_n": FLAT_N, "rollout_by_step": args.rollout_by_step,
             "flat_by_step": args.flat_by_step}
     atomic_write_text(out.with_suffix(".json"), json.dumps(records, indent=1))
     atomic_write_text(out.with_name(out.name + "-pooled.json"), json.dumps(rows, indent=1))
-    atomic_write_text(out.with_name(out.name + "-meta.json"), json.dumps(meta, indent=1))
-    atomic_write_text(out.with_suffix(".md"), f"# Yield at equal spent tokens\n\n`{meta['command']}`\n\n"
+    atomic_write_text(meta_path, json.dumps(meta, indent=1))
+    atomic_write_text(out.with_suffix(".md"), "# Yield at equal spent tokens\n\n" + "".join(f"`{c}`\n\n" for c in commands) +
                       "Pooled over seeds; intervals are bootstrap 95% over problems (the ratio paired on the same "
                       "resampled problems). Flat best-of-N is cut, problem by problem, to the tree's spend. "
                       f"The trees' completions {'go one step per request and end at the first slip' if args.rollout_by_step else 'are whole'}; "

@@ -73,10 +73,18 @@ def bought(trees) -> bool:
     return any(tree.terminated[n] for tree in trees for n in range(len(tree)))
 
 
-def test_agent_q_on_the_shop(vllm_policy, aio, tmp_path, tok):
+@pytest.fixture(scope="module")
+def agent_q(vllm_policy, aio, tmp_path_factory):
+    """configs/agent-q.yaml's run, shared by its test and the Q-value loop that trains on its pairs."""
     # Four tasks once gave pairs but no purchase among the nodes: search on (up to 12) until there is one.
-    cfg, trees, exports = run_recipe("agent-q.yaml", vllm_policy, aio, tmp_path, enough=bought,
+    out = tmp_path_factory.mktemp("agent-q")
+    cfg, trees, exports = run_recipe("agent-q.yaml", vllm_policy, aio, out, enough=bought,
                                      what="a purchase among the nodes")
+    return cfg, trees, exports, out
+
+
+def test_agent_q_on_the_shop(agent_q, tok):
+    cfg, trees, exports, tmp_path = agent_q
     assert cfg.env.name == "shop" and all(t.meta["env"] == "shop" for t in trees)
     check_text_is_ids(trees, tok)
     assert bought(trees)
@@ -93,6 +101,32 @@ def test_agent_q_on_the_shop(vllm_policy, aio, tmp_path, tok):
         assert any(tree.prompt_text(n) == row["prompt"] for n in range(len(tree)))
     for row in rows(tmp_path, "step_apo"):
         assert row["q_chosen"] == row["chosen_value"] and row["q_rejected"] == row["rejected_value"]
+
+
+def test_the_q_value_loop_trains_on_agent_q_and_acts_by_the_highest_q(agent_q, vllm_policy, aio, tmp_path, tok):
+    """configs/train-q-value.yaml on agent-q's pairs (two optimizer steps: the loop, not the model's skill), then
+    configs/q-value.yaml on two held-out goals, each action the best of k by the trained model's Q."""
+    import treepref
+
+    *_, exports, out = agent_q
+    assert exports["step_pairs"]["rows"], "agent-q's run gave no step pair to train the Q-value model on"
+    summary = treepref.train(CONFIGS / "train-q-value.yaml", tmp_path / "q-model",
+                             overrides={"data": str(out), "train.max_steps": 2, "train.epochs": 1})
+    assert summary["method"] == "dpo" and summary["steps"] == 2
+    s = search_recipe(CONFIGS / "q-value.yaml", (2,), vllm_policy, aio, tmp_path / "q-run", lambda s: [],
+                      [f"search.options.scorer.model={summary['model']}", "search.options.k=3"])
+    held_out = {t.problem_id for t in s.trees}
+    assert len(held_out) == 2 and not held_out & {t.problem_id for t in agent_q[1]}
+    check_text_is_ids(s.trees, tok)
+    ranked = 0
+    for tree in s.trees:
+        episode = tree.meta["episode"]
+        assert episode["actions"] and episode["last"] == episode["actions"][-1]
+        for node in episode["actions"]:  # each action taken is the best of its siblings by Q
+            siblings = tree.children(tree.parent[node])
+            assert tree.scores[node]["q"] == max(tree.scores[c]["q"] for c in siblings)
+            ranked += len({tree.scores[c]["q"] for c in siblings}) > 1
+    assert ranked, "no step offered two actions the Q-value model told apart"
 
 
 def pruned(trees) -> bool:

@@ -23,11 +23,14 @@ GENERATE_RECIPES = sorted(p.name for p in (ROOT / "configs").glob("*.yaml") if n
 
 # Recipes that read a folder an earlier `treepref train` wrote: the key that names it.
 NEEDS_TRAINED = {"prm-guided-mcts.yaml": "search.options.evaluator.model",
-                 "pav-guided-beam.yaml": "search.options.evaluator.model"}
+                 "pav-guided-beam.yaml": "search.options.evaluator.model",
+                 "q-value.yaml": "search.options.scorer.model"}
+# and what such a folder's training summary would say (an empty folder has none)
+SUMMARY_SAYS = {"q-value.yaml": ["search.options.scorer.reference=base", "search.options.scorer.beta=0.1"]}
 
 
 def _recipe(name, tmp_path):
-    overrides = [f"{NEEDS_TRAINED[name]}={tmp_path}"] if name in NEEDS_TRAINED else []
+    overrides = [f"{NEEDS_TRAINED[name]}={tmp_path}", *SUMMARY_SAYS.get(name, ())] if name in NEEDS_TRAINED else []
     return load_config(ROOT / "configs" / name, overrides)
 
 
