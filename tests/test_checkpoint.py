@@ -162,12 +162,12 @@ def test_greedy_hf_resumes_to_the_same_tree(model_dir, tmp_path):
     from treepref.domains.arithmetic import generate, worked_examples
 
     policy = HFPolicy(model_dir)
-    problems = generate(1, seed=3, difficulty=3)  # greedy SmolLM2 writes three steps: three simulations
+    problems = generate(1, seed=3, difficulty=2)  # greedy SmolLM2 writes two steps and the answer
 
     def ctx_of(p):
-        env = ReasoningEnv(template=p.chat_prompt, verifier=exact, max_depth=6, few_shot=worked_examples(3))
+        env = ReasoningEnv(template=p.chat_prompt, verifier=exact, max_depth=5, few_shot=worked_examples(2))
         return SearchContext(env=env, policy=p, sampling=Sampling(temperature=0.0, max_tokens=40),
-                             rollout_max_tokens=120)
+                             rollout_max_tokens=80)
 
     cfg = MCTSConfig(simulations=4, k=2, n_rollouts=1, checkpoint_every=1)
     full = uninterrupted(lambda: policy, cfg, tmp_path / "a", problems, ctx_of)
