@@ -108,7 +108,7 @@ def test_the_q_value_loop_trains_on_agent_q_and_acts_by_the_highest_q(agent_q, v
     configs/q-value.yaml on two held-out goals, each action the best of k by the trained model's Q."""
     import treepref
 
-    *_, exports, out = agent_q
+    _, trained_on, exports, out = agent_q
     assert exports["step_pairs"]["rows"], "agent-q's run gave no step pair to train the Q-value model on"
     summary = treepref.train(CONFIGS / "train-q-value.yaml", tmp_path / "q-model",
                              overrides={"data": str(out), "train.max_steps": 2, "train.epochs": 1})
@@ -116,7 +116,7 @@ def test_the_q_value_loop_trains_on_agent_q_and_acts_by_the_highest_q(agent_q, v
     s = search_recipe(CONFIGS / "q-value.yaml", (2,), vllm_policy, aio, tmp_path / "q-run", lambda s: [],
                       [f"search.options.scorer.model={summary['model']}", "search.options.k=3"])
     held_out = {t.problem_id for t in s.trees}
-    assert len(held_out) == 2 and not held_out & {t.problem_id for t in agent_q[1]}
+    assert len(held_out) == 2 and not held_out & {t.problem_id for t in trained_on}
     check_text_is_ids(s.trees, tok)
     ranked = 0
     for tree in s.trees:

@@ -286,6 +286,7 @@ def test_the_recipe_sampling_section_turns_completions_by_step_on():
     from treepref.config import SamplingSection
     from treepref.context import search_context
 
-    ctx = search_context(make_ctx({}).env, make_ctx({}).policy, SamplingSection(rollout_by_step=True))
+    scripted = make_ctx({})
+    ctx = search_context(scripted.env, scripted.policy, SamplingSection(rollout_by_step=True))
     assert ctx.rollout_by_step is True
     assert search_context(ctx.env, ctx.policy, SamplingSection()).rollout_by_step is False
