@@ -19,7 +19,7 @@ CONFIGS = Path(__file__).parent.parent / "configs"
 COUNTS = (4, 8, 12)
 
 
-def run_recipe(name, vllm_policy, aio, out, enough=lambda trees: True, what=""):
+def run_recipe(name, vllm_policy, aio, out, enough=lambda trees: True, what="", overrides=()):
     """Search the recipe's problems four at a time (resuming) until its step pairs have rows and
     ``enough(trees)`` holds (``what`` the test goes on to check is in the trees), at most 12: sampling is random
     (vLLM-CPU ignores seeds) and the 135M model is weak. The tools recipe gave 12, 3 and 0 pairs in three
@@ -35,7 +35,7 @@ def run_recipe(name, vllm_policy, aio, out, enough=lambda trees: True, what=""):
             missing.append("a step pair")  # wanted, not required: searched for until the cap
         return missing
 
-    s = search_recipe(CONFIGS / name, COUNTS, vllm_policy, aio, out, lacking)
+    s = search_recipe(CONFIGS / name, COUNTS, vllm_policy, aio, out, lacking, overrides)
     assert not (out / "errors.jsonl").exists()
     return s.cfg, s.trees, exports
 
@@ -103,18 +103,29 @@ def test_agent_q_on_the_shop(agent_q, tok):
         assert row["q_chosen"] == row["chosen_value"] and row["q_rejected"] == row["rejected_value"]
 
 
+# LoRA on SmolLM2's top two of 30 layers: the backward pass stops there (a full step on an agent's ~800-token pair
+# took ~20 s on two cores).
+TOP_LAYERS = {"r": 8, "alpha": 16, "target_modules": r".*\.layers\.(28|29)\.(self_attn\.(q|v)_proj|mlp\.down_proj)"}
+
+
 def test_the_q_value_loop_trains_on_agent_q_and_acts_by_the_highest_q(agent_q, vllm_policy, aio, tmp_path, tok):
-    """configs/train-q-value.yaml on agent-q's pairs (two optimizer steps: the loop, not the model's skill), then
-    configs/q-value.yaml on two held-out goals, each action the best of k by the trained model's Q."""
+    """configs/train-q-value.yaml on two of agent-q's pairs (two optimizer steps of one pair, LoRA on the top
+    layers: the loop, not the model's skill), then configs/q-value.yaml on two held-out goals for two actions
+    each, each action the best of k by the trained model's Q."""
     import treepref
 
     _, trained_on, exports, out = agent_q
-    assert exports["step_pairs"]["rows"], "agent-q's run gave no step pair to train the Q-value model on"
+    pairs = (out / "exports" / "step_pairs" / "rows.jsonl").read_text().splitlines()
+    assert pairs, "agent-q's run gave no step pair to train the Q-value model on"
+    data = tmp_path / "pairs.jsonl"  # two of them: the reference log-probs are computed for every row given
+    data.write_text("".join(line + "\n" for line in pairs[:2]))
     summary = treepref.train(CONFIGS / "train-q-value.yaml", tmp_path / "q-model",
-                             overrides={"data": str(out), "train.max_steps": 2, "train.epochs": 1})
+                             overrides={"data": str(data), "train.max_steps": 2, "train.epochs": 1,
+                                        "train.batch_size": 1, "train.lora": TOP_LAYERS})
     assert summary["method"] == "dpo" and summary["steps"] == 2
     s = search_recipe(CONFIGS / "q-value.yaml", (2,), vllm_policy, aio, tmp_path / "q-run", lambda s: [],
-                      [f"search.options.scorer.model={summary['model']}", "search.options.k=3"])
+                      [f"search.options.scorer.model={summary['model']}", "search.options.k=3",
+                       "search.options.max_steps=2"])
     held_out = {t.problem_id for t in s.trees}
     assert len(held_out) == 2 and not held_out & {t.problem_id for t in trained_on}
     check_text_is_ids(s.trees, tok)
@@ -135,8 +146,10 @@ def pruned(trees) -> bool:
 
 
 def test_tp_llama_on_the_tools(vllm_policy, aio, tmp_path, tok):
+    # Trees of 12 nodes (the recipe's 24 halved): a failed branch is pruned early in a tree, if at all.
     cfg, trees, exports = run_recipe("tp-llama.yaml", vllm_policy, aio, tmp_path, enough=pruned,
-                                     what="a pruned (failed) branch kept in a tree")
+                                     what="a pruned (failed) branch kept in a tree",
+                                     overrides=["search.options.max_nodes=12"])
     assert all(t.meta["search"] == "dfs" for t in trees)
     check_text_is_ids(trees, tok)
     assert pruned(trees)
