@@ -274,18 +274,21 @@ def test_dpo_q_is_beta_times_the_log_ratio_of_the_actions_ids(policy_dir, unifor
 
 
 def test_batched_rows_read_each_actions_own_positions(policy_dir, byte_model):
-    """Rows of different context lengths in one batch (right-padded, only the last positions projected) score as
-    each does alone."""
+    """Rows of different context lengths in one batch (right-padded, only the last positions projected), and
+    sibling actions after one context (the context run once, its cache repeated), score as each does alone."""
     from treepref.verifiers.trained import load_q_model
 
     tree, enc, (a, b, c) = agent_tree(byte_model)
     rows = [(tree.prompt_ids(ROOT), tree.token_ids[a]), (tree.prompt_ids(a), tree.token_ids[b]),
             (tree.prompt_ids(a)[:-3], tree.token_ids[c]), (enc.encode("x"), enc.encode("yz")),
-            (tree.prompt_ids(a), [])]
-    q = load_q_model(policy_dir, batch_size=8)
+            (tree.prompt_ids(a), []),
+            # three siblings after the root, of three lengths (one of a single token), in two chunks of two
+            (tree.prompt_ids(ROOT), tree.token_ids[c]), (tree.prompt_ids(ROOT), enc.encode("q"))]
+    q = load_q_model(policy_dir, batch_size=2)
     together = q.log_ratios(rows)
     alone = [q.log_ratios([r])[0] for r in rows]
     assert together == pytest.approx(alone, abs=1e-4) and together[4] == 0.0
+    assert len({round(x, 3) for x in together[:4] + together[5:]}) == 6  # the rows are told apart
     assert together[3] == pytest.approx(logp(policy_dir, *rows[3]) + 2 * math.log(258), abs=1e-4)
     with pytest.raises(ValueError, match=r"row 0: token id 300 is outside the vocabulary of .* \(258 ids\); the "
                                          "ids come from another tokenizer"):

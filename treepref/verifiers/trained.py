@@ -339,7 +339,8 @@ class TrainedQ(_Trained):
     without a summary). ``log_ratios(rows)`` takes ``(context ids, action ids)`` pairs, the ids the policy saw
     and wrote (``Tree.prompt_ids(parent)``, ``Tree.token_ids[child]``); nothing is re-encoded. Both models are
     loaded once; the context's logits are never projected onto the vocabulary where the model allows it
-    (``logits_to_keep``), so a long agent transcript costs a forward pass, not a [length, vocabulary] tensor.
+    (``logits_to_keep``), so a long agent transcript costs a forward pass, not a [length, vocabulary] tensor, and
+    rows that share a context (a step's k sampled actions) share that pass.
     """
 
     method = "dpo"
@@ -397,7 +398,19 @@ class TrainedQ(_Trained):
                                  f"({self.vocab} ids); the ids come from another tokenizer")
             seqs.append(seq)
         out = [0.0] * len(rows)
-        live = [n for n, (_, action) in enumerate(rows) if len(action)]
+        siblings: dict[tuple, list[int]] = {}  # rows by context: a step's k sampled actions share one
+        for n, (context, action) in enumerate(rows):
+            if len(action):
+                siblings.setdefault(tuple(int(t) for t in context), []).append(n)
+        live = []
+        for context, members in siblings.items():
+            if len(members) == 1:
+                live += members
+                continue
+            for start in range(0, len(members), self.batch_size):
+                chunk = members[start:start + self.batch_size]
+                for n, value in zip(chunk, self._sibling_logps(model, context, [rows[n][1] for n in chunk])):
+                    out[n] = value
         for chunk, ids, mask in self._batches([seqs[n] for n in live]):
             members = [live[i] for i in chunk]
             first = min(len(rows[n][0]) for n in members) - 1  # the first position whose logits predict an action
@@ -410,6 +423,40 @@ class TrainedQ(_Trained):
                     at = torch.arange(start, start + len(action), device=logp.device)
                     target = torch.tensor([int(t) for t in action], device=logp.device)
                     out[n] = float(logp[k, at, target].sum())
+        return out
+
+
+    def _sibling_logps(self, model, context: tuple[int, ...], actions: Sequence[Sequence[int]]) -> list[float]:
+        """log ``model``(action | context) of actions that follow one context (a step's sampled siblings): the
+        context runs once and its cache is repeated for the actions, so k siblings after an agent's long
+        transcript cost one pass over it, not k."""
+        import torch
+
+        k, width = len(actions), max(len(a) for a in actions)
+        with self._lock, torch.inference_mode():
+            ctx = torch.tensor([list(context)], device=self.device)
+            try:  # the context's last position alone projected onto the vocabulary (see _last_logits)
+                head = model(input_ids=ctx, use_cache=True, logits_to_keep=1)
+            except TypeError:
+                head = model(input_ids=ctx, use_cache=True)
+            first = head.logits[0, -1].float().log_softmax(-1)  # predicts each action's first token
+            out = [float(first[int(a[0])]) for a in actions]
+            if width == 1:
+                return out
+            cache = head.past_key_values
+            cache.batch_repeat_interleave(k)
+            ids = torch.full((k, width - 1), self.pad_id, dtype=torch.long)  # each action but its last token
+            mask = torch.zeros((k, len(context) + width - 1), dtype=torch.long)
+            mask[:, :len(context)] = 1
+            for i, a in enumerate(actions):
+                ids[i, :len(a) - 1] = torch.tensor([int(t) for t in a[:-1]], dtype=torch.long)
+                mask[i, len(context):len(context) + len(a) - 1] = 1
+            logp = model(input_ids=ids.to(self.device), attention_mask=mask.to(self.device), past_key_values=cache,
+                         use_cache=False).logits.float().log_softmax(-1)
+            for i, a in enumerate(actions):
+                if len(a) > 1:
+                    target = torch.tensor([int(t) for t in a[1:]], device=logp.device)
+                    out[i] += float(logp[i, torch.arange(len(a) - 1, device=logp.device), target].sum())
         return out
 
 

@@ -1,0 +1,284 @@
+"""PAV bench (issue 28): on held-out arithmetic, beam search against a trained process advantage verifier (PAV)
+vs beam search against an outcome verifier (ORM) vs flat sampling picked by majority vote, the ORM or the PAV,
+at equal generated tokens.
+
+1. Training data, on ``--train-problems`` problems (``--train-seed``): configs/pav.yaml's search (beam valued by
+   the prover's completions, advantages A = V(after) - V(before)) gives the PAV's stepwise rows; flat sampling
+   (``sample``, ``--orm-samples`` whole solutions a problem) gives the ORM's right-vs-wrong whole-solution pairs
+   (``trajectory_pairs``), Tree-PLV's outcome baseline.
+2. Training (``treepref.train``): configs/train-pav.yaml and configs/train-verifier.yaml (format
+   trajectory_pairs), each ``--train-steps`` steps with LoRA on the top ``--lora-layers`` layers.
+3. Held out, per seed (``--heldout-problems`` problems, seed ``--heldout-seed`` + i; their prompts are checked
+   disjoint from the training ones): beam search valued by the PAV (``evaluator: {kind: pav}``), the same beam
+   valued by the ORM (``kind: verifier``), and flat sampling cut problem by problem to the PAV beam's spent
+   tokens (``search.sample.first_solutions``). No step check on held-out problems (it would be an exact
+   arithmetic oracle): a search sees only its verifier. Each arm answers with one of its finished solutions,
+   picked without the answer key: the highest PAV value (its advantages summed along the path: the progress
+   from the prompt), the highest ORM score, or the majority answer. The exact checker grades the pick.
+
+Reported: accuracy with Wilson 95% intervals pooled over seeds, tokens per problem, the oracle (any finished
+solution right) and each arm's paired difference from flat majority vote with a bootstrap 95% interval over
+problems.
+
+    .venv/bin/python bench/pav.py                  # the committed run: bench/results/pav.{md,json}
+    .venv/bin/python bench/pav.py --train-problems 4 --heldout-problems 4 --seeds 1 --train-steps 2 \\
+        --work /tmp/pav-work --out /tmp/pav-tiny   # the harness end to end in a few minutes
+
+Run folders and trained models are kept in ``--work`` (default ``bench/work/pav``, ignored by git): a rerun
+resumes searches and reuses the trained models. With ``--backend vllm`` every search of a phase runs in this
+process's engine (spawned on CPU machines, hence the ``__main__`` guard).
+"""
+
+from __future__ import annotations
+
+import argparse
+import json
+import platform
+import random
+import sys
+import time
+from pathlib import Path
+from types import SimpleNamespace
+
+sys.path.insert(0, str(Path(__file__).resolve().parents[1]))
+
+import yaml  # noqa: E402
+
+import treepref  # noqa: E402
+from treepref.search.base import succeeded  # noqa: E402
+from treepref.search.sample import first_solutions  # noqa: E402
+from treepref.train.evaluate import accuracy, majority  # noqa: E402
+from treepref.tree import ROOT, atomic_write_text  # noqa: E402
+
+CONFIGS = Path(__file__).resolve().parents[1] / "configs"
+ARMS = ("beam+pav", "beam+orm", "flat+majority", "flat+orm", "flat+pav")
+
+
+def parse_args(argv=None):
+    ap = argparse.ArgumentParser(description=__doc__.split("\n\n")[0])
+    ap.add_argument("--backend", default="vllm", choices=["vllm", "hf"])
+    ap.add_argument("--difficulty", type=int, default=1, help="operations per problem")
+    ap.add_argument("--train-problems", type=int, default=24)
+    ap.add_argument("--train-seed", type=int, default=0)
+    ap.add_argument("--orm-samples", type=int, default=8, help="flat solutions a training problem for the ORM")
+    ap.add_argument("--train-steps", type=int, default=40)
+    ap.add_argument("--lora-layers", type=int, default=8, help="LoRA on the top this many layers (0: all)")
+    ap.add_argument("--heldout-problems", type=int, default=48)
+    ap.add_argument("--heldout-seed", type=int, default=100)
+    ap.add_argument("--seeds", type=int, default=2, help="held-out problem sets")
+    ap.add_argument("--beam-width", type=int, default=2)
+    ap.add_argument("--k", type=int, default=4, help="steps sampled from each beam a round")
+    ap.add_argument("--bootstrap", type=int, default=2000)
+    ap.add_argument("--work", default=str(Path(__file__).parent / "work" / "pav"))
+    ap.add_argument("--out", default=str(Path(__file__).parent / "results" / "pav"))
+    return ap.parse_args(argv)
+
+
+# -- recipes ------------------------------------------------------------------------------------------------------
+def base_recipe(args, count: int, seed: int, search: dict, extract: dict, output: Path, step_check: bool) -> dict:
+    """configs/pav.yaml's model, env and sampling on ``count`` problems of ``seed``; the given search and exports."""
+    pav = yaml.safe_load((CONFIGS / "pav.yaml").read_text())
+    d = args.difficulty
+    env = {**pav["env"], "max_depth": d + 3, "few_shot": f"arithmetic:{d}"}
+    if not step_check:
+        env.pop("step_check", None)
+    model = {"name": None, "backend": args.backend}
+    if args.backend == "vllm":
+        model["options"] = {"max_model_len": 2048, "cpu_kv_cache_gib": 2}
+    return {"model": model,
+            "problems": {"source": "arithmetic", "options": {"count": count, "seed": seed, "difficulty": d}},
+            "env": env, "sampling": {**pav["sampling"], "rollout_max_tokens": 64 * d},
+            "search": search, "extract": extract, "run": {"output": str(output), "concurrency": 8}}
+
+
+def generate(recipe: dict) -> list:
+    """Search a recipe (resuming its run folder) and return its trees, in problem order."""
+    run = treepref.generate(recipe, allow_failures=False)
+    return sorted(run.trees(), key=lambda t: t.problem_id)
+
+
+def lora(args) -> dict:
+    from treepref.models import resolve_model
+
+    cfg = json.loads((Path(resolve_model()) / "config.json").read_text())
+    layers = int(cfg["num_hidden_layers"])
+    opts = {"r": 16, "alpha": 32, "dropout": 0.0}
+    if args.lora_layers and args.lora_layers < layers:
+        top = "|".join(str(i) for i in range(layers - args.lora_layers, layers))
+        opts["target_modules"] = rf".*\.layers\.({top})\.(self_attn\.(q|k|v|o)_proj|mlp\.(gate|up|down)_proj)"
+    return opts
+
+
+def trained(recipe: str, data: Path, out: Path, args, **overrides) -> tuple[str, dict]:
+    """A trained model folder (reused when ``out`` already holds one) and its summary."""
+    summary_path = out / "summary.json"
+    if summary_path.exists():
+        summary = json.loads(summary_path.read_text())
+        return summary["model"], summary
+    summary = treepref.train(CONFIGS / recipe, out, overrides={
+        "data": str(data), "train.max_steps": args.train_steps, "train.lora": lora(args), "train.progress": False,
+        **overrides})
+    return summary["model"], summary
+
+
+# -- picking and grading ------------------------------------------------------------------------------------------
+def finished(tree, nodes=None) -> list[int]:
+    """The nodes that ended a solution with an answer (a beam's final steps, a flat cut's solutions)."""
+    nodes = range(1, len(tree)) if nodes is None else nodes
+    return [n for n in nodes if n != ROOT and tree.terminated[n]]
+
+
+def pav_value(pav, tree, nodes: list[int]) -> list[float]:
+    """The PAV's advantages summed along each node's path: its estimate of V(node) - V(prompt)."""
+    rows = pav.score_many([(tree.token_ids[ROOT], [tree.token_ids[i] for i in tree.path(n)]) for n in nodes])
+    return [sum(r) for r in rows]
+
+
+def orm_value(orm, tree, nodes: list[int]) -> list[float]:
+    return orm.score_ids([tree.prompt_ids(n) for n in nodes])
+
+
+def pick(tree, nodes: list[int], how: str, pav, orm) -> int | None:
+    """One of ``nodes`` (finished solutions), by the highest PAV or ORM value or by majority vote; None if none."""
+    if not nodes:
+        return None
+    if how == "majority":
+        votes = [SimpleNamespace(answer=tree.info[n].get("answer"), node=n) for n in nodes]
+        return majority(votes).node
+    values = pav_value(pav, tree, nodes) if how == "pav" else orm_value(orm, tree, nodes)
+    return nodes[max(range(len(nodes)), key=lambda i: (values[i], -i))]  # ties: the earliest
+
+
+def grade(tree, node: int | None) -> bool:
+    return node is not None and succeeded(tree, node)
+
+
+# -- statistics ---------------------------------------------------------------------------------------------------
+def paired_difference(a: list[bool], b: list[bool], n_boot: int, rng: random.Random) -> dict:
+    """Accuracy of ``a`` minus ``b`` on the same problems, with a bootstrap 95% interval over problems."""
+    n = len(a)
+    diffs = [int(x) - int(y) for x, y in zip(a, b)]
+    boots = sorted(sum(diffs[rng.randrange(n)] for _ in range(n)) / n for _ in range(n_boot))
+    return {"difference": sum(diffs) / n, "ci95": [boots[int(0.025 * n_boot)], boots[int(0.975 * n_boot) - 1]]}
+
+
+# -- the run ------------------------------------------------------------------------------------------------------
+def main(argv=None) -> None:
+    args = parse_args(argv)
+    work, out = Path(args.work), Path(args.out)
+    work.mkdir(parents=True, exist_ok=True)
+    started, timing = time.time(), {}
+    pav_cfg = yaml.safe_load((CONFIGS / "pav.yaml").read_text())
+
+    def phase(name: str, fn):
+        t = time.time()
+        value = fn()
+        timing[name] = round(time.time() - t, 1)
+        return value
+
+    # 1. training data
+    train = dict(count=args.train_problems, seed=args.train_seed)
+    pav_search = {**pav_cfg["search"], "options": {**pav_cfg["search"]["options"], "max_depth": args.difficulty + 2}}
+    pav_trees = phase("pav_data", lambda: generate(base_recipe(
+        args, **train, search=pav_search, extract=pav_cfg["extract"], output=work / "pav-data", step_check=True)))
+    orm_trees = phase("orm_data", lambda: generate(base_recipe(
+        args, **train, search={"name": "sample", "options": {"n": args.orm_samples}},
+        extract={"formats": ["trajectory_pairs"]}, output=work / "orm-data", step_check=True)))
+
+    # 2. training
+    pav_model, pav_summary = phase("train_pav", lambda: trained("train-pav.yaml", work / "pav-data",
+                                                                 work / "pav-model", args))
+    orm_model, orm_summary = phase("train_orm", lambda: trained("train-verifier.yaml", work / "orm-data",
+                                                                 work / "orm-model", args,
+                                                                 format="trajectory_pairs"))
+    from treepref.verifiers.trained import load_trained
+
+    pav, orm = load_trained(pav_model), load_trained(orm_model)
+
+    # 3. held out
+    seen = {t.prompt for t in pav_trees} | {t.prompt for t in orm_trees}
+    beam = {"beam_width": args.beam_width, "k": args.k, "max_depth": args.difficulty + 2}
+    outcomes: dict[str, list[bool]] = {arm: [] for arm in (*ARMS, "flat oracle", "beam+pav oracle")}
+    tokens: dict[str, list[int]] = {"beam+pav": [], "beam+orm": [], "flat": []}
+    per_seed = []
+    for i in range(args.seeds):
+        seed = args.heldout_seed + i
+        held = dict(count=args.heldout_problems, seed=seed)
+        folder = work / f"heldout-{seed}"
+
+        def arm(name: str, search: dict) -> list:
+            return generate(base_recipe(args, **held, search=search, extract={"formats": ["trees"]},
+                                        output=folder / name, step_check=False))
+
+        by_pav = phase(f"beam_pav_{seed}", lambda: arm("beam-pav", {"name": "beam", "options": {
+            **beam, "evaluator": {"kind": "pav", "model": pav_model, "aggregate": "sum"}}}))
+        overlap = seen & {t.prompt for t in by_pav}
+        if overlap:
+            raise SystemExit(f"held-out seed {seed} repeats {len(overlap)} training prompts; choose another "
+                             "--heldout-seed")
+        by_orm = phase(f"beam_orm_{seed}", lambda: arm("beam-orm", {"name": "beam", "options": {
+            **beam, "evaluator": {"kind": "verifier", "model": orm_model}}}))
+        most = max(t.meta["generated_tokens"] for t in by_pav)
+        flat = phase(f"flat_{seed}", lambda: arm("flat", {"name": "sample", "options": {
+            "n": 4, "token_budget": int(1.2 * most) + 1}}))
+        seed_out = {arm_name: 0 for arm_name in outcomes}
+        for tp, to, tf in zip(by_pav, by_orm, flat):
+            assert tp.problem_id == to.problem_id == tf.problem_id
+            cut = first_solutions(tf, tp.meta["generated_tokens"])
+            flat_nodes = finished(cut, [leaf for leaf, _, _ in cut.meta["solutions"]])
+            got = {"beam+pav": grade(tp, pick(tp, finished(tp), "pav", pav, orm)),
+                   "beam+orm": grade(to, pick(to, finished(to), "orm", pav, orm)),
+                   "flat+majority": grade(cut, pick(cut, flat_nodes, "majority", pav, orm)),
+                   "flat+orm": grade(cut, pick(cut, flat_nodes, "orm", pav, orm)),
+                   "flat+pav": grade(cut, pick(cut, flat_nodes, "pav", pav, orm)),
+                   "flat oracle": any(grade(cut, n) for n in flat_nodes),
+                   "beam+pav oracle": any(grade(tp, n) for n in finished(tp))}
+            for name, ok in got.items():
+                outcomes[name].append(ok)
+                seed_out[name] += ok
+            tokens["beam+pav"].append(tp.meta["generated_tokens"])
+            tokens["beam+orm"].append(to.meta["generated_tokens"])
+            tokens["flat"].append(cut.meta["generated_tokens"])
+        per_seed.append({"seed": seed, "problems": len(by_pav), "correct": seed_out})
+
+    rng = random.Random(0)
+    rows = []
+    for name, oks in outcomes.items():
+        row = {"arm": name, **accuracy(sum(oks), len(oks))}
+        if name != "flat+majority":
+            row["vs_flat_majority"] = paired_difference(oks, outcomes["flat+majority"], args.bootstrap, rng)
+        source = "flat" if name.startswith("flat") else name.replace(" oracle", "")
+        row["tokens_per_problem"] = round(sum(tokens[source]) / max(len(tokens[source]), 1), 1)
+        rows.append(row)
+    result = {"table": rows, "per_seed": per_seed, "timing_s": {**timing, "total": round(time.time() - started, 1)},
+              "meta": {"command": "python bench/pav.py " + " ".join(sys.argv[1:] if argv is None else argv),
+                       "args": vars(args), "machine": platform.platform(), "date": time.strftime("%Y-%m-%d"),
+                       "pav_train": {k: pav_summary.get(k) for k in ("examples", "steps", "train_loss",
+                                                                      "skipped_steps")},
+                       "orm_train": {k: orm_summary.get(k) for k in ("examples", "steps", "train_loss")}}}
+    out.parent.mkdir(parents=True, exist_ok=True)
+    atomic_write_text(out.with_suffix(".json"), json.dumps(result, indent=1))
+    atomic_write_text(out.with_suffix(".md"), report(result))
+    print(report(result))
+
+
+def report(result: dict) -> str:
+    meta, a = result["meta"], result["meta"]["args"]
+    lines = [f"# PAV bench: beam search against a PAV vs an outcome verifier vs majority vote ({meta['date']})", "",
+             f"`{meta['command']}` on {meta['machine']}; {result['timing_s']['total'] / 60:.1f} min.", "",
+             f"Arithmetic at difficulty {a['difficulty']}; {a['heldout_problems']} held-out problems x {a['seeds']} "
+             f"seeds; beam width {a['beam_width']}, k {a['k']}; flat sampling cut problem by problem to the PAV "
+             f"beam's spent tokens. PAV: {meta['pav_train']}; ORM: {meta['orm_train']}.", "",
+             "| arm | correct | accuracy [95%] | minus flat majority [95%] | tokens / problem |",
+             "|---|---|---|---|---|"]
+    for r in result["table"]:
+        diff = r.get("vs_flat_majority")
+        d = f"{diff['difference']:+.3f} [{diff['ci95'][0]:+.3f}, {diff['ci95'][1]:+.3f}]" if diff else "-"
+        lines.append(f"| {r['arm']} | {r['correct']}/{r['n']} | {r['accuracy']:.3f} [{r['ci95'][0]:.3f}, "
+                     f"{r['ci95'][1]:.3f}] | {d} | {r['tokens_per_problem']} |")
+    lines += ["", "Time per phase (s): " + ", ".join(f"{k} {v}" for k, v in result["timing_s"].items()), ""]
+    return "\n".join(lines)
+
+
+if __name__ == "__main__":
+    main()
