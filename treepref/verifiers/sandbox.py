@@ -269,8 +269,8 @@ def _drop_to(uid: int | None):
 
 
 # What a run's two processes do between their start and the program they run: a new session, their rlimits,
-# and for the worker the drop to its uid (``as``: a uid, ``self`` to keep ours; either way never root) or
-# nothing (``keep``: the harness, which is ours). A small interpreter does it and then execs the program,
+# and for the worker the drop to its uid (a uid number, or ``self`` to keep ours; either way never root) or no
+# change (``keep``: the harness, which is ours). A small interpreter does it and then execs the program,
 # instead of a ``preexec_fn``: that rules out ``vfork``, and a fork copies the page tables of the process that
 # forks, so a run that held a model paid for them twice per verdict (2.5x slower with 3 GB resident; HumanEval's
 # 328 verdicts took 77 s inside the test suite against 20 s alone).

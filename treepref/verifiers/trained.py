@@ -425,7 +425,6 @@ class TrainedQ(_Trained):
                     out[n] = float(logp[k, at, target].sum())
         return out
 
-
     def _sibling_logps(self, model, context: tuple[int, ...], actions: Sequence[Sequence[int]]) -> list[float]:
         """log ``model``(action | context) of actions that follow one context (a step's sampled siblings): the
         context runs once and its cache is repeated for the actions, so k siblings after an agent's long
