@@ -2,6 +2,9 @@
 vs beam search against an outcome verifier (ORM) vs flat sampling picked by majority vote, the ORM or the PAV,
 at equal generated tokens.
 
+Not yet run: step 2's ORM fails as written (``method: verifier`` takes no ``trajectory_pairs``); the
+next step is a PRM on the flat samples' outcome labels (issue 28's note).
+
 1. Training data, on ``--train-problems`` problems (``--train-seed``): configs/pav.yaml's search (beam valued by
    the prover's completions, advantages A = V(after) - V(before)) gives the PAV's stepwise rows; flat sampling
    (``sample``, ``--orm-samples`` whole solutions a problem) gives the ORM's right-vs-wrong whole-solution pairs
