@@ -51,7 +51,9 @@ import treepref  # noqa: E402
 from treepref.search.base import succeeded  # noqa: E402
 from treepref.search.sample import first_solutions  # noqa: E402
 from treepref.train.evaluate import accuracy, majority  # noqa: E402
+from treepref.models import resolve_model  # noqa: E402
 from treepref.tree import ROOT, atomic_write_text  # noqa: E402
+from usefulness import lora_options  # noqa: E402  (bench/: the same LoRA on the top layers)
 
 CONFIGS = Path(__file__).resolve().parents[1] / "configs"
 ARMS = ("beam+pav", "beam+orm", "flat+majority", "flat+orm", "flat+pav")
@@ -65,6 +67,7 @@ def parse_args(argv=None):
     ap.add_argument("--train-seed", type=int, default=0)
     ap.add_argument("--orm-samples", type=int, default=8, help="flat solutions a training problem for the ORM")
     ap.add_argument("--train-steps", type=int, default=40)
+    ap.add_argument("--lora-r", type=int, default=16)
     ap.add_argument("--lora-layers", type=int, default=8, help="LoRA on the top this many layers (0: all)")
     ap.add_argument("--heldout-problems", type=int, default=48)
     ap.add_argument("--heldout-seed", type=int, default=100)
@@ -100,18 +103,6 @@ def generate(recipe: dict) -> list:
     return sorted(run.trees(), key=lambda t: t.problem_id)
 
 
-def lora(args) -> dict:
-    from treepref.models import resolve_model
-
-    cfg = json.loads((Path(resolve_model()) / "config.json").read_text())
-    layers = int(cfg["num_hidden_layers"])
-    opts = {"r": 16, "alpha": 32, "dropout": 0.0}
-    if args.lora_layers and args.lora_layers < layers:
-        top = "|".join(str(i) for i in range(layers - args.lora_layers, layers))
-        opts["target_modules"] = rf".*\.layers\.({top})\.(self_attn\.(q|k|v|o)_proj|mlp\.(gate|up|down)_proj)"
-    return opts
-
-
 def trained(recipe: str, data: Path, out: Path, args, **overrides) -> tuple[str, dict]:
     """A trained model folder (reused when ``out`` already holds one) and its summary."""
     summary_path = out / "summary.json"
@@ -119,8 +110,8 @@ def trained(recipe: str, data: Path, out: Path, args, **overrides) -> tuple[str,
         summary = json.loads(summary_path.read_text())
         return summary["model"], summary
     summary = treepref.train(CONFIGS / recipe, out, overrides={
-        "data": str(data), "train.max_steps": args.train_steps, "train.lora": lora(args), "train.progress": False,
-        **overrides})
+        "data": str(data), "train.max_steps": args.train_steps, "train.lora": lora_options(args, resolve_model()),
+        "train.progress": False, **overrides})
     return summary["model"], summary
 
 

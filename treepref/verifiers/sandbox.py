@@ -257,17 +257,6 @@ def _fresh_uid() -> int:
             return uid
 
 
-def _drop_to(uid: int | None):
-    def drop() -> None:
-        if uid is not None:
-            os.setgroups([])
-            os.setgid(uid)
-            os.setuid(uid)
-        if os.geteuid() == 0 or os.getuid() == 0:  # never run the sandbox as root, whatever happened above
-            raise PermissionError("the sandbox would run as root")
-    return drop
-
-
 # What a run's two processes do between their start and the program they run: a new session, their rlimits,
 # and for the worker the drop to its uid (a uid number, or ``self`` to keep ours; either way never root) or no
 # change (``keep``: the harness, which is ours). A small interpreter does it and then execs the program,
@@ -308,8 +297,8 @@ def _probe(bwrap: str, python: str, as_root: bool) -> tuple[tuple[str, ...], str
     argv = _sandbox_argv(bwrap, mounts, Limits()) + [exe, "-I", "-S", "-c",
                                                       "import os; print(os.getuid(), len(os.listdir('/proc')))"]
     try:
-        r = subprocess.run(argv, capture_output=True, text=True, timeout=60, stdin=subprocess.DEVNULL,
-                           preexec_fn=_drop_to(_fresh_uid() if as_root else None))
+        r = subprocess.run(_launched(argv, [], str(_fresh_uid()) if as_root else "self"), capture_output=True,
+                           text=True, timeout=60, stdin=subprocess.DEVNULL)
     except (OSError, subprocess.SubprocessError) as exc:
         raise SandboxUnavailable(f"bubblewrap ({bwrap}) could not start: {exc}") from None
     if r.returncode != 0 or not r.stdout.startswith(f"{INSIDE_UID} "):
