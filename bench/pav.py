@@ -2,19 +2,18 @@
 vs beam search against an outcome verifier (ORM) vs flat sampling picked by majority vote, the ORM or the PAV,
 at equal generated tokens.
 
-Not yet run: step 2's ORM fails as written (``method: verifier`` takes no ``trajectory_pairs``); the
-next step is a PRM on the flat samples' outcome labels (issue 28's note).
-
 1. Training data, on ``--train-problems`` problems (``--train-seed``): configs/pav.yaml's search (beam valued by
    the prover's completions, advantages A = V(after) - V(before)) gives the PAV's stepwise rows; flat sampling
-   (``sample``, ``--orm-samples`` whole solutions a problem) gives the ORM's right-vs-wrong whole-solution pairs
-   (``trajectory_pairs``), Tree-PLV's outcome baseline.
-2. Training (``treepref.train``): configs/train-pav.yaml and configs/train-verifier.yaml (format
-   trajectory_pairs), each ``--train-steps`` steps with LoRA on the top ``--lora-layers`` layers.
+   (``sample``, ``--orm-samples`` whole solutions a problem) gives the ORM's rows: stepwise with ``value:
+   outcome``, every step labelled by whether its solution ended right (the outcome baseline of Tree-PLV and of
+   the PAV paper). Both run with the step check, so a solution cut at a false step counts wrong.
+2. Training (``treepref.train``): configs/train-pav.yaml and configs/train-prm.yaml (the ORM: the stepwise PRM
+   on outcome labels, read at the last step), each ``--train-steps`` steps with LoRA on the top
+   ``--lora-layers`` layers.
 3. Held out, per seed (``--heldout-problems`` problems, seed ``--heldout-seed`` + i; their prompts are checked
    disjoint from the training ones): beam search valued by the PAV (``evaluator: {kind: pav}``), the same beam
-   valued by the ORM (``kind: verifier``), and flat sampling cut problem by problem to the PAV beam's spent
-   tokens (``search.sample.first_solutions``). No step check on held-out problems (it would be an exact
+   valued by the ORM (``kind: prm``, ``aggregate: last``), and flat sampling cut problem by problem to the PAV
+   beam's spent tokens (``search.sample.first_solutions``). No step check on held-out problems (it would be an exact
    arithmetic oracle): a search sees only its verifier. Each arm answers with one of its finished solutions,
    picked without the answer key: the highest PAV value (its advantages summed along the path: the progress
    from the prompt), the highest ORM score, or the majority answer. The exact checker grades the pick.
@@ -53,7 +52,7 @@ from treepref.search.sample import first_solutions  # noqa: E402
 from treepref.train.evaluate import accuracy, majority  # noqa: E402
 from treepref.models import resolve_model  # noqa: E402
 from treepref.tree import ROOT, atomic_write_text  # noqa: E402
-from usefulness import lora_options  # noqa: E402  (bench/: the same LoRA on the top layers)
+from usefulness import held_out, lora_options  # noqa: E402  (bench/: the same held-out draw, LoRA on the top)
 
 CONFIGS = Path(__file__).resolve().parents[1] / "configs"
 ARMS = ("beam+pav", "beam+orm", "flat+majority", "flat+orm", "flat+pav")
@@ -62,7 +61,7 @@ ARMS = ("beam+pav", "beam+orm", "flat+majority", "flat+orm", "flat+pav")
 def parse_args(argv=None):
     ap = argparse.ArgumentParser(description=__doc__.split("\n\n")[0])
     ap.add_argument("--backend", default="vllm", choices=["vllm", "hf"])
-    ap.add_argument("--difficulty", type=int, default=1, help="operations per problem")
+    ap.add_argument("--difficulty", type=int, default=2, help="operations per problem (2: room above majority vote)")
     ap.add_argument("--train-problems", type=int, default=24)
     ap.add_argument("--train-seed", type=int, default=0)
     ap.add_argument("--orm-samples", type=int, default=8, help="flat solutions a training problem for the ORM")
@@ -81,8 +80,9 @@ def parse_args(argv=None):
 
 
 # -- recipes ------------------------------------------------------------------------------------------------------
-def base_recipe(args, count: int, seed: int, search: dict, extract: dict, output: Path, step_check: bool) -> dict:
-    """configs/pav.yaml's model, env and sampling on ``count`` problems of ``seed``; the given search and exports."""
+def base_recipe(args, problems: dict, search: dict, extract: dict, output: Path, step_check: bool) -> dict:
+    """configs/pav.yaml's model, env and sampling on ``problems`` (a recipe's section); the given search and
+    exports."""
     pav = yaml.safe_load((CONFIGS / "pav.yaml").read_text())
     d = args.difficulty
     env = {**pav["env"], "max_depth": d + 3, "few_shot": f"arithmetic:{d}"}
@@ -92,9 +92,25 @@ def base_recipe(args, count: int, seed: int, search: dict, extract: dict, output
     if args.backend == "vllm":
         model["options"] = {"max_model_len": 2048, "cpu_kv_cache_gib": 2}
     return {"model": model,
-            "problems": {"source": "arithmetic", "options": {"count": count, "seed": seed, "difficulty": d}},
+            "problems": problems,
             "env": env, "sampling": {**pav["sampling"], "rollout_max_tokens": 64 * d},
             "search": search, "extract": extract, "run": {"output": str(output), "concurrency": 8}}
+
+
+def arithmetic(args, count: int, seed: int) -> dict:
+    return {"source": "arithmetic", "options": {"count": count, "seed": seed, "difficulty": args.difficulty}}
+
+
+def held_out_problems(args, seed: int, exclude: set, path: Path) -> dict:
+    """A problems section for ``--heldout-problems`` arithmetic problems of ``seed`` whose prompts are not in
+    ``exclude`` (one operation has few distinct problems: a held-out seed repeats training prompts), written once
+    to ``path`` (JSONL) so a rerun searches the same ones."""
+    if not path.exists():
+        rows = [{"id": p.id, "prompt": p.prompt, "answer": p.answer, "meta": p.meta}
+                for p in held_out(args.heldout_problems, seed, args.difficulty, exclude)]
+        path.parent.mkdir(parents=True, exist_ok=True)
+        atomic_write_text(path, "".join(json.dumps(r) + "\n" for r in rows))
+    return {"source": "file", "options": {"path": str(path)}}
 
 
 def generate(recipe: dict) -> list:
@@ -129,7 +145,9 @@ def pav_value(pav, tree, nodes: list[int]) -> list[float]:
 
 
 def orm_value(orm, tree, nodes: list[int]) -> list[float]:
-    return orm.score_ids([tree.prompt_ids(n) for n in nodes])
+    """The ORM's score at each solution's last step: its estimate that the whole solution is right."""
+    rows = orm.score_many([(tree.token_ids[ROOT], [tree.token_ids[i] for i in tree.path(n)]) for n in nodes])
+    return [r[-1] for r in rows]
 
 
 def pick(tree, nodes: list[int], how: str, pav, orm) -> int | None:
@@ -161,30 +179,33 @@ def main(argv=None) -> None:
     args = parse_args(argv)
     work, out = Path(args.work), Path(args.out)
     work.mkdir(parents=True, exist_ok=True)
-    started, timing = time.time(), {}
+    timing = {}
     pav_cfg = yaml.safe_load((CONFIGS / "pav.yaml").read_text())
+
+    timing_file = work / "timing.json"  # a phase's time when it first ran: a rerun resumes it from --work
+    first_timing = json.loads(timing_file.read_text()) if timing_file.exists() else {}
 
     def phase(name: str, fn):
         t = time.time()
         value = fn()
-        timing[name] = round(time.time() - t, 1)
+        timing[name] = first_timing.setdefault(name, round(time.time() - t, 1))
+        atomic_write_text(timing_file, json.dumps(first_timing, indent=1))
         return value
 
     # 1. training data
-    train = dict(count=args.train_problems, seed=args.train_seed)
+    train = arithmetic(args, args.train_problems, args.train_seed)
     pav_search = {**pav_cfg["search"], "options": {**pav_cfg["search"]["options"], "max_depth": args.difficulty + 2}}
     pav_trees = phase("pav_data", lambda: generate(base_recipe(
-        args, **train, search=pav_search, extract=pav_cfg["extract"], output=work / "pav-data", step_check=True)))
+        args, train, search=pav_search, extract=pav_cfg["extract"], output=work / "pav-data", step_check=True)))
     orm_trees = phase("orm_data", lambda: generate(base_recipe(
-        args, **train, search={"name": "sample", "options": {"n": args.orm_samples}},
-        extract={"formats": ["trajectory_pairs"]}, output=work / "orm-data", step_check=True)))
+        args, train, search={"name": "sample", "options": {"n": args.orm_samples}},
+        extract={"formats": ["stepwise"], "value": "outcome"}, output=work / "orm-data", step_check=True)))
 
     # 2. training
     pav_model, pav_summary = phase("train_pav", lambda: trained("train-pav.yaml", work / "pav-data",
                                                                  work / "pav-model", args))
-    orm_model, orm_summary = phase("train_orm", lambda: trained("train-verifier.yaml", work / "orm-data",
-                                                                 work / "orm-model", args,
-                                                                 format="trajectory_pairs"))
+    orm_model, orm_summary = phase("train_orm", lambda: trained("train-prm.yaml", work / "orm-data",
+                                                                 work / "orm-model", args))
     from treepref.verifiers.trained import load_trained
 
     pav, orm = load_trained(pav_model), load_trained(orm_model)
@@ -194,32 +215,31 @@ def main(argv=None) -> None:
     beam = {"beam_width": args.beam_width, "k": args.k, "max_depth": args.difficulty + 2}
     outcomes: dict[str, list[bool]] = {arm: [] for arm in (*ARMS, "flat oracle", "beam+pav oracle")}
     tokens: dict[str, list[int]] = {"beam+pav": [], "beam+orm": [], "flat": []}
-    per_seed = []
+    per_seed, problems = [], []
     for i in range(args.seeds):
         seed = args.heldout_seed + i
-        held = dict(count=args.heldout_problems, seed=seed)
         folder = work / f"heldout-{seed}"
+        held = held_out_problems(args, seed, seen, folder / "problems.jsonl")
 
         def arm(name: str, search: dict) -> list:
-            return generate(base_recipe(args, **held, search=search, extract={"formats": ["trees"]},
+            return generate(base_recipe(args, held, search=search, extract={"formats": ["trees"]},
                                         output=folder / name, step_check=False))
 
         by_pav = phase(f"beam_pav_{seed}", lambda: arm("beam-pav", {"name": "beam", "options": {
             **beam, "evaluator": {"kind": "pav", "model": pav_model, "aggregate": "sum"}}}))
-        overlap = seen & {t.prompt for t in by_pav}
-        if overlap:
-            raise SystemExit(f"held-out seed {seed} repeats {len(overlap)} training prompts; choose another "
-                             "--heldout-seed")
+        assert not seen & {t.prompt for t in by_pav}, "held-out prompts must not repeat training ones"
         by_orm = phase(f"beam_orm_{seed}", lambda: arm("beam-orm", {"name": "beam", "options": {
-            **beam, "evaluator": {"kind": "verifier", "model": orm_model}}}))
+            **beam, "evaluator": {"kind": "prm", "model": orm_model, "aggregate": "last"}}}))
         most = max(t.meta["generated_tokens"] for t in by_pav)
         flat = phase(f"flat_{seed}", lambda: arm("flat", {"name": "sample", "options": {
             "n": 4, "token_budget": int(1.2 * most) + 1}}))
         seed_out = {arm_name: 0 for arm_name in outcomes}
+        t_pick = time.time()
         for tp, to, tf in zip(by_pav, by_orm, flat):
             assert tp.problem_id == to.problem_id == tf.problem_id
             cut = first_solutions(tf, tp.meta["generated_tokens"])
             flat_nodes = finished(cut, [leaf for leaf, _, _ in cut.meta["solutions"]])
+            flat_right = sum(grade(cut, n) for n in flat_nodes)
             got = {"beam+pav": grade(tp, pick(tp, finished(tp), "pav", pav, orm)),
                    "beam+orm": grade(to, pick(to, finished(to), "orm", pav, orm)),
                    "flat+majority": grade(cut, pick(cut, flat_nodes, "majority", pav, orm)),
@@ -233,6 +253,12 @@ def main(argv=None) -> None:
             tokens["beam+pav"].append(tp.meta["generated_tokens"])
             tokens["beam+orm"].append(to.meta["generated_tokens"])
             tokens["flat"].append(cut.meta["generated_tokens"])
+            problems.append({"seed": seed, "problem_id": tp.problem_id, "correct": got,
+                             "flat_solutions": len(flat_nodes), "flat_right": flat_right,
+                             "finished": {"beam+pav": len(finished(tp)), "beam+orm": len(finished(to))},
+                             "tokens": {"beam+pav": tp.meta["generated_tokens"],
+                                        "beam+orm": to.meta["generated_tokens"], "flat": cut.meta["generated_tokens"]}})
+        timing[f"pick_{seed}"] = round(time.time() - t_pick, 1)
         per_seed.append({"seed": seed, "problems": len(by_pav), "correct": seed_out})
 
     rng = random.Random(0)
@@ -244,7 +270,15 @@ def main(argv=None) -> None:
         source = "flat" if name.startswith("flat") else name.replace(" oracle", "")
         row["tokens_per_problem"] = round(sum(tokens[source]) / max(len(tokens[source]), 1), 1)
         rows.append(row)
-    result = {"table": rows, "per_seed": per_seed, "timing_s": {**timing, "total": round(time.time() - started, 1)},
+    # the verifiers against each other on the same problems, and what a pick at random among flat's would get
+    versus = {f"{a} - {b}": paired_difference(outcomes[a], outcomes[b], args.bootstrap, rng)
+              for a, b in (("beam+pav", "beam+orm"), ("flat+pav", "flat+orm"), ("beam+pav", "flat+pav"))}
+    shares = [p["flat_right"] / p["flat_solutions"] for p in problems if p["flat_solutions"]]
+    random_pick = {"accuracy": round(sum(shares) / max(len(problems), 1), 4),
+                   "flat_solutions_per_problem": round(sum(p["flat_solutions"] for p in problems)
+                                                       / max(len(problems), 1), 2)}
+    result = {"table": rows, "versus": versus, "flat_random_pick": random_pick, "per_seed": per_seed,
+              "problems": problems, "timing_s": {**timing, "total": round(sum(timing.values()), 1)},
               "meta": {"command": "python bench/pav.py " + " ".join(sys.argv[1:] if argv is None else argv),
                        "args": vars(args), "machine": platform.platform(), "date": time.strftime("%Y-%m-%d"),
                        "pav_train": {k: pav_summary.get(k) for k in ("examples", "steps", "train_loss",
@@ -270,7 +304,14 @@ def report(result: dict) -> str:
         d = f"{diff['difference']:+.3f} [{diff['ci95'][0]:+.3f}, {diff['ci95'][1]:+.3f}]" if diff else "-"
         lines.append(f"| {r['arm']} | {r['correct']}/{r['n']} | {r['accuracy']:.3f} [{r['ci95'][0]:.3f}, "
                      f"{r['ci95'][1]:.3f}] | {d} | {r['tokens_per_problem']} |")
-    lines += ["", "Time per phase (s): " + ", ".join(f"{k} {v}" for k, v in result["timing_s"].items()), ""]
+    lines += ["", "Paired on the same problems (bootstrap 95% over problems):", ""]
+    for name, diff in result["versus"].items():
+        lines.append(f"- {name}: {diff['difference']:+.3f} [{diff['ci95'][0]:+.3f}, {diff['ci95'][1]:+.3f}]")
+    rp = result["flat_random_pick"]
+    lines += ["", f"A pick at random among flat's finished solutions ({rp['flat_solutions_per_problem']} a problem) "
+              f"would be right {rp['accuracy']:.3f} of the time.", "",
+              "Time per phase (s; a search or training cached in `--work` counts the time it took when it ran): "
+              + ", ".join(f"{k} {v}" for k, v in result["timing_s"].items()), ""]
     return "\n".join(lines)
 
 

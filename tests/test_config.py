@@ -73,6 +73,13 @@ def test_extract_options_are_checked_before_the_search(tmp_path):
     assert cfg.extract.options == {"paths": "leaves"}
 
 
+
+def test_an_outcome_label_is_for_stepwise_rows_only(tmp_path):
+    with pytest.raises(ConfigError, match=r"recipe.yaml: extract.value: value='outcome' .* format 'step_pairs'"):
+        load_config(write(tmp_path, "extract:\n  formats: [stepwise, step_pairs]\n  value: outcome\n"))
+    assert load_config(write(tmp_path, "extract:\n  formats: [stepwise]\n  value: outcome\n")).extract.value == "outcome"
+
+
 def test_defaults_fill_missing_sections(tmp_path):
     cfg = load_config(write(tmp_path, "search:\n  name: best_first\n"))
     assert cfg.search.name == "best_first"

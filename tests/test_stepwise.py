@@ -40,3 +40,31 @@ def test_to_dataset_columns():
     ds = to_dataset(stepwise_rows(small_tree()))
     assert {"prompt", "completions", "labels", "soft_labels", "label_source", "problem_id"} <= set(ds.column_names)
     assert ds[1]["labels"] == [True, False]
+
+
+def test_rows_from_outcomes_label_every_step_by_how_its_path_ended():
+    """An ORM's targets: no value inside the tree is read, so a flat sample (a chain) is labelled too."""
+    t = Tree(problem_id="p", prompt="What is 2 + 3 * 4?", answer="14")
+    right = t.add(t.add(ROOT, "3 * 4 = 12"), "2 + 12 = 14. The answer is 14.", terminated=True, reward=1.0)
+    wrong = t.add(t.add(ROOT, "2 + 3 = 5"), "5 * 4 = 20. The answer is 20.", terminated=True, reward=0.0)
+    t.add(t.add(ROOT, "3 * 4 = 12"), "12 + ")  # cut off before an answer: no outcome, no row
+    rows = stepwise_rows(t, source="outcome")
+    assert [(r["completions"], r["labels"], r["soft_labels"]) for r in rows] == [
+        (["3 * 4 = 12", "2 + 12 = 14. The answer is 14."], [True, True], [1.0, 1.0]),
+        (["2 + 3 = 5", "5 * 4 = 20. The answer is 20."], [False, False], [0.0, 0.0])]
+    assert [r["node_ids"][-1] for r in rows] == [right, wrong]
+    # A node's own counts do not enter: the first step of the right path would be labelled False by mc.
+    t.mc_correct[t.parent[right]], t.mc_total[t.parent[right]] = 0, 4
+    assert stepwise_rows(t, source="outcome")[0]["labels"] == [True, True]
+    assert stepwise_rows(small_tree(), source="outcome")[0]["labels"] == [True, True]  # its one finished path
+
+
+def test_outcome_labels_only_stepwise_rows():
+    import pytest
+
+    from treepref.extract.api import export
+
+    with pytest.raises(ValueError, match="format 'step_pairs'"):
+        export([small_tree()], "step_pairs", value="outcome", template=None)
+    ds, stats = export([small_tree()], "stepwise", value="outcome", template=None)
+    assert ds["labels"] == [[True, True]] and stats["value"] == "outcome"

@@ -109,8 +109,9 @@ def test_scores_use_the_generated_ids_and_aggregate_per_step():
     assert steps == [[[pytest.approx(0.2), pytest.approx(0.1)], []]]
     assert aggregate(steps, "min") == [[pytest.approx(0.1), -math.inf]]
     assert aggregate(steps, "last") == [[pytest.approx(0.1), -math.inf]]
-    with pytest.raises(ValueError, match="unknown aggregate"):
-        aggregate(steps, "max")
+    assert aggregate(steps, "sum") == [[pytest.approx(0.3), -math.inf]]  # a PAV's progress from the prompt
+    with pytest.raises(ValueError, match="unknown aggregator"):
+        aggregate(steps, "median")
 
 
 # -- sampling on the scripted policy ----------------------------------------------------------------------

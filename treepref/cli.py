@@ -50,7 +50,8 @@ def main(argv: list[str] | None = None) -> int:
     ext.add_argument("run", help="run folder written by treepref generate")
     ext.add_argument("--format", "-f", action="append", dest="formats", help="format name (repeatable)")
     ext.add_argument("--rule", help="pair selection rule")
-    ext.add_argument("--value", help="which node value orders pairs: value | mc | reward | a scores key")
+    ext.add_argument("--value", help="which node value orders pairs: value | mc | reward | a scores key; "
+                                      "stepwise also outcome (each step labelled by its path's end)")
     ext.add_argument("--layout", choices=["standard", "conversational"])
     ext.add_argument("--set", dest="overrides", action="append", default=[], metavar="KEY=VALUE",
                      help="extract option, e.g. --set min_margin=0.3")
@@ -64,7 +65,7 @@ def main(argv: list[str] | None = None) -> int:
     ev = sub.add_parser("evaluate", help="held-out accuracy of a policy, and best-of-N reranking by verifiers")
     ev.add_argument("--model", help="policy folder (default: the embedded SmolLM2), e.g. runs/train-step-dpo/model")
     ev.add_argument("--verifier", help="a pairwise verifier folder written by treepref train")
-    ev.add_argument("--prm", help="a PRM folder written by treepref train")
+    ev.add_argument("--prm", help="a PRM or PAV folder written by treepref train")
     ev.add_argument("--problems", default="arithmetic", help="problem source (as problems.source of a recipe)")
     ev.add_argument("--set", dest="overrides", action="append", default=[], metavar="KEY=VALUE",
                     help="problem option, e.g. --set difficulty=1 --set count=64 --set seed=999")

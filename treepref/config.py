@@ -351,7 +351,7 @@ def _check_formats(cfg: Config, src: str) -> None:
         _named(FORMATS, fmt, src, "extract.formats")
     if cfg.extract.rule is not None:
         _named(RULES, cfg.extract.rule, src, "extract.rule")
-    from treepref.extract.api import check_settings, options_per_format
+    from treepref.extract.api import check_settings, check_value_format, options_per_format
 
     try:  # as the CLI exports them: the rule to the formats that take one, each format the options it takes
         per_format = options_per_format(cfg.extract.formats, cfg.extract.rule, cfg.extract.options)
@@ -362,3 +362,8 @@ def _check_formats(cfg: Config, src: str) -> None:
                            options={k: v for k, v in options.items() if k != "weight_k"})
     except ValueError as exc:
         raise ConfigError(f"{src}: extract.options: {exc}") from None
+    for fmt in cfg.extract.formats:
+        try:
+            check_value_format(cfg.extract.value, fmt)
+        except ValueError as exc:
+            raise ConfigError(f"{src}: extract.value: {exc}") from None

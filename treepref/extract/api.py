@@ -12,7 +12,7 @@ import tempfile
 from pathlib import Path
 
 from treepref.envs.reasoning import DEFAULT_SYSTEM
-from treepref.extract.common import LAYOUTS, Prompter, Template, check_value_name, value_reader
+from treepref.extract.common import LAYOUTS, OUTCOME, Prompter, Template, check_value_name, value_reader
 from treepref.extract.formats import FORMATS, ID_COLUMNS, Context
 from treepref.extract.rules import RULES
 from treepref.extract.stats import apply_filters, dedup, export_stats, filter_settings
@@ -70,6 +70,13 @@ def options_per_format(formats, rule: str | None, options: dict) -> dict[str, di
     return {f: {k: v for k, v in options.items() if k in takes[f]} for f in formats}
 
 
+def check_value_format(value: str | None, fmt: str) -> None:
+    """Raise if ``value`` is one only some formats read (``outcome``: a path's end, so stepwise rows only)."""
+    if value == OUTCOME and fmt != "stepwise":
+        raise ValueError(f"value='outcome' labels stepwise rows by how their path ended; format {fmt!r} "
+                         "compares node values (value, mc, reward or a scores key)")
+
+
 def check_settings(fmt: str, *, layout: str = "standard", rule: str | None = None, weight: str | None = None,
                    responses: str = "paths", success: float = 1.0, options: dict | None = None
                    ) -> tuple[str | None, dict, dict]:
@@ -121,7 +128,8 @@ def export(trees: list[Tree], fmt: str, *, template: Template | str | None = Non
       ran with; a tree the runner wrote records all three, and those are used instead (``Prompter.for_tree``).
     * ``layout``: ``standard`` or ``conversational`` (see ``common.Prompter``).
     * ``rule``: a name in ``RULES`` for the sibling-pair formats (None: the format's default).
-    * ``value``: ``value`` | ``mc`` | ``reward`` | a ``scores`` key (None: ``mc`` for stepwise, else ``value``).
+    * ``value``: ``value`` | ``mc`` | ``reward`` | a ``scores`` key (None: ``mc`` for stepwise, else ``value``);
+      stepwise also takes ``outcome`` (each step labelled by its path's end: an ORM's targets).
     * ``kind``: the kind of children compared (None: rollouts too).
     * ``weight``: None (1.0) or ``visits`` (``rules.visit_weight`` with pseudo-count ``weight_k``).
     * ``responses``: ranked_lists responses, ``paths`` (step + best continuation) or ``siblings``.
@@ -142,6 +150,7 @@ def export(trees: list[Tree], fmt: str, *, template: Template | str | None = Non
                                               success=success, options=options)
     form = FORMATS[fmt]
     value = value or form.default_value
+    check_value_format(value, fmt)
     check_value_name(value, trees)
     if isinstance(template, (str, os.PathLike)):
         template = template_from_tokenizer(template)

@@ -23,6 +23,7 @@ ValueReader = Callable[[Tree, int], "float | None"]
 LAYOUTS = ("standard", "conversational")
 BUILTIN_VALUES = ("value", "mc", "reward")
 DERIVED = ("advantage", "prover_value")  # score keys also read where a final step implies them
+OUTCOME = "outcome"  # stepwise only: each step labelled by its path's end (extract.stepwise), no node value
 
 
 @dataclass(frozen=True)
@@ -69,7 +70,7 @@ def value_reader(name: str) -> ValueReader:
 
 def check_value_name(name: str, trees: list[Tree]) -> None:
     """Raise if ``name`` is neither built in nor a score key any node of ``trees`` carries."""
-    if name in BUILTIN_VALUES:
+    if name in BUILTIN_VALUES or name == OUTCOME:
         return
     key = name[len("scores."):] if name.startswith("scores.") else name
     if trees and not any(key in s for t in trees for s in t.scores):

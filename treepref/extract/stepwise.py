@@ -20,6 +20,10 @@ Label sources:
     (A per step), ``prover_values`` (V at the prompt, then after each step: ``advantages[i] =
     prover_values[i + 1] - prover_values[i]``) and the counts behind them, ``prover_correct`` / ``prover_total``
     (None for a final step, valued by its outcome).
+  * ``"outcome"``: every step of a path labelled by how the path ended (hard = the final node succeeded, soft
+    = its reward): an outcome verifier's (ORM's) targets, read at every prefix as Uesato et al. train one. It
+    needs no values inside the tree, so flat samples give it too; a path that did not end in a scored final
+    node is dropped.
 A path is cut at its first unlabelled step (TRL needs a label for every step), and dropped when nothing
 is labelled. Only ``step`` nodes form paths (older trees kept completions as ``rollout`` chains). In newer
 trees completions are steps too, so a path through a completion ends where its labels do: deduplication
@@ -31,7 +35,7 @@ from __future__ import annotations
 from typing import Iterable
 
 from treepref.envs.base import is_success
-from treepref.extract.common import value_reader
+from treepref.extract.common import OUTCOME, value_reader
 from treepref.tree import ROOT, STEP, Tree
 from treepref.verifiers.progress import advantage, as_unit, prover_value
 
@@ -49,6 +53,13 @@ def _label(tree: Tree, node: int, source: str, threshold: float) -> tuple[bool, 
         return None
     soft = as_unit(score) if source == "advantage" else float(score)
     return soft >= threshold, soft
+
+
+def _outcome(tree: Tree, end: int) -> tuple[bool, float] | None:
+    """The label every step of the path to ``end`` gets under ``source="outcome"``; None if it has no outcome."""
+    if not tree.terminated[end] or tree.reward[end] is None:
+        return None
+    return is_success(tree.reward[end], tree.info[end]), float(tree.reward[end])
 
 
 def _progress_columns(tree: Tree, nodes: list[int]) -> dict:
@@ -79,8 +90,11 @@ def stepwise_rows(tree: Tree, *, source: str = "mc", threshold: float = 0.5, pat
     rows = []
     for end in path_ends(tree, paths=paths):
         nodes, labels, soft = [], [], []
+        outcome = _outcome(tree, end) if source == OUTCOME else None
+        if source == OUTCOME and outcome is None:
+            continue
         for node in tree.path(end):
-            lab = _label(tree, node, source, threshold)
+            lab = outcome or _label(tree, node, source, threshold)
             if lab is None:
                 break
             nodes.append(node)

@@ -26,7 +26,7 @@ import dataclasses
 import math
 import time
 from dataclasses import dataclass, field
-from typing import Callable, Sequence
+from typing import Sequence
 
 from treepref.backends.base import Completion, Sampling
 from treepref.problems import Problem
@@ -273,13 +273,12 @@ def prm_step_scores(prm, solutions: Sequence[Sequence[Solution]]) -> list[list[l
 
 
 def aggregate(step_scores: Sequence[Sequence[Sequence[float]]], how: str) -> list[list[float]]:
-    """Per-solution scores from per-step ones: ``min`` (the weakest step), ``last`` (the final step),
-    ``mean`` or ``prod``; a solution without steps scores -inf."""
-    fns: dict[str, Callable[[Sequence[float]], float]] = {
-        "min": min, "last": lambda v: v[-1], "mean": lambda v: sum(v) / len(v), "prod": math.prod}
-    if how not in fns:
-        raise ValueError(f"unknown aggregate {how!r}; choose one of {sorted(fns)}")
-    return [[fns[how](v) if v else -math.inf for v in sols] for sols in step_scores]
+    """Per-solution scores from per-step ones by an aggregator of ``verifiers.backup`` (``min``: the weakest
+    step, ``last``: the final step, ``sum``: a PAV's progress from the prompt, ...); no steps scores -inf."""
+    from treepref.verifiers.backup import get_aggregator
+
+    fn = get_aggregator(how)
+    return [[fn(v) if v else -math.inf for v in sols] for sols in step_scores]
 
 
 # -- all of it for one model ----------------------------------------------------------------------------
@@ -308,7 +307,8 @@ async def evaluate(model: str | None, *, problems: Sequence[Problem], n: int = 8
 
     ``verifier`` / ``prm``: folders saved by ``treepref train`` (``load_trained``), used to rerank the
     samples next to majority vote and the policy's own mean log-prob; a PRM is reported as ``prm_min``
-    (the weakest step) and ``prm_last`` (a PAV given as ``prm``: ``pav_min``, ``pav_last``). ``policy``: an
+    (the weakest step) and ``prm_last`` (a PAV given as ``prm``: ``pav_min``, ``pav_last`` and ``pav_sum``, its
+    advantages summed: the progress from the prompt). ``policy``: an
     existing backend to use instead of building one (then it is not closed). ``env``: the environment (default
     :func:`default_env`). Returns
     ``{"policy": policy_report, "rerank": rerank_report, "generated_tokens", "seconds", ...}``; with
@@ -346,7 +346,8 @@ async def evaluate(model: str | None, *, problems: Sequence[Problem], n: int = 8
         else:
             steps = prm_step_scores(scorer, samples)
             name = scorer.method  # a PRM's P(good), or a PAV's advantages (both stepwise)
-            scores[f"{name}_min"], scores[f"{name}_last"] = aggregate(steps, "min"), aggregate(steps, "last")
+            for how in ("min", "last", "sum") if name == "pav" else ("min", "last"):
+                scores[f"{name}_{how}"] = aggregate(steps, how)
         timings[scorer.method] = round(time.perf_counter() - t1, 1)
         del scorer
     out = {"model": model, "problems": len(problems), "n": n, "temperature": temperature, "top_p": top_p,
