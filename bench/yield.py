@@ -97,7 +97,7 @@ def parse_args(argv=None):
     ap.add_argument("--bootstrap", type=int, default=2000)
     ap.add_argument("--out", default=str(Path(__file__).parent / "results" / "yield"))
     ap.add_argument("--add", action="store_true",
-                    help="keep the output's records of other difficulties (run difficulties one at a time)")
+                    help="keep the output's records of other difficulties and seeds (run them one at a time)")
     ap.add_argument("--keep", default=None, help="also keep every run's trees under this folder")
     return ap.parse_args(argv)
 
@@ -153,13 +153,14 @@ async def run_search(problems, search, options, ctx, folder, args, share) -> tup
 
 
 def earlier_records(args) -> list[dict]:
-    """With ``--add``: the records already in the output of the difficulties this run does not measure, so
-    difficulties can be run one at a time (each at its own ``--problems``) into one result."""
+    """With ``--add``: the records already in the output of the (difficulty, seed) pairs this run does not
+    measure, so difficulties (each at its own ``--problems``) and more seeds can be run one at a time into one
+    pooled result."""
     path = Path(args.out).with_suffix(".json")
     if not args.add or not path.exists():
         return []
-    ours = {int(d) for d in args.difficulty.split(",")}
-    return [r for r in json.loads(path.read_text()) if r["difficulty"] not in ours]
+    ours = {(int(d), int(s)) for d in args.difficulty.split(",") for s in args.seeds.split(",")}
+    return [r for r in json.loads(path.read_text()) if (r["difficulty"], r["seed"]) not in ours]
 
 
 async def run_all(args, policy):

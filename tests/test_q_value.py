@@ -7,12 +7,14 @@ byte-level tokenizer and a 2-layer Llama) stand in for SmolLM2, so nothing here 
 from __future__ import annotations
 
 import asyncio
+import dataclasses
 import json
 import math
 
 import pytest
 
 import tutor
+from treepref.backends.base import Sampling
 from treepref.backends.scripted import ScriptedPolicy
 from treepref.envs.shop import ShopEnv, load_goals
 from treepref.search import build_config, get_search
@@ -128,13 +130,43 @@ def test_ties_take_the_first_sample_so_none_is_the_policy_alone():
     assert tree.text[tree.meta["episode"]["actions"][2]] == "click[m]"
 
 
+LONG = "search[" + "waterproof " * 30 + "jacket]"  # more tokens than the step's budget: cut off mid-action
+
+
+async def long_first_q(tree, node):
+    """Ranks the long search above everything (a Q-value model may like an action the policy never finished)."""
+    return 1.0 if tree.text[node].startswith("search[waterproof waterproof") else 0.0
+
+
+def test_an_action_cut_off_is_taken_only_when_every_sample_was():
+    """The long search runs out of tokens before its ``]`` and would end the episode unacted: the agent takes
+    the whole jacket search although the scorer ranks the cut one higher, and buys; with nothing but the cut
+    one to choose from, it takes that and the episode ends there, truncated."""
+    plan = {**PLAN, (): [LONG, QUERY]}
+    policy = ScriptedPolicy(lambda s: shop_script(s, plan), delimiter="\n")
+    ctx = dataclasses.replace(shop_context(policy), sampling=Sampling(max_tokens=24))
+    cfg = build_config("q_guided", {"k": 2, "scorer": "test_q_value:long_first_q"}, "test")
+    tree = asyncio.run(get_search("q_guided")(G0, ctx, cfg))
+    cut, whole = tree.children(ROOT)
+    assert tree.info[cut].get("cut_off") and not tree.info[whole].get("cut_off")
+    assert (tree.scores[cut]["q"], tree.scores[whole]["q"]) == (1.0, 0.0)
+    ep = tree.meta["episode"]
+    assert actions(tree, ep["actions"]) == [QUERY, "click[b0m3xg]", "click[s]", "click[buy now]"]
+    assert ep["success"] and tree.meta["stats"]["cut_off"] == 1
+    plan[()] = [LONG]
+    tree = asyncio.run(get_search("q_guided")(G0, ctx, cfg))
+    ep = tree.meta["episode"]
+    assert len(ep["actions"]) == 1 and tree.info[ep["last"]]["cut_off"] and tree.truncated[ep["last"]]
+    assert (ep["ended"], ep["terminated"], ep["success"]) == (True, False, False)
+
+
 def test_max_steps_stops_an_unfinished_episode():
     tree = run_episode(ScriptedPolicy(shop_script, delimiter="\n"), {"k": 2, "max_steps": 2, "truncated_reward": 0.1})
     ep = tree.meta["episode"]
     assert actions(tree, ep["actions"]) == [QUERY, "click[b0m3xg]"]
     assert (ep["ended"], ep["reward"], ep["outcome"], ep["success"]) == (False, None, 0.1, False)
-    assert tree.value(ep["actions"][0]) == pytest.approx(0.1) and tree.meta["stats"] == {"steps": 2,
-                                                                                          "distinct_actions": 3}
+    assert tree.value(ep["actions"][0]) == pytest.approx(0.1) and tree.meta["stats"] == {
+        "steps": 2, "distinct_actions": 3, "cut_off": 0}
 
 
 @pytest.mark.parametrize("scorer, message", [

@@ -259,6 +259,15 @@ def test_the_yield_bench_compares_at_equal_spend_and_writes_every_field(tmp_path
     pooled = json.loads(out.with_name("yield-pooled.json").read_text())
     assert {p["seeds"] == [0, 1] for p in pooled} == {True}
     assert "tree ÷ flat" in out.with_suffix(".md").read_text()
+    # --add pools another seed into the same result; a seed measured again replaces its records
+    for seeds in ("2", "1"):
+        assert bench.main(["--backend", "scripted", "--problems", "3", "--seeds", seeds, "--difficulty", "2",
+                           "--searches", "best_first", "--bootstrap", "50", "--out", str(out), "--add"]) == 0
+    again = json.loads(out.with_suffix(".json").read_text())
+    assert len(again) == 3 * 2 * len(bench.EXPORTS) and sorted({r["seed"] for r in again}) == [0, 1, 2]
+    assert [r for r in again if r["seed"] == 0] == [r for r in records if r["seed"] == 0]
+    pooled = json.loads(out.with_name("yield-pooled.json").read_text())
+    assert {p["seeds"] == [0, 1, 2] for p in pooled} == {True}
 
 
 def test_a_completion_by_step_ends_at_the_first_slip_and_generates_nothing_past_it():

@@ -11,7 +11,9 @@ offer fewer than ``k`` distinct actions) and keeps its score in ``tree.scores[no
 expanded next. Ties go to the action sampled first, so ``scorer: none`` (every action scores 0) is the policy
 acting alone at the same ``k`` samples per step, the baseline a bench compares with. The episode's outcome
 is backed up along the chosen path, so the trees export like any search's; ``tree.meta["episode"]`` says how
-it ended. Rewards are never read to choose: a scorer that plays actions out would see the reward of a final
+it ended. An action cut off mid-generation (its token budget ran out: ``info["cut_off"]``) is not acted on and
+would end the episode, so it is taken only when every sample of the step was cut off. Rewards are never read to
+choose: a scorer that plays actions out would see the reward of a final
 action (``buy now``) before the agent commits to it, so ``rollouts`` and ``advantage`` are refused.
 """
 
@@ -95,7 +97,7 @@ async def q_guided(problem: Problem, ctx: SearchContext, cfg: QGuidedConfig | No
     a final node or ``cfg.max_steps``."""
     cfg = cfg or QGuidedConfig()
     tree, states = new_tree(problem, ctx, "q_guided", settings_of(cfg))
-    node, taken, sampled = ROOT, [], 0
+    node, taken, sampled, cut_off = ROOT, [], 0, 0
     while not tree.is_final(node) and (cfg.max_steps is None or len(taken) < cfg.max_steps):
         children = await expand(tree, states, node, ctx, cfg.k, widen=cfg.widen)
         if not children:  # every sample was empty: nothing to act on
@@ -104,7 +106,9 @@ async def q_guided(problem: Problem, ctx: SearchContext, cfg: QGuidedConfig | No
         for c, v in zip(children, values):
             tree.scores[c]["q"] = v
         sampled += len(children)
-        node = children[best(values)]
+        cut = [bool(tree.info[c].get("cut_off")) for c in children]
+        cut_off += sum(cut)
+        node = children[best(values, cut)]
         taken.append(node)
     ended = tree.is_final(node)
     outcome = leaf_value(tree, node, cfg.truncated_reward) if ended else cfg.truncated_reward
@@ -113,13 +117,16 @@ async def q_guided(problem: Problem, ctx: SearchContext, cfg: QGuidedConfig | No
     tree.meta["episode"] = {"actions": taken, "last": node, "ended": ended, "terminated": bool(tree.terminated[node]),
                             "reward": tree.reward[node] if tree.terminated[node] else None, "outcome": outcome,
                             "success": succeeded(tree, node, ctx.success)}
-    tree.meta["stats"] = {"steps": len(taken), "distinct_actions": sampled}
+    tree.meta["stats"] = {"steps": len(taken), "distinct_actions": sampled, "cut_off": cut_off}
     return tree
 
 
-def best(values: list[float]) -> int:
-    """The index of the highest value, the first among equals; NaN ranks below everything."""
-    return max(range(len(values)), key=lambda i: (-math.inf if math.isnan(values[i]) else values[i], -i))
+def best(values: list[float], cut: list[bool] | None = None) -> int:
+    """The index of the highest value, the first among equals; NaN ranks below everything, and an action that
+    was ``cut`` off below every whole one."""
+    cut = cut or [False] * len(values)
+    return max(range(len(values)),
+               key=lambda i: (not cut[i], -math.inf if math.isnan(values[i]) else values[i], -i))
 
 
 async def score(scorer, tree: Tree, states: dict, nodes: list[int], ctx: SearchContext) -> list[float]:
