@@ -138,16 +138,19 @@ def finished(tree, nodes=None) -> list[int]:
     return [n for n in nodes if n != ROOT and tree.terminated[n]]
 
 
+def path_scores(scorer, tree, nodes: list[int]) -> list[list[float]]:
+    """A stepwise scorer's (PAV's or ORM's) score of every step on each node's path, on the tree's own ids."""
+    return scorer.score_many([(tree.token_ids[ROOT], [tree.token_ids[i] for i in tree.path(n)]) for n in nodes])
+
+
 def pav_value(pav, tree, nodes: list[int]) -> list[float]:
     """The PAV's advantages summed along each node's path: its estimate of V(node) - V(prompt)."""
-    rows = pav.score_many([(tree.token_ids[ROOT], [tree.token_ids[i] for i in tree.path(n)]) for n in nodes])
-    return [sum(r) for r in rows]
+    return [sum(r) for r in path_scores(pav, tree, nodes)]
 
 
 def orm_value(orm, tree, nodes: list[int]) -> list[float]:
     """The ORM's score at each solution's last step: its estimate that the whole solution is right."""
-    rows = orm.score_many([(tree.token_ids[ROOT], [tree.token_ids[i] for i in tree.path(n)]) for n in nodes])
-    return [r[-1] for r in rows]
+    return [r[-1] for r in path_scores(orm, tree, nodes)]
 
 
 def pick(tree, nodes: list[int], how: str, pav, orm) -> int | None:

@@ -45,9 +45,7 @@ def _label(tree: Tree, node: int, source: str, threshold: float) -> tuple[bool, 
         if tree.mc_total[node]:
             soft = tree.mc_correct[node] / tree.mc_total[node]
             return tree.mc_correct[node] > 0, soft
-        if tree.terminated[node] and tree.reward[node] is not None:
-            return is_success(tree.reward[node], tree.info[node]), float(tree.reward[node])
-        return None
+        return _outcome(tree, node)  # a final node without counts: its own reward
     score = value_reader(source)(tree, node)
     if score is None:
         return None
@@ -56,7 +54,8 @@ def _label(tree: Tree, node: int, source: str, threshold: float) -> tuple[bool, 
 
 
 def _outcome(tree: Tree, end: int) -> tuple[bool, float] | None:
-    """The label every step of the path to ``end`` gets under ``source="outcome"``; None if it has no outcome."""
+    """How the path to ``end`` ended (every step's label under ``source="outcome"``); None if it did not end
+    in a scored final node."""
     if not tree.terminated[end] or tree.reward[end] is None:
         return None
     return is_success(tree.reward[end], tree.info[end]), float(tree.reward[end])

@@ -13,8 +13,8 @@ acting alone at the same ``k`` samples per step, the baseline a bench compares w
 is backed up along the chosen path, so the trees export like any search's; ``tree.meta["episode"]`` says how
 it ended. An action cut off mid-generation (its token budget ran out: ``info["cut_off"]``) is not acted on and
 would end the episode, so it is taken only when every sample of the step was cut off. Rewards are never read to
-choose: a scorer that plays actions out would see the reward of a final
-action (``buy now``) before the agent commits to it, so ``rollouts`` and ``advantage`` are refused.
+choose: a scorer that plays actions out would see the reward of a final action (``buy now``) before the agent
+commits to it, so ``rollouts`` and ``advantage`` are refused.
 """
 
 from __future__ import annotations
