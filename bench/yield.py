@@ -43,7 +43,7 @@ from treepref.domains.arithmetic import generate, worked_examples  # noqa: E402
 from treepref.envs.reasoning import ReasoningEnv  # noqa: E402
 from treepref.extract import export  # noqa: E402
 from treepref.extract.quality import classify_pair  # noqa: E402
-from treepref.runner import load_trees, run_problems  # noqa: E402
+from treepref.runner import load_trees, run_problems, tree_path  # noqa: E402
 from treepref.search import build_config, get_search  # noqa: E402
 from treepref.search.base import SearchContext  # noqa: E402
 from treepref.search.sample import SampleConfig, first_solutions, sample  # noqa: E402
@@ -63,12 +63,17 @@ FLAT_N = 4  # whole solutions per flat request
 # Export settings (pair rule, filters). "judged rejected": the rejected step ended its path on the environment's
 # verdict (a wrong answer, a false step), so its value is exact; "value prefix": every prefix step's value is
 # >= 0.5; "success prefix" (the export's default, with two visits per non-final side): the pair's parent lies on
-# a path that reached the answer.
+# a path that reached the answer; "checked steps": no step of prose (nothing the step check could judge) is
+# chosen or in the prefix.
 EXPORTS = {
     "max_min, value prefix + judged rejected": ("max_min", {"prefix": "value", "exact_rejected": "judged"}),
     "margin, value prefix + judged rejected": ("margin", {"prefix": "value", "exact_rejected": "judged"}),
     "max_min, success prefix + judged rejected": ("max_min", {"exact_rejected": "judged"}),
     "margin, success prefix + judged rejected": ("margin", {"exact_rejected": "judged"}),
+    "max_min, success prefix + judged rejected + checked steps": ("max_min", {"exact_rejected": "judged",
+                                                                             "checked_steps": True}),
+    "margin, success prefix + judged rejected + checked steps": ("margin", {"exact_rejected": "judged",
+                                                                           "checked_steps": True}),
     "margin, defaults": ("margin", {}),
 }
 
@@ -99,7 +104,13 @@ def parse_args(argv=None):
     ap.add_argument("--add", action="store_true",
                     help="keep the output's records of other difficulties and seeds (run them one at a time)")
     ap.add_argument("--keep", default=None, help="also keep every run's trees under this folder")
-    return ap.parse_args(argv)
+    ap.add_argument("--reuse", action="store_true",
+                    help="with --keep: read back the trees kept there instead of searching again (re-exports "
+                         "kept runs under new export settings; --backend scripted then needs no model)")
+    args = ap.parse_args(argv)
+    if args.reuse and not args.keep:
+        ap.error("--reuse reads the trees of --keep: name the folder")
+    return args
 
 
 def scripted_policy():
@@ -144,12 +155,14 @@ def record(search, difficulty, seed, label, trees, rows, budget, wall) -> dict:
             "wall_s": None if wall is None else round(wall, 1)}
 
 
-async def run_search(problems, search, options, ctx, folder, args, share) -> tuple[list, float]:
+async def run_search(problems, search, options, ctx, folder, args, share) -> tuple[list, float | None]:
+    """The search's trees on ``problems`` and its wall time (None when ``--reuse`` read every tree back)."""
     cfg = build_config(search, options, "bench/yield.py") if isinstance(options, dict) else options
+    kept = args.reuse and all(tree_path(Path(folder), p.id).exists() for p in problems)
     t0 = time.perf_counter()
     await run_problems(problems, get_search(search) if isinstance(search, str) else search, cfg, ctx, folder,
-                       concurrency=args.concurrency, resume=False, progress=False, share_budget=share)
-    return load_trees(folder), time.perf_counter() - t0
+                       concurrency=args.concurrency, resume=args.reuse, progress=False, share_budget=share)
+    return load_trees(folder), None if kept else time.perf_counter() - t0
 
 
 def earlier_records(args) -> list[dict]:

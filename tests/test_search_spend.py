@@ -259,6 +259,15 @@ def test_the_yield_bench_compares_at_equal_spend_and_writes_every_field(tmp_path
     pooled = json.loads(out.with_name("yield-pooled.json").read_text())
     assert {p["seeds"] == [0, 1] for p in pooled} == {True}
     assert "tree ÷ flat" in out.with_suffix(".md").read_text()
+    # --reuse re-exports the kept trees without searching: the same records, no wall time
+    reread, kept = tmp_path / "reread", sorted((tmp_path / "trees").rglob("*.json"))
+    written = [f.stat().st_mtime_ns for f in kept]
+    assert bench.main(["--backend", "scripted", "--problems", "3", "--seeds", "0,1", "--difficulty", "2",
+                       "--searches", "best_first", "--bootstrap", "50", "--out", str(reread),
+                       "--keep", str(tmp_path / "trees"), "--reuse"]) == 0
+    reused = json.loads(reread.with_suffix(".json").read_text())
+    assert {r["wall_s"] for r in reused} == {None} and [f.stat().st_mtime_ns for f in kept] == written
+    assert [{**r, "wall_s": None} for r in reused] == [{**r, "wall_s": None} for r in records]
     # --add pools another seed into the same result; a seed measured again replaces its records
     for seeds in ("2", "1"):
         assert bench.main(["--backend", "scripted", "--problems", "3", "--seeds", seeds, "--difficulty", "2",

@@ -199,6 +199,12 @@ class Tree:
     def is_final(self, node: int) -> bool:
         return self.terminated[node] or self.truncated[node]
 
+    def checked(self, node: int) -> bool:
+        """Whether the environment's step check, where one runs (``info["step_check"]``), had something to
+        judge in this step: False for a step stating nothing it could check (prose, "so we divide by 2"),
+        whose rightness nobody knows; True for a verdict either way, and wherever no step check runs."""
+        return self.info[node].get("step_check", True) is not None
+
     def nodes(self, kind: str | None = STEP) -> list[int]:
         return [i for i in range(len(self)) if kind is None or self.kind[i] == kind]
 

@@ -134,13 +134,17 @@ def _pair_row(tree: Tree, ctx: Context, p: Pair) -> dict:
 def _checks(tree: Tree, ctx: Context, p: Pair, on_success: set[int]) -> dict:
     """What the pair filters (``stats.apply_filters``) read: whether the parent lies on a successful path
     (``common.success_nodes``), the export's value of every node on the parent's path (root excluded), and
-    the visits of each side that is not final (a final side's value is exact, whatever its visits), and
-    whether the rejected side is final, and judged (:func:`_judged`)."""
+    the visits of each side that is not final (a final side's value is exact, whatever its visits),
+    whether the rejected side is final, and judged (:func:`_judged`), and whether the environment's step
+    check judged every prefix step and the chosen step (``Tree.checked``; a chosen answer it read counts)."""
+    path = tree.path(p.parent)
     return {"on_success_path": p.parent in on_success,
-            "prefix_values": [_float(ctx.read(tree, n)) for n in tree.path(p.parent)],
+            "prefix_values": [_float(ctx.read(tree, n)) for n in path],
             "side_visits": [tree.visits[n] for n in (p.chosen, p.rejected) if not tree.is_final(n)],
             "rejected_final": tree.is_final(p.rejected),
-            "rejected_judged": _judged(tree, p.rejected)}
+            "rejected_judged": _judged(tree, p.rejected),
+            "steps_checked": (all(tree.checked(n) for n in path)
+                              and (tree.checked(p.chosen) or _judged(tree, p.chosen)))}
 
 
 def _judged(tree: Tree, node: int) -> bool:
@@ -462,7 +466,7 @@ class Format:
 
 _PAIR_FILTERS = ("min_margin", "min_edit", "max_per_node", "max_per_problem")
 # Sibling-pair formats also filter on the prefix and the evidence behind each side (stats.apply_filters).
-_STEP_PAIR_FILTERS = ("prefix", "prefix_value", "min_visits", "exact_rejected") + _PAIR_FILTERS
+_STEP_PAIR_FILTERS = ("prefix", "prefix_value", "min_visits", "exact_rejected", "checked_steps") + _PAIR_FILTERS
 _ID = ("problem_id", "recipe")
 _PAIR_IDS = ("prompt_ids", "chosen_ids", "rejected_ids")
 _PAIR_COLUMNS = _ID + ("prompt", "chosen", "rejected", "question", "prefix_steps", "chosen_value",

@@ -42,7 +42,7 @@ PREFIXES = (None, "any", "success", "value")
 # ``prefix_value`` is the threshold of ``prefix="value"`` and nothing else.
 EXACT_REJECTED = (None, False, True, "judged")
 FILTER_DEFAULTS = {"prefix": "success", "prefix_value": 0.5, "min_visits": 2, "exact_rejected": None,
-                   "min_margin": None, "min_edit": None, "max_per_node": None, "max_per_problem": None}
+                   "checked_steps": None, "min_margin": None, "min_edit": None, "max_per_node": None, "max_per_problem": None}
 
 
 def filter_settings(names, given: dict) -> dict:
@@ -53,6 +53,8 @@ def filter_settings(names, given: dict) -> dict:
         raise ValueError(f"unknown prefix {out['prefix']!r}; choose one of {list(PREFIXES)}")
     if out.get("exact_rejected") not in EXACT_REJECTED:
         raise ValueError(f"exact_rejected must be true, false or 'judged', got {out['exact_rejected']!r}")
+    if out.get("checked_steps") not in (None, False, True):
+        raise ValueError(f"checked_steps must be true or false, got {out['checked_steps']!r}")
     if "prefix_value" in given and out.get("prefix") != "value":
         raise ValueError(f"prefix_value={given['prefix_value']!r} is read only with prefix='value' "
                          f"(got prefix={out.get('prefix')!r})")
@@ -67,7 +69,7 @@ def _prefix_ok(it: Item, prefix: str, threshold: float) -> bool:
 
 def apply_filters(items: list[Item], *, prefix: str | None = None, prefix_value: float = 0.5,
                   min_visits: int | None = None, exact_rejected: bool | str | None = None,
-                  min_margin: float | None = None, min_edit: int | None = None,
+                  checked_steps: bool | None = None, min_margin: float | None = None, min_edit: int | None = None,
                   max_per_node: int | None = None, max_per_problem: int | None = None
                   ) -> tuple[list[Item], dict[str, int]]:
     """Filter items in this order, each one counting in ``dropped`` what it removed from what the earlier
@@ -84,6 +86,10 @@ def apply_filters(items: list[Item], *, prefix: str | None = None, prefix_value:
       rather than an estimate from completions below it; a right step whose completions happened to fail
       then never stands as rejected. ``"judged"`` also asks that the environment judged what the step
       states (a wrong answer, a false step), so no stop without an answer and no cut step is rejected.
+    * ``checked_steps`` (sibling pairs): True keeps pairs whose prefix steps and chosen step the
+      environment's step check judged (``Tree.checked``; a chosen final answer it read counts): a step of
+      prose that happened to lie on a path to the answer is neither chosen nor part of a prefix, since
+      nobody knows whether it is right. Without a step check every pair passes.
     * ``min_margin`` (unknown margins are dropped too), ``min_edit`` (characters between the two texts).
     * ``max_per_node``, ``max_per_problem``: caps, keeping the largest margins.
 
@@ -101,6 +107,9 @@ def apply_filters(items: list[Item], *, prefix: str | None = None, prefix_value:
         key = "rejected_judged" if exact_rejected == "judged" else "rejected_final"
         kept = [it for it in items if it.checks[key]]
         dropped["exact_rejected"], items = len(items) - len(kept), kept
+    if checked_steps:
+        kept = [it for it in items if it.checks["steps_checked"]]
+        dropped["checked_steps"], items = len(items) - len(kept), kept
     if min_margin is not None:
         kept = [it for it in items if it.margin is not None and it.margin >= min_margin]
         dropped["min_margin"], items = len(items) - len(kept), kept

@@ -78,10 +78,10 @@ class TokenPool:
 
 
 def checked_path(tree: Tree, node: int) -> bool:
-    """Whether no step on the path to ``node`` escaped the environment's step check: where one runs
-    (``info["step_check"]``), a step stating nothing it could check (prose, "so we should divide by 2") is no
-    prefix to widen below, since whether it is right is unknown; without a step check every path qualifies."""
-    return all(tree.info[n].get("step_check", True) is not None for n in tree.path(node))
+    """Whether no step on the path to ``node`` escaped the environment's step check (``Tree.checked``): a step
+    of prose is no prefix to widen below, since whether it is right is unknown; without a step check every
+    path qualifies."""
+    return all(tree.checked(n) for n in tree.path(node))
 
 
 def successful_path_nodes(tree: Tree, success: float = 1.0) -> set[int]:
