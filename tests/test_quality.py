@@ -139,3 +139,14 @@ def test_a_row_whose_problem_is_missing_names_it():
     with pytest.raises(ValueError, match="arith-0-99") as err:
         pair_label_quality([row([S1], S2, "15 * 5 = 70", pid="arith-0-99")], PROBLEMS)
     assert "\n" not in str(err.value)
+
+
+# -- the first error, ProcessBench's label ---------------------------------------------------------------
+def test_first_error_is_the_first_wrong_or_off_track_step():
+    from treepref.extract.quality import first_error
+
+    assert first_error(P, [S1, S2, S3, "The answer is 59."]) == -1
+    assert first_error(P, [S1, "15 * 5 = 70", "70 - 16 = 54", "The answer is 54."]) == 1  # false equation
+    assert first_error(P, ["So we compute.", S1, "15 * 4 = 60", "The answer is 44."]) == 2  # off track; prose is no error
+    assert first_error(P, [S1, S2, S3, "The answer is 58."]) == 3  # only the answer is wrong
+    assert first_error(P, []) == -1

@@ -68,3 +68,59 @@ def test_outcome_labels_only_stepwise_rows():
         export([small_tree()], "step_pairs", value="outcome", template=None)
     ds, stats = export([small_tree()], "stepwise", value="outcome", template=None)
     assert ds["labels"] == [[True, True]] and stats["value"] == "outcome"
+
+
+def consensus_tree() -> Tree:
+    """Four first steps of 17 - 2 * 3, each with Monte Carlo counts, and what a second signal says of them."""
+    t = Tree(problem_id="c", prompt="What is 17 - 2 * 3?", answer="11")
+    agree_right = t.add(ROOT, "2 * 3 = 6", info={"step_check": True})  # MC 2/4 right, check right: kept
+    lucky = t.add(ROOT, "17 - 2 = 15", info={"step_check": True})       # MC 0/4, check right: disagree
+    unchecked = t.add(ROOT, "First, think.", info={"step_check": None})  # prose: judged wrong, MC 1/4
+    judged = t.add(ROOT, "Multiply first.", info={"step_check": None})   # prose: judged right, MC 3/4
+    undecided = t.add(ROOT, "Hmm.", info={"step_check": None})           # the judge split 2-2: no verdict
+    for node, c, judge in ((agree_right, 2, None), (lucky, 0, None), (unchecked, 1, 0.25), (judged, 3, 0.75),
+                           (undecided, 4, 0.5)):
+        t.mc_correct[node], t.mc_total[node] = c, 4
+        if judge is not None:
+            t.scores[node]["judge"] = judge
+    end = t.add(agree_right, "17 - 6 = 11. The answer is 11.", terminated=True, reward=1.0,
+                info={"step_check": True})
+    slip = t.add(lucky, "15 * 3 = 44", terminated=True, reward=0.0, info={"step_check": False})
+    return t, {"agree_right": agree_right, "lucky": lucky, "unchecked": unchecked, "judged": judged,
+               "undecided": undecided, "end": end, "slip": slip}
+
+
+def test_consensus_keeps_a_monte_carlo_label_only_where_a_second_signal_agrees():
+    from treepref.extract.labels import consensus_label
+
+    t, n = consensus_tree()
+    assert consensus_label(t, n["agree_right"]) == (True, 0.5)
+    assert consensus_label(t, n["lucky"]) is None        # MC says wrong, the check says right
+    assert consensus_label(t, n["unchecked"]) is None    # MC says right (1 of 4), the judge says wrong
+    assert consensus_label(t, n["judged"]) == (True, 0.75)
+    assert consensus_label(t, n["undecided"]) is None
+    assert consensus_label(t, n["slip"]) == (False, 0.0)  # a final step: its outcome
+    rows = stepwise_rows(t, source="consensus")
+    assert [(r["completions"], r["labels"], r["soft_labels"]) for r in rows] == [
+        (["Multiply first."], [True], [0.75]),  # a path is cut at its first step without consensus
+        (["2 * 3 = 6", "17 - 6 = 11. The answer is 11."], [True, True], [0.5, 1.0])]
+    assert rows[0]["label_source"] == "consensus"
+    mc = stepwise_rows(t, source="mc")
+    assert [r["labels"] for r in mc if r["completions"][0] in ("17 - 2 = 15", "First, think.")] == [
+        [True], [False, False]]  # what Monte Carlo alone says of the steps consensus leaves out
+
+
+def test_consensus_is_a_value_every_export_reads_and_needs_a_second_signal():
+    import pytest
+
+    from treepref.extract.api import export
+
+    t, n = consensus_tree()
+    ds, stats = export([t], "step_pairs", rule="max_min", value="consensus", prefix=None, min_visits=None,
+                       template=lambda messages: messages[-1]["content"])
+    assert [(r["chosen"].strip(), r["rejected"].strip()) for r in ds] == [("Multiply first.", "2 * 3 = 6")]
+    assert stats["value"] == "consensus"
+    bare = Tree(problem_id="b", prompt="Q?", answer="1")
+    bare.add(ROOT, "x")
+    with pytest.raises(ValueError, match="value='consensus'.*no step has one"):
+        export([bare], "stepwise", value="consensus", template=None)

@@ -11,8 +11,9 @@ from treepref.backends.scripted import EOS, ScriptedPolicy
 from treepref.envs.reasoning import ReasoningEnv, plain_template
 from treepref.problems import Problem
 from treepref.tokens import PLAIN
-from treepref.train.evaluate import (Solution, aggregate, by_score, evaluate, majority, pair_auc, policy_report,
-                                     prm_step_scores, rerank_report, sample_solutions, verifier_scores, wilson)
+from treepref.train.evaluate import (Solution, aggregate, by_score, evaluate, first_error_f1, majority, pair_auc,
+                                     policy_report, predicted_first_error, prm_step_scores, rerank_report,
+                                     sample_solutions, verifier_scores, wilson)
 
 
 def sol(answer, correct=False, tokens=(1,), mean_logprob=-1.0) -> Solution:
@@ -166,3 +167,20 @@ def test_evaluate_on_a_given_policy_reports_greedy_and_reranking():
     assert set(r["rerank"]) == {"first", "oracle", "mean_sample", "majority", "logprob"}
     assert r["rerank"]["majority"]["correct"] == 2  # 2-2 ties: "2" was stated first
     assert r["generated_tokens"] > 0
+
+
+# -- ProcessBench-style first-error score ---------------------------------------------------------------
+def test_first_error_f1_is_the_harmonic_mean_of_the_two_accuracies():
+    # A PRM's step scores on five solutions, threshold 0.5: first steps below it at 1, -1, 0, 2, -1
+    scores = [[0.9, 0.2, 0.1], [0.8, 0.7], [0.4, 0.9], [0.6, 0.6, 0.3], [0.5, 0.5]]
+    predicted = [predicted_first_error(s) for s in scores]
+    assert predicted == [1, -1, 0, 2, -1]
+    truth = [1, 0, -1, 2, -1]  # two errors found exactly (1 and 2), one missed (0); clean: one of two passed
+    got = first_error_f1(predicted, truth)
+    assert (got["n_error"], got["n_correct"]) == (3, 2)
+    assert got["error_accuracy"] == pytest.approx(2 / 3) and got["correct_accuracy"] == pytest.approx(1 / 2)
+    assert got["f1"] == pytest.approx(2 * (2 / 3) * (1 / 2) / (2 / 3 + 1 / 2))  # 4/7
+    assert first_error_f1([-1, -1], [-1, -1])["f1"] is None  # no erroneous solution: no F1
+    assert first_error_f1([0], [1])["error_accuracy"] == 0.0  # flagging too early is a miss
+    with pytest.raises(ValueError, match="2 predictions for 1 solutions"):
+        first_error_f1([0, 1], [1])

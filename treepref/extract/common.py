@@ -24,6 +24,7 @@ LAYOUTS = ("standard", "conversational")
 BUILTIN_VALUES = ("value", "mc", "reward")
 DERIVED = ("advantage", "prover_value")  # score keys also read where a final step implies them
 OUTCOME = "outcome"  # stepwise only: each step labelled by its path's end (extract.stepwise), no node value
+CONSENSUS = "consensus"  # the Monte Carlo value where a second signal agrees with its label (extract.labels)
 
 
 @dataclass(frozen=True)
@@ -48,7 +49,8 @@ def value_reader(name: str) -> ValueReader:
     """The node value a rule reads: ``value`` (backed-up mean), ``mc``, ``reward`` or a ``scores`` key.
 
     A score key may be written plainly (``prm``) or as ``scores.prm`` (needed if it clashes with a
-    built-in name). Nodes without that value read as None. ``advantage`` and ``prover_value`` (what the
+    built-in name). Nodes without that value read as None. ``consensus`` is the Monte Carlo value of the
+    steps whose label a second signal confirms (``extract.labels``), None elsewhere. ``advantage`` and ``prover_value`` (what the
     advantage evaluator recorded, ``verifiers.progress``) are also read for final steps, from their outcome, so a
     right answer ranks against its siblings; ``scores.advantage`` reads only what was recorded.
     """
@@ -56,6 +58,10 @@ def value_reader(name: str) -> ValueReader:
         from treepref.verifiers import progress
 
         return getattr(progress, name)
+    if name == CONSENSUS:
+        from treepref.extract.labels import consensus_value
+
+        return consensus_value
     if name == "value":
         return lambda tree, node: tree.value(node)
     if name == "mc":
@@ -71,6 +77,13 @@ def value_reader(name: str) -> ValueReader:
 def check_value_name(name: str, trees: list[Tree]) -> None:
     """Raise if ``name`` is neither built in nor a score key any node of ``trees`` carries."""
     if name in BUILTIN_VALUES or name == OUTCOME:
+        return
+    if name == CONSENSUS:
+        from treepref.extract.labels import has_second_signal
+
+        if trees and not has_second_signal(trees):
+            raise ValueError("value='consensus' keeps a Monte Carlo label where a second signal agrees, and no "
+                             "step has one: run with an env.step_check or a judge evaluator (scores['judge'])")
         return
     key = name[len("scores."):] if name.startswith("scores.") else name
     if trees and not any(key in s for t in trees for s in t.scores):

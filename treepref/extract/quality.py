@@ -61,6 +61,20 @@ def classify_step(problem: Problem, prefix_steps: Sequence[str], step: str,
     return "right" if on_track(problem, step) else "off"
 
 
+ERRORS = ("wrong", "off")  # the step classes that count as a process error (ProcessBench's label)
+
+
+def first_error(problem: Problem, steps: Sequence[str], *, read_answer: AnswerReader | None = None) -> int:
+    """The index of a solution's first erroneous step by the exact oracle, -1 when it has none: the truth a
+    ProcessBench-style score (``train.evaluate.first_error_f1``) compares a PRM's guess with. An error is a
+    step ``classify_step`` calls ``wrong`` (a false equation, a wrong answer) or ``off`` (true arithmetic
+    that is no step of this solution: the path has left it); prose and repeats are no error."""
+    for i, step in enumerate(steps):
+        if classify_step(problem, steps[:i], step, read_answer=read_answer) in ERRORS:
+            return i
+    return -1
+
+
 def _bucket(prefix: list[str], chosen: str, rejected: str) -> str:
     if any(c != "right" for c in prefix):
         return "bad_prefix"

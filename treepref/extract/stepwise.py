@@ -20,6 +20,9 @@ Label sources:
     (A per step), ``prover_values`` (V at the prompt, then after each step: ``advantages[i] =
     prover_values[i + 1] - prover_values[i]``) and the counts behind them, ``prover_correct`` / ``prover_total``
     (None for a final step, valued by its outcome).
+  * ``"consensus"``: the Monte Carlo label kept only where a second signal agrees (the step check's verdict,
+    else the policy-as-judge's majority; ``extract.labels``); a step without agreement is unlabelled, so the
+    path is cut there. A final step is labelled by its outcome.
   * ``"outcome"``: every step of a path labelled by how the path ended (hard = the final node succeeded, soft
     = its reward): an outcome verifier's (ORM's) targets, read at every prefix as Uesato et al. train one. It
     needs no values inside the tree, so flat samples give it too; a path that did not end in a scored final
@@ -34,31 +37,22 @@ from __future__ import annotations
 
 from typing import Iterable
 
-from treepref.envs.base import is_success
-from treepref.extract.common import OUTCOME, value_reader
+from treepref.extract.common import CONSENSUS, OUTCOME, value_reader
+from treepref.extract.labels import consensus_label, mc_label, outcome_label
 from treepref.tree import ROOT, STEP, Tree
 from treepref.verifiers.progress import advantage, as_unit, prover_value
 
 
 def _label(tree: Tree, node: int, source: str, threshold: float) -> tuple[bool, float] | None:
     if source == "mc":
-        if tree.mc_total[node]:
-            soft = tree.mc_correct[node] / tree.mc_total[node]
-            return tree.mc_correct[node] > 0, soft
-        return _outcome(tree, node)  # a final node without counts: its own reward
+        return mc_label(tree, node)
+    if source == CONSENSUS:
+        return consensus_label(tree, node)
     score = value_reader(source)(tree, node)
     if score is None:
         return None
     soft = as_unit(score) if source == "advantage" else float(score)
     return soft >= threshold, soft
-
-
-def _outcome(tree: Tree, end: int) -> tuple[bool, float] | None:
-    """How the path to ``end`` ended (every step's label under ``source="outcome"``); None if it did not end
-    in a scored final node."""
-    if not tree.terminated[end] or tree.reward[end] is None:
-        return None
-    return is_success(tree.reward[end], tree.info[end]), float(tree.reward[end])
 
 
 def _progress_columns(tree: Tree, nodes: list[int]) -> dict:
@@ -89,7 +83,7 @@ def stepwise_rows(tree: Tree, *, source: str = "mc", threshold: float = 0.5, pat
     rows = []
     for end in path_ends(tree, paths=paths):
         nodes, labels, soft = [], [], []
-        outcome = _outcome(tree, end) if source == OUTCOME else None
+        outcome = outcome_label(tree, end) if source == OUTCOME else None
         if source == OUTCOME and outcome is None:
             continue
         for node in tree.path(end):

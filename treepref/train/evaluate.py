@@ -185,6 +185,25 @@ def pair_auc(solutions: Sequence[Sequence[Solution]], scores: Sequence[Sequence[
     return wins / total if total else None
 
 
+def predicted_first_error(step_scores: Sequence[float], threshold: float = 0.5) -> int:
+    """A PRM's guess at a solution's first wrong step: the first step scored below ``threshold``; -1 if none."""
+    return next((i for i, v in enumerate(step_scores) if v < threshold), -1)
+
+
+def first_error_f1(predicted: Sequence[int], truth: Sequence[int]) -> dict:
+    """ProcessBench's score of first-error finding: ``error_accuracy`` (solutions with an error whose first
+    wrong step was found exactly), ``correct_accuracy`` (solutions without one that were passed whole: -1),
+    and ``f1``, their harmonic mean. A share is None when no solution is of its kind, and so is ``f1``."""
+    if len(predicted) != len(truth):
+        raise ValueError(f"{len(predicted)} predictions for {len(truth)} solutions")
+    errors = [p == t for p, t in zip(predicted, truth) if t >= 0]
+    clean = [p == -1 for p, t in zip(predicted, truth) if t < 0]
+    a = sum(errors) / len(errors) if errors else None
+    b = sum(clean) / len(clean) if clean else None
+    f1 = None if a is None or b is None else (2 * a * b / (a + b) if a + b else 0.0)
+    return {"error_accuracy": a, "correct_accuracy": b, "f1": f1, "n_error": len(errors), "n_correct": len(clean)}
+
+
 def rerank_report(problems: Sequence[Problem], solutions: Sequence[Sequence[Solution]],
                   scores: dict[str, Sequence[Sequence[float]]] | None = None, z: float = Z95) -> dict:
     """Accuracy of each way of picking one of a problem's N solutions, with its Wilson interval.
