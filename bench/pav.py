@@ -47,6 +47,7 @@ sys.path.insert(0, str(Path(__file__).resolve().parents[1]))
 import yaml  # noqa: E402
 
 import treepref  # noqa: E402
+from treepref.extract.common import problem_of  # noqa: E402
 from treepref.search.base import succeeded  # noqa: E402
 from treepref.search.sample import first_solutions  # noqa: E402
 from treepref.train.evaluate import accuracy, majority  # noqa: E402
@@ -140,7 +141,9 @@ def finished(tree, nodes=None) -> list[int]:
 
 def path_scores(scorer, tree, nodes: list[int]) -> list[list[float]]:
     """A stepwise scorer's (PAV's or ORM's) score of every step on each node's path, on the tree's own ids."""
-    return scorer.score_many([(tree.token_ids[ROOT], [tree.token_ids[i] for i in tree.path(n)]) for n in nodes])
+    question = problem_of(tree).question
+    return scorer.score_many([scorer.row(tree.token_ids[ROOT], [tree.token_ids[i] for i in tree.path(n)], question)
+                              for n in nodes])
 
 
 def pav_value(pav, tree, nodes: list[int]) -> list[float]:

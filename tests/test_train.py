@@ -68,8 +68,9 @@ def run(method, data, model, out, fmt=None, **train):
     opts = {"max_steps": 8, "batch_size": 2, "learning_rate": 2e-2, "logging_steps": 1, "save_steps": 100,
             "progress": False, **train}
     loss = opts.pop("loss", {})
+    top = {"input": opts.pop("input")} if "input" in opts else {}
     cfg = train_config_from_dict({"method": method, "data": data, "format": fmt, "model": model, "output": str(out),
-                                  "loss": {"beta": 1.0, **loss}, "train": opts})
+                                  "loss": {"beta": 1.0, **loss}, "train": opts, **top})
     return train_fn(cfg)
 
 
@@ -190,6 +191,43 @@ def test_prm_learns_step_labels(tok, tiny, tmp_path):
     with torch.no_grad():
         probs = [model(input_ids=torch.tensor([p + ids])).logits[0, -1].softmax(-1)[1] for ids in (good, bad)]
     assert probs[0] > 0.5 > probs[1]
+
+
+def test_a_prm_trained_on_the_question_alone_reads_it_back_so(tok, tiny, tmp_path):
+    """``input: question``: the examples start with the question in the chat template (not the policy's long
+    prompt of worked examples), the summary says so, and the loaded scorer reads a tree the same way."""
+    import asyncio
+
+    from treepref.tokens import question_ids
+    from treepref.tree import ROOT, Tree
+    from treepref.verifiers.trained import load_trained
+
+    q = "What is 2 + 3?"
+    policy = prompt_ids(tok, "Worked example: 1 + 1 = 2. The answer is 2.\n\n" + q)  # what the policy saw
+    own = question_ids(tok, q)
+    assert own == prompt_ids(tok, q) and len(policy) > len(own)
+    good, bad = step_ids(tok, "2 + 3 = 5\n\n"), step_ids(tok, "2 + 3 = 6\n\n")
+    rows = [{"prompt": q, "prompt_ids": policy, "completions_ids": [good], "labels": [True], "soft_labels": [0.9]},
+            {"prompt": q, "prompt_ids": policy, "completions_ids": [bad], "labels": [False], "soft_labels": [0.1]}]
+    built = Builder("prm", "rows", tok.eos_token_id, question_ids=lambda text: question_ids(tok, text)).build(rows)
+    assert [ex.ids for ex in built] == [own + good, own + bad]
+    assert [ex.positions for ex in built] == [[len(own + good) - 1], [len(own + bad) - 1]]
+    with pytest.raises(TrainDataError, match="rows: row 1: prompt: input: question reads"):
+        Builder("prm", "rows", tok.eos_token_id, question_ids=list).build([{**rows[0], "prompt": None}])
+    s = run("prm", write_jsonl(tmp_path / "steps.jsonl", rows), tiny, tmp_path / "out", loss={"labels": "soft"},
+            max_steps=32, input="question")
+    assert s["config"]["input"] == "question"
+    prm = load_trained(s["model"])
+    tree = Tree("p", q, "5")
+    tree.token_ids[ROOT] = policy
+    nodes = [tree.add(ROOT, text, token_ids=ids) for text, ids in (("2 + 3 = 5", good), ("2 + 3 = 6", bad))]
+    got = [asyncio.run(prm.score_node(tree, n)) for n in nodes]
+    assert got == pytest.approx([prm.score_ids(own, [ids])[0] for ids in (good, bad)], abs=1e-6)
+    assert got[0] > 0.5 > got[1]
+    with pytest.raises(ConfigError, match="input: question is read by prm and pav"):
+        train_config_from_dict({"method": "verifier", "input": "question"})
+    with pytest.raises(ConfigError, match="input must be policy or question"):
+        train_config_from_dict({"method": "prm", "input": "text"})
 
 
 # -- reference cache, resume, LoRA ----------------------------------------------------------------------

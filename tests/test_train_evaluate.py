@@ -98,6 +98,9 @@ def test_scores_use_the_generated_ids_and_aggregate_per_step():
             return [float(len(s)) for s in seqs]
 
     class FakePRM:
+        def row(self, prompt_ids, steps_ids, question):  # reads the policy's prompt, as a PRM trained on it
+            return tuple(prompt_ids), tuple(map(tuple, steps_ids))
+
         def score_many(self, rows):
             return [[0.1 * len(step) for step in steps] for _, steps in rows]
 

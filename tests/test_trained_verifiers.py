@@ -283,6 +283,38 @@ def test_trained_scorers_as_search_evaluators(verifier_dir, prm_dir, verifier, p
         asyncio.run(evaluate(parse({"kind": "verifier", "model": str(prm_dir)}), tree, states, [b], None))
 
 
+def test_a_prm_trained_on_the_question_reads_its_own_prompt_everywhere(prm_dir, prm, tok, tmp_path):
+    """A folder whose summary says ``input: question`` reads its own short prompt before the steps wherever it
+    scores: a search's evaluator, ``score_node`` and best-of-N reranking, whatever prompt ids the policy saw."""
+    import shutil
+
+    from treepref.envs.base import State
+    from treepref.search.evaluators import evaluate, parse
+    from treepref.train.evaluate import Solution, prm_step_scores
+    from treepref.tree import ROOT, Tree
+
+    folder = shutil.copytree(prm_dir, tmp_path / "question-prm")
+    (folder / "treepref-train.json").write_text(json.dumps({"method": "prm", "config": {"input": "question"}}))
+    own = TrainedPRM(folder, batch_size=4)
+    q = "What is 2 + 3?"
+    policy_prompt = _chat_ids(tok, "Example: 1 + 1 = 2. The answer is 2.\n\n" + q)
+    tree = Tree("p", q, "5")
+    tree.token_ids[ROOT] = policy_prompt
+    a = tree.add(ROOT, "2 + 3 = 5", token_ids=tok.encode("2 + 3 = 5") + [198, 198])
+    b = tree.add(a, "So it is 5.", token_ids=tok.encode("So it is 5.") + [198, 198])
+    steps = [tree.token_ids[a], tree.token_ids[b]]
+    want = prm.score_ids(_chat_ids(tok, q), steps)  # the same weights, after the question alone
+    assert want != pytest.approx(prm.score_ids(policy_prompt, steps), abs=1e-4)  # the prompt matters
+    assert asyncio.run(own.score_node(tree, b)) == pytest.approx(want[-1], abs=1e-6)
+    spec = parse({"kind": "prm", "model": str(folder), "aggregate": "min"})
+    [[(_, value)]] = asyncio.run(evaluate(spec, tree, {ROOT: State(Problem("p", q, "5"))}, [b], ctx=None))
+    assert value == pytest.approx(min(want), abs=1e-6)
+    sol = Solution("", steps[0] + steps[1], steps, ["2 + 3 = 5", "So it is 5."], -1.0, None, False, False,
+                   prompt_ids=policy_prompt, question=q)
+    assert prm_step_scores(own, [[sol]]) == [[pytest.approx(want, abs=1e-6)]]
+    assert prm_step_scores(prm, [[sol]]) == [[pytest.approx(prm.score_ids(policy_prompt, steps), abs=1e-6)]]
+
+
 class TokPolicy:
     """A scripted policy on SmolLM2's real tokenizer (so a trained scorer can read its ids): from the root it
     writes two steps, below them the answer."""

@@ -109,6 +109,19 @@ def step_ids(tokenizer: Tokenizer, text: str) -> list[int]:
     return tokenizer.encode(text)
 
 
+def question_ids(tokenizer, question: str) -> list[int]:
+    """A verifier's own short prompt: a Hugging Face tokenizer's chat template on the question alone (one user
+    turn, no system prompt, no worked examples), generation prompt on. ``train.input: question`` trains a PRM
+    or PAV on it, and the trained scorer reads it back the same way (``verifiers.trained``)."""
+    out = tokenizer.apply_chat_template([{"role": "user", "content": question}], tokenize=True,
+                                        add_generation_prompt=True)
+    if not isinstance(out, list):  # newer transformers return a BatchEncoding
+        out = out["input_ids"]
+    if out and isinstance(out[0], list):
+        out = out[0]
+    return [int(t) for t in out]
+
+
 def spelled(tokenizer: Tokenizer, token_ids: Sequence[int], text: str) -> str:
     """The text ``token_ids`` spell, which is what a context holds after them. A backend reports a step's text
     cut at its stop string, but the token that completed the stop can run past it (SmolLM2's ``"\\n  "``

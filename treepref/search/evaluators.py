@@ -200,9 +200,13 @@ async def _pav(spec, tree, states, nodes, ctx) -> list[float]:
 
 
 async def _path_scores(folder: str, method: str, tree: Tree, nodes: list[int]) -> list[list[float]]:
-    """A stepwise scorer's score of every step on each node's path, on the tree's own ids."""
+    """A stepwise scorer's score of every step on each node's path: the steps' ids as the tree holds them,
+    after what the scorer was trained to read first (``row``: the tree's prompt ids, or its own prompt)."""
+    from treepref.extract.common import problem_of
+
+    scorer, question = _trained(folder, method), problem_of(tree).question
     return await _batcher(folder, method).submit(
-        [(tuple(tree.token_ids[ROOT]), tuple(tuple(tree.token_ids[i]) for i in tree.path(n))) for n in nodes], None)
+        [scorer.row(tree.token_ids[ROOT], [tree.token_ids[i] for i in tree.path(n)], question) for n in nodes], None)
 
 
 async def _dpo_q(spec, tree, states, nodes, ctx) -> list[float]:

@@ -54,6 +54,9 @@ class TrainConfig:
     format: str | None = None  # which export of a run folder (default: the method's first format)
     model: str | None = None  # the model to start from: a local folder; None: the embedded SmolLM2
     output: str = "runs/train"
+    input: str = "policy"  # prm/pav: what the model reads before the steps: policy (the prompt ids the policy
+    #                        saw, worked examples and all) | question (its own short prompt: the question alone
+    #                        in the chat template; shorter, so training and scoring are cheaper)
     resume: bool = True  # continue from the last checkpoint in output/checkpoints
     loss: LossSection = field(default_factory=LossSection)
     train: OptimSection = field(default_factory=OptimSection)
@@ -83,6 +86,11 @@ def _validate(cfg: TrainConfig) -> None:
     formats = NEEDS[cfg.method].formats
     if cfg.format is not None and cfg.format not in formats:
         raise ConfigError(f"{src}: format {cfg.format!r} has no {cfg.method} columns; use one of {', '.join(formats)}")
+    if cfg.input not in ("policy", "question"):
+        raise ConfigError(f"{src}: input must be policy or question, got {cfg.input!r}")
+    if cfg.input == "question" and cfg.method not in ("prm", "pav"):
+        raise ConfigError(f"{src}: input: question is read by prm and pav (stepwise rows, whose prompt is the "
+                          f"question); method {cfg.method} reads the policy's prompt ids")
     if loss.weighting not in WEIGHTINGS:
         raise ConfigError(f"{src}: loss.weighting must be one of {', '.join(WEIGHTINGS)}, got {loss.weighting!r}")
     if loss.weighting != "none" and cfg.method not in ("dpo", "step_apo"):

@@ -18,8 +18,9 @@ from __future__ import annotations
 import json
 from dataclasses import dataclass, field
 from pathlib import Path
-from typing import Any, Sequence
+from typing import Any, Callable, Sequence
 
+from treepref.problems import Problem
 from treepref.tokens import Tokenizer, step_ids
 
 
@@ -171,6 +172,7 @@ class Builder:
     labels: str = "hard"  # prm: "hard" (labels) or "soft" (soft_labels)
     weights: str = "none"  # dpo/step_apo: "none" or "weight" (the export's weight column as a loss weight)
     max_length: int | None = None
+    question_ids: Callable[[str], list[int]] | None = None  # prm/pav with input: question (tokens.question_ids)
     retokenized: int = 0
     too_long: int = 0
     skipped_steps: int = 0  # pav: steps without an advantage (None), left out of the loss
@@ -237,6 +239,11 @@ class Builder:
         if not isinstance(targets, list) or len(targets) != len(steps):
             got = len(targets) if isinstance(targets, list) else repr(targets)
             raise self._error(i, column, f"must hold one value per step ({len(steps)}), got {got}")
+        if self.question_ids is not None:  # the scorer's own short prompt instead of the policy's
+            question = row.get("prompt")
+            if not isinstance(question, (str, list)) or not question:
+                raise self._error(i, "prompt", "input: question reads the problem's prompt here; it is missing")
+            prompt = self.question_ids(Problem(id="", prompt=question).question)
         ids, positions, kept = list(prompt), [], []
         for k, (s, y) in enumerate(zip(steps, targets), 1):
             ids += list(s)

@@ -53,6 +53,7 @@ class Solution:
     finished: bool  # it ended with an answer or the model's end of sequence (not cut by a limit)
     prompt_ids: list[int] = field(default_factory=list, repr=False)  # the rendered root prompt it continues
     generated_tokens: int = 0  # what the policy generated for it, including anything after its final step
+    question: str = ""  # the problem's question (what a scorer trained with ``input: question`` reads)
 
     @property
     def n_tokens(self) -> int:
@@ -92,7 +93,8 @@ async def to_solution(env, problem: Problem, c: Completion, prompt_ids: Sequence
         if tr.truncated:
             break
     mean = lp / len(ids) if ids else math.nan
-    return Solution("".join(texts), ids, steps_ids, steps, mean, answer, correct, finished, prompt, c.n_tokens)
+    return Solution("".join(texts), ids, steps_ids, steps, mean, answer, correct, finished, prompt, c.n_tokens,
+                    problem.question)
 
 
 async def sample_solutions(policy, env, problems: Sequence[Problem], *, n: int, sampling: Sampling | None = None,
@@ -283,11 +285,11 @@ def verifier_scores(verifier, solutions: Sequence[Sequence[Solution]]) -> list[l
 
 
 def prm_step_scores(prm, solutions: Sequence[Sequence[Solution]]) -> list[list[list[float]]]:
-    """A trained PRM's P(good) at every step of every solution (``TrainedPRM.score_many``); identical
-    solutions are scored once."""
+    """A trained PRM's P(good) (a PAV's advantage) at every step of every solution (``score_many`` on what the
+    scorer reads: ``row``); identical solutions are scored once."""
     flat = _flat(solutions)
-    keys, where = _unique([(tuple(s.prompt_ids), tuple(map(tuple, s.steps_ids))) for s in flat])
-    rows = prm.score_many([(list(p), [list(x) for x in steps]) for p, steps in keys])
+    keys, where = _unique([prm.row(s.prompt_ids, s.steps_ids, s.question) for s in flat])
+    rows = prm.score_many(keys)
     return _unflat([rows[w] for w in where], solutions)
 
 

@@ -24,6 +24,7 @@ from typing import Sequence
 import torch
 from transformers import Trainer
 
+from treepref.tokens import question_ids
 from treepref.train import losses
 from treepref.train.batches import COLLATE, pair_batch, list_batch
 from treepref.train.config import TrainConfig
@@ -242,7 +243,9 @@ def train(cfg: TrainConfig) -> dict:
     pad = tokenizer.pad_token_id if tokenizer.pad_token_id is not None else eos
     items, builder = load_examples(cfg.data, cfg.method, eos_id=eos, fmt=cfg.format, tokenizer=tokenizer,
                                    labels=cfg.loss.labels, weights="weight" if cfg.loss.weighting != "none" else "none",
-                                   max_length=cfg.train.max_length)
+                                   max_length=cfg.train.max_length,
+                                   question_ids=(partial(question_ids, tokenizer) if cfg.input == "question"
+                                                 else None))
     if builder.retokenized:
         log.warning("%d rows had no token ids and were encoded from their text", builder.retokenized)
     if cfg.method == "verifier":

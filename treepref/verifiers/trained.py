@@ -139,22 +139,34 @@ class _Trained:
             self.model.config.pad_token_id = pad if pad is not None else 0
         self.pad_id = int(self.model.config.pad_token_id)
         self._lock = threading.Lock()
+        # what the model was trained to read before the steps (treepref train's ``input``): the policy's prompt
+        # ids as the tree recorded them, or its own short prompt on the question alone
+        self.input = (read_summary(self.folder) or {}).get("config", {}).get("input", "policy")
+        self._questions: dict[str, tuple[int, ...]] = {}
 
     # -- text → ids --------------------------------------------------------------------------------
     def prompt_ids(self, problem: Problem) -> list[int]:
         """The prompt ids of ``problem``: ``render(problem)``, or the saved chat template on its question."""
-        if self.render is not None:
+        if self.render is not None and self.input == "policy":
             return [int(t) for t in self.render(problem)]
-        messages = [{"role": "user", "content": problem.question}]
+        from treepref.tokens import question_ids
+
         try:
-            out = self.tokenizer.apply_chat_template(messages, tokenize=True, add_generation_prompt=True)
+            return question_ids(self.tokenizer, problem.question)
         except ValueError as exc:  # no chat template saved
             raise ValueError(f"{self.folder}: the tokenizer has no chat template ({exc}); pass render=") from None
-        if not isinstance(out, list):  # newer transformers return a BatchEncoding
-            out = out["input_ids"]
-        if out and isinstance(out[0], list):
-            out = out[0]
-        return [int(t) for t in out]
+
+    def row(self, prompt_ids: Sequence[int], steps_ids: Sequence[Sequence[int]], question: str) -> tuple:
+        """What this scorer reads for a path: the policy's prompt ids and the steps' ids as generated, or,
+        for a scorer trained with ``input: question``, its own short prompt on ``question`` before them."""
+        if self.input == "question":
+            prompt_ids = self._question_ids(question)
+        return tuple(int(t) for t in prompt_ids), tuple(tuple(int(t) for t in s) for s in steps_ids)
+
+    def _question_ids(self, question: str) -> tuple[int, ...]:
+        if question not in self._questions:
+            self._questions[question] = tuple(self.prompt_ids(Problem(id="", prompt=question)))
+        return self._questions[question]
 
     def step_ids(self, text: str) -> list[int]:
         """A step's text as running-text ids, its "\\n\\n" delimiter included."""
@@ -275,8 +287,10 @@ class _Stepwise(_Trained):
         """The score of ``node``'s step, read after the prompt and every step above it (the tree's ids)."""
         from treepref.tree import ROOT
 
+        from treepref.extract.common import problem_of
+
         steps = [tree.token_ids[n] for n in tree.path(node)]
-        return self.score_ids(tree.token_ids[ROOT], steps)[-1]
+        return self.score_many([self.row(tree.token_ids[ROOT], steps, problem_of(tree).question)])[0][-1]
 
     def score_many(self, rows: Sequence[tuple[Sequence[int], Sequence[Sequence[int]]]]) -> list[list[float]]:
         seqs, positions = [], []
