@@ -187,3 +187,27 @@ def test_first_error_f1_is_the_harmonic_mean_of_the_two_accuracies():
     assert first_error_f1([0], [1])["error_accuracy"] == 0.0  # flagging too early is a miss
     with pytest.raises(ValueError, match="2 predictions for 1 solutions"):
         first_error_f1([0, 1], [1])
+
+
+def test_first_error_report_grades_a_prms_step_scores_against_the_oracle():
+    from treepref.domains.arithmetic import make_problem
+    from treepref.train.evaluate import first_error_report
+
+    p = make_problem(0, 0)  # (18 - 3) * 5 - 16: 18 - 3 = 15, 15 * 5 = 75, 75 - 16 = 59
+    right = ["18 - 3 = 15", "15 * 5 = 75", "75 - 16 = 59", "The answer is 59."]
+    slip = ["18 - 3 = 15", "15 * 5 = 70", "70 - 16 = 54", "The answer is 54."]
+
+    def s(steps, answer, ids):
+        return Solution("", [ids], [[ids]] * len(steps), steps, -1.0, answer, answer == "59", True)
+
+    sols = [[s(right, "59", 1), s(slip, "54", 2), s(slip, "54", 2), s(right[:2], None, 3)]]
+    # P(good) per step: the right one passed whole; the slip flagged one step late; the repeat and the
+    # unfinished one are not graded
+    scores = [[[0.9, 0.8, 0.7, 0.9], [0.9, 0.6, 0.2, 0.1], [0.9, 0.6, 0.2, 0.1], [0.1, 0.1]]]
+    got = first_error_report([p], sols, scores)
+    assert (got["n_error"], got["n_correct"], got["error_accuracy"], got["correct_accuracy"]) == (1, 1, 0.0, 1.0)
+    assert got["f1"] == 0.0
+    scores[0][1] = [0.9, 0.4, 0.2, 0.1]  # now the slip is found where it is
+    assert first_error_report([p], sols, scores)["f1"] == 1.0
+    other = Problem(id="x", prompt="Q?", answer="1")
+    assert first_error_report([other], [[s(["x"], "1", 1)]], [[[0.9]]]) is None  # no oracle outside arithmetic

@@ -310,6 +310,11 @@ def _evaluate(args) -> int:
         print(f"treepref: policy {name}: {_acc(r)}")
     for name, r in report["rerank"].items():
         print(f"treepref: best-of-{args.n} by {name}: {_acc(r)}")
+    for name, r in report["first_error"].items():
+        shares = {k: "-" if r[k] is None else f"{r[k]:.3f}" for k in ("error_accuracy", "correct_accuracy", "f1")}
+        print(f"treepref: {name} finds the first wrong step of {shares['error_accuracy']} of {r['n_error']} "
+              f"solutions with one, passes {shares['correct_accuracy']} of {r['n_correct']} without: "
+              f"F1 {shares['f1']}")
     return 0
 
 

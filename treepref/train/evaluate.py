@@ -206,6 +206,27 @@ def first_error_f1(predicted: Sequence[int], truth: Sequence[int]) -> dict:
     return {"error_accuracy": a, "correct_accuracy": b, "f1": f1, "n_error": len(errors), "n_correct": len(clean)}
 
 
+def first_error_report(problems: Sequence[Problem], solutions: Sequence[Sequence[Solution]],
+                       step_scores: Sequence[Sequence[Sequence[float]]], threshold: float = 0.5) -> dict | None:
+    """ProcessBench's score of a stepwise scorer on built-in arithmetic: over the distinct solutions that state
+    an answer, its first step scored below ``threshold`` against the exact oracle's first wrong or off-track
+    step (``extract.quality.first_error``); None when a problem is not arithmetic (no oracle)."""
+    from treepref.extract.quality import first_error
+
+    if not all("expression" in (p.meta or {}) for p in problems):
+        return None
+    predicted, truth, seen = [], [], set()
+    for problem, sols, scores in zip(problems, solutions, step_scores):
+        for sol, steps in zip(sols, scores):
+            key = (problem.id, tuple(sol.token_ids))
+            if sol.answer is None or not steps or key in seen:
+                continue
+            seen.add(key)
+            predicted.append(predicted_first_error(steps, threshold))
+            truth.append(first_error(problem, sol.steps))
+    return first_error_f1(predicted, truth)
+
+
 def rerank_report(problems: Sequence[Problem], solutions: Sequence[Sequence[Solution]],
                   scores: dict[str, Sequence[Sequence[float]]] | None = None, z: float = Z95) -> dict:
     """Accuracy of each way of picking one of a problem's N solutions, with its Wilson interval.
@@ -329,7 +350,8 @@ async def evaluate(model: str | None, *, problems: Sequence[Problem], n: int = 8
     ``verifier`` / ``prm``: folders saved by ``treepref train`` (``load_trained``), used to rerank the
     samples next to majority vote and the policy's own mean log-prob; a PRM is reported as ``prm_min``
     (the weakest step) and ``prm_last`` (a PAV given as ``prm``: ``pav_min``, ``pav_last`` and ``pav_sum``, its
-    advantages summed: the progress from the prompt). ``policy``: an
+    advantages summed: the progress from the prompt); on built-in arithmetic a stepwise scorer also gets
+    ProcessBench's first-error score (``first_error``: :func:`first_error_report`). ``policy``: an
     existing backend to use instead of building one (then it is not closed). ``env``: the environment (default
     :func:`default_env`). Returns
     ``{"policy": policy_report, "rerank": rerank_report, "generated_tokens", "seconds", ...}``; with
@@ -354,6 +376,7 @@ async def evaluate(model: str | None, *, problems: Sequence[Problem], n: int = 8
             policy.close()
     t_sample = time.perf_counter() - t0
     scores: dict[str, list[list[float]]] = {"logprob": logprob_scores(samples)}
+    first_errors: dict[str, dict] = {}
     timings = {"sampling": round(t_sample, 1)}
     from treepref.verifiers.trained import load_trained
 
@@ -369,12 +392,17 @@ async def evaluate(model: str | None, *, problems: Sequence[Problem], n: int = 8
             name = scorer.method  # a PRM's P(good), or a PAV's advantages (both stepwise)
             for how in ("min", "last", "sum") if name == "pav" else ("min", "last"):
                 scores[f"{name}_{how}"] = aggregate(steps, how)
+            # a step is called wrong below P(good) 0.5, or where a PAV sees it lose ground (A < 0)
+            found = first_error_report(problems, samples, steps, threshold=0.0 if name == "pav" else 0.5)
+            if found is not None:
+                first_errors[name] = found
         timings[scorer.method] = round(time.perf_counter() - t1, 1)
         del scorer
     out = {"model": model, "problems": len(problems), "n": n, "temperature": temperature, "top_p": top_p,
            "seed": seed, "max_tokens": max_tokens,
            "policy": policy_report(greedy_sols, samples),
            "rerank": rerank_report(problems, samples, scores),
+           "first_error": first_errors,
            "generated_tokens": sum(s.generated_tokens for sols in (samples + (greedy_sols or [])) for s in sols),
            "seconds": timings}
     if keep_solutions:
