@@ -53,7 +53,7 @@ from treepref.search.sample import first_solutions  # noqa: E402
 from treepref.train.evaluate import accuracy, majority  # noqa: E402
 from treepref.models import resolve_model  # noqa: E402
 from treepref.tree import ROOT, atomic_write_text  # noqa: E402
-from usefulness import held_out, lora_options  # noqa: E402  (bench/: the same held-out draw, LoRA on the top)
+from usefulness import held_out, lora_options, paired_difference  # noqa: E402  (bench/: shared helpers)
 
 CONFIGS = Path(__file__).resolve().parents[1] / "configs"
 ARMS = ("beam+pav", "beam+orm", "flat+majority", "flat+orm", "flat+pav")
@@ -169,15 +169,6 @@ def pick(tree, nodes: list[int], how: str, pav, orm) -> int | None:
 
 def grade(tree, node: int | None) -> bool:
     return node is not None and succeeded(tree, node)
-
-
-# -- statistics ---------------------------------------------------------------------------------------------------
-def paired_difference(a: list[bool], b: list[bool], n_boot: int, rng: random.Random) -> dict:
-    """Accuracy of ``a`` minus ``b`` on the same problems, with a bootstrap 95% interval over problems."""
-    n = len(a)
-    diffs = [int(x) - int(y) for x, y in zip(a, b)]
-    boots = sorted(sum(diffs[rng.randrange(n)] for _ in range(n)) / n for _ in range(n_boot))
-    return {"difference": sum(diffs) / n, "ci95": [boots[int(0.025 * n_boot)], boots[int(0.975 * n_boot) - 1]]}
 
 
 # -- the run ------------------------------------------------------------------------------------------------------
