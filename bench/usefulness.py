@@ -266,7 +266,7 @@ def verifier_picks(problems, samples, summaries: dict) -> tuple[dict, dict, dict
     return picks, aucs, first_errors
 
 
-# -- the run -----------------------------------------------------------------------------------------------------------
+# -- the run ---------------------------------------------------------------------------------------------------------
 def main(argv=None) -> dict:
     args = parse_args(argv)
     work = Work(Path(args.work))
@@ -342,7 +342,7 @@ def main(argv=None) -> dict:
     return result
 
 
-# -- the report ----------------------------------------------------------------------------------------------------------
+# -- the report ------------------------------------------------------------------------------------------------------
 LABELS = {"oracle": "oracle (any of N right)", "first": "first sample", "majority": "majority vote",
           "logprob": "base mean token log-prob", "verifier": "(a) pairwise verifier on the tree's step pairs",
           "orm": "(b) ORM on flat's outcome labels", "prm_mc": "(c) PRM on the tree's Monte Carlo labels",

@@ -147,6 +147,7 @@ def test_first_error_is_the_first_wrong_or_off_track_step():
 
     assert first_error(P, [S1, S2, S3, "The answer is 59."]) == -1
     assert first_error(P, [S1, "15 * 5 = 70", "70 - 16 = 54", "The answer is 54."]) == 1  # false equation
-    assert first_error(P, ["So we compute.", S1, "15 * 4 = 60", "The answer is 44."]) == 2  # off track; prose is no error
+    # off track at 2 ("15 * 4" is no step of this solution); the prose before it is no error
+    assert first_error(P, ["So we compute.", S1, "15 * 4 = 60", "The answer is 44."]) == 2
     assert first_error(P, [S1, S2, S3, "The answer is 58."]) == 3  # only the answer is wrong
     assert first_error(P, []) == -1

@@ -50,9 +50,10 @@ def value_reader(name: str) -> ValueReader:
 
     A score key may be written plainly (``prm``) or as ``scores.prm`` (needed if it clashes with a
     built-in name). Nodes without that value read as None. ``consensus`` is the Monte Carlo value of the
-    steps whose label a second signal confirms (``extract.labels``), None elsewhere. ``advantage`` and ``prover_value`` (what the
-    advantage evaluator recorded, ``verifiers.progress``) are also read for final steps, from their outcome, so a
-    right answer ranks against its siblings; ``scores.advantage`` reads only what was recorded.
+    steps whose label a second signal confirms (``extract.labels``), None elsewhere. ``advantage`` and
+    ``prover_value`` (what the advantage evaluator recorded, ``verifiers.progress``) are also read for final
+    steps, from their outcome, so a right answer ranks against its siblings; ``scores.advantage`` reads only
+    what was recorded.
     """
     if name in DERIVED:
         from treepref.verifiers import progress

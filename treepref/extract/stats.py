@@ -42,7 +42,8 @@ PREFIXES = (None, "any", "success", "value")
 # ``prefix_value`` is the threshold of ``prefix="value"`` and nothing else.
 EXACT_REJECTED = (None, False, True, "judged")
 FILTER_DEFAULTS = {"prefix": "success", "prefix_value": 0.5, "min_visits": 2, "exact_rejected": None,
-                   "checked_steps": None, "min_margin": None, "min_edit": None, "max_per_node": None, "max_per_problem": None}
+                   "checked_steps": None, "min_margin": None, "min_edit": None, "max_per_node": None,
+                   "max_per_problem": None}
 
 
 def filter_settings(names, given: dict) -> dict:
@@ -69,8 +70,8 @@ def _prefix_ok(it: Item, prefix: str, threshold: float) -> bool:
 
 def apply_filters(items: list[Item], *, prefix: str | None = None, prefix_value: float = 0.5,
                   min_visits: int | None = None, exact_rejected: bool | str | None = None,
-                  checked_steps: bool | None = None, min_margin: float | None = None, min_edit: int | None = None,
-                  max_per_node: int | None = None, max_per_problem: int | None = None
+                  checked_steps: bool | None = None, min_margin: float | None = None,
+                  min_edit: int | None = None, max_per_node: int | None = None, max_per_problem: int | None = None
                   ) -> tuple[list[Item], dict[str, int]]:
     """Filter items in this order, each one counting in ``dropped`` what it removed from what the earlier
     ones left (a filter that is off, None, is not counted):

@@ -141,12 +141,13 @@ class _Trained:
         self._lock = threading.Lock()
         # what the model was trained to read before the steps (treepref train's ``input``): the policy's prompt
         # ids as the tree recorded them, or its own short prompt on the question alone
-        self.input = (read_summary(self.folder) or {}).get("config", {}).get("input", "policy")
+        self.input = ((read_summary(self.folder) or {}).get("config") or {}).get("input", "policy")
         self._questions: dict[str, tuple[int, ...]] = {}
 
     # -- text → ids --------------------------------------------------------------------------------
     def prompt_ids(self, problem: Problem) -> list[int]:
-        """The prompt ids of ``problem``: ``render(problem)``, or the saved chat template on its question."""
+        """The prompt ids of ``problem``: ``render(problem)``, or the saved chat template on its question
+        (always the latter for a scorer trained with ``input: question``)."""
         if self.render is not None and self.input == "policy":
             return [int(t) for t in self.render(problem)]
         from treepref.tokens import question_ids
@@ -285,9 +286,8 @@ class _Stepwise(_Trained):
 
     def score_node_sync(self, tree, node: int) -> float:
         """The score of ``node``'s step, read after the prompt and every step above it (the tree's ids)."""
-        from treepref.tree import ROOT
-
         from treepref.extract.common import problem_of
+        from treepref.tree import ROOT
 
         steps = [tree.token_ids[n] for n in tree.path(node)]
         return self.score_many([self.row(tree.token_ids[ROOT], steps, problem_of(tree).question)])[0][-1]
