@@ -8,8 +8,8 @@ from fractions import Fraction
 
 import pytest
 
-from treepref.domains.arithmetic import (arithmetic_step_scorer, check_step, derived_step, equations, generate,
-                                        grounded_step, is_correct_path, on_track)
+from treepref.domains.arithmetic import (arithmetic_step_scorer, check_step, counted_step, derived_step, equations,
+                                        generate, grounded_step, is_correct_path, on_track)
 from treepref.problems import Problem
 
 
@@ -211,3 +211,38 @@ def test_every_reference_solution_is_derived():
         for problem in generate(100, seed=3, difficulty=difficulty):
             steps = problem.meta["steps"]
             assert derived_step(problem, f"The answer is {problem.answer}.", steps) is True, steps
+
+
+@pytest.mark.parametrize("expression, prefix, step, expected", [
+    # the no-ops SmolLM2-135M strings into three-operation paths: a 1 used twice, a spent 1 used again
+    ("(3 - 2) * 2 * 3", ("3 - 2 = 1",), "1 * 1 = 1", False),
+    ("(3 - 2) * 2 * 3", ("3 - 2 = 1",), "1 * 2 = 2", True),
+    ("10 - 7 - 1 + 21", ("10 - 7 - 1 + 21 = 23",), "23 * 1 = 23", False),
+    ("(5 - 1) * 2 + 15", ("5 - 1 = 4",), "2 * 2 = 4", False),  # the one 2 twice (on_track calls it right)
+    # a number stated twice, or made again by a step, may be used twice
+    ("(9 - 6 + 3) * 5", ("9 - 6 = 3",), "3 + 3 = 6", True),
+    # a restatement uses nothing up, and a chain through a rewritten side holds
+    ("15 + 6 - 1", ("15 + 6 = 21", "21 - 1 = 20"), "The answer is 21 - 1 = 20.", True),
+    ("6 * 5 + 22", (), "6 * 5 + 22 = 6 * 5 + 22 = 30 + 22 = 52", True),
+    ("3 + 25 + 11 - 7", ("First add 3 and 25 to get 28.",), "28 + 11 = 39", True),  # a number stated in prose
+    # what derived_step says first: a false step, an underived answer, a step of prose
+    ("(3 - 2) * 2 * 3", ("3 - 2 = 1",), "1 * 2 = 3", False),
+    ("(4 - 3) * 2 + 17", ("4 * 2 = 8", "2 + 17 = 19"), "The answer is 19.", False),
+    ("(3 - 2) * 2 * 3", (), "Let us begin.", None),
+])
+def test_counted_step_lets_no_equation_use_a_number_more_often_than_the_path_has_it(expression, prefix, step,
+                                                                                     expected):
+    problem = Problem(id="c", prompt=f"Compute {expression}.", answer=None, meta={"expression": expression})
+    assert counted_step(problem, step, prefix) is expected
+
+
+def test_every_reference_solution_is_counted_step_by_step():
+    from treepref.verifiers.step_check import load_step_check
+
+    assert load_step_check("arithmetic_counted") is counted_step
+    for difficulty in (1, 2, 3, 4):
+        for problem in generate(100, seed=3, difficulty=difficulty):
+            steps = problem.meta["steps"]
+            for i, step in enumerate(steps):
+                assert counted_step(problem, step, steps[:i]) is True, (steps, i)
+            assert counted_step(problem, f"The answer is {problem.answer}.", steps) is True, steps

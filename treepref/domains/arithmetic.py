@@ -13,6 +13,7 @@ from __future__ import annotations
 
 import random
 import re
+from collections import Counter
 from collections.abc import Sequence
 from fractions import Fraction
 
@@ -319,6 +320,54 @@ def derived_step(problem: Problem, step_text: str, prefix: Sequence[str] = ()) -
             if producer is not None:
                 todo.append(producer)
     return given <= used
+
+
+def counted_step(problem: Problem, step_text: str, prefix: Sequence[str] = ()) -> bool | None:
+    """The ``arithmetic_counted`` step check: :func:`derived_step`, and no equation of the step uses a number
+    more often than the path has it.
+
+    The path has each number the problem states, and each number an earlier equation wrote on its result side
+    (or a step wrote outside any equation), once per time; an equation's operands use them up. So
+    ``1 * 1 = 1`` after ``3 - 2 = 1`` (one 1 in ``(3 - 2) * 2 * 3``) fails, and so does ``23 * 1 = 23`` after
+    ``10 - 7 - 1 + 21 = 23`` (its 1 is spent): true, grounded steps that compute nothing, which SmolLM2-135M
+    strings into three-operation paths that still reach the answer. An equation that restates an earlier
+    one (the same operands and result, ``The answer is 21 - 1 = 20.`` after ``21 - 1 = 20``) uses nothing. Like
+    the others it reads no reference solution. It is stricter than the exact oracle's ``on_track``, which
+    counts ``2 * 2 = 4`` toward ``(5 - 1) * 2 + 15`` as right because 4 is an intermediate; it also fails
+    a true rewrite that spends a number twice (``4 + 4 = 8`` for ``4 * 2``) or restates a whole computation
+    whose numbers are spent (``(5 - 3) * 2 = 2 * 2 = 4`` after ``5 - 3 = 2``).
+    """
+    verdict = derived_step(problem, step_text, prefix)
+    if verdict is not True:
+        return verdict
+    meta = getattr(problem, "meta", None) or {}
+    have = Counter(_number_list(meta.get("expression") or problem.prompt))
+    stated: set = set()
+    for step in prefix:
+        _spend(step, have, stated)  # earlier steps were judged when they were taken
+    return _spend(step_text, have, stated)
+
+
+def _number_list(text: str) -> list[Fraction]:
+    return [Fraction(n) for n in _NUMBER_RE.findall(_normalize(text))]
+
+
+def _spend(text: str, have: Counter, stated: set) -> bool:
+    """Use up the operands of ``text``'s equations from ``have`` and add what it writes; whether every operand
+    was there. ``stated``: the (operands, result) of the equations seen so far, which a restatement repeats."""
+    ok, in_equations = True, Counter()
+    for left, right, _ in equations(text):
+        computing, result = (left, right) if _n_numbers(left.split()) >= 2 else (right, left)
+        operands, written = Counter(_number_list(computing)), Counter(_number_list(result))
+        in_equations += operands + written
+        key = (tuple(sorted(operands.elements())), _evaluate(result.split()))
+        if key not in stated:  # a restatement uses nothing up; what it writes is there either way
+            stated.add(key)
+            ok = ok and all(have[n] >= k for n, k in operands.items())
+            have.subtract(operands)
+        have += written  # (adding a Counter also drops what went below zero)
+    have.update(Counter(_number_list(text)) - in_equations)  # numbers stated in prose
+    return ok
 
 
 def on_track(problem: Problem, step_text: str) -> bool | None:

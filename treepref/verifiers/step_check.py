@@ -8,7 +8,8 @@ before it (False: the step states something false; None: nothing to check). The 
 of the reference solution: a true step off the intended route passes. ``env.step_check`` names one
 (``arithmetic``: every equation holds; ``arithmetic_grounded``: and computes only with numbers the problem
 or an earlier step states; ``arithmetic_derived``: and the final answer is the result of a derivation that uses
-every number the problem states; or ``module:function``).
+every number the problem states; ``arithmetic_counted``: and no equation uses a number more often than the
+problem and the earlier steps have it; or ``module:function``).
 """
 
 from __future__ import annotations
@@ -26,6 +27,7 @@ STEP_CHECKS = Registry("step check", {
     "arithmetic": "treepref.domains.arithmetic:check_step",
     "arithmetic_grounded": "treepref.domains.arithmetic:grounded_step",
     "arithmetic_derived": "treepref.domains.arithmetic:derived_step",
+    "arithmetic_counted": "treepref.domains.arithmetic:counted_step",
 }, inline=True)
 BUILTIN = STEP_CHECKS  # the name it had
 
