@@ -77,11 +77,13 @@ def bought(trees) -> bool:
 def agent_q(vllm_policy, aio, tmp_path_factory):
     """configs/agent-q.yaml's run, shared by its test and the Q-value loop that trains on its pairs."""
     # Four tasks once gave pairs but no purchase among the nodes: search on (up to 12) until there is one.
-    # The recipe's 20 simulations make one fresh run of its 8 goals give pairs reliably; here 10 keep the suite's
-    # time, and the search goes on to more goals while it lacks a pair or a purchase.
+    # The recipe's 20 simulations with 144-token completions make one fresh run of its 8 goals give pairs
+    # reliably; here the earlier 10 and 96 keep the suite's time, and the search goes on to more goals while it
+    # lacks a pair or a purchase.
     out = tmp_path_factory.mktemp("agent-q")
     cfg, trees, exports = run_recipe("agent-q.yaml", vllm_policy, aio, out, enough=bought,
-                                     what="a purchase among the nodes", overrides=["search.options.simulations=10"])
+                                     what="a purchase among the nodes",
+                                     overrides=["search.options.simulations=10", "sampling.rollout_max_tokens=96"])
     return cfg, trees, exports, out
 
 
