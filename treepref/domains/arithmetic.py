@@ -238,8 +238,19 @@ def check_step(problem: Problem | None, step_text: str, prefix: Sequence[str] = 
 _NUMBER_RE = re.compile(r"\d+(?:\.\d+)?")
 
 
+def _number_list(text: str) -> list[Fraction]:
+    """Every number the text writes, in order, repeats kept."""
+    return [Fraction(n) for n in _NUMBER_RE.findall(_normalize(text))]
+
+
 def _numbers(text: str) -> set[Fraction]:
-    return {Fraction(n) for n in _NUMBER_RE.findall(_normalize(text))}
+    return set(_number_list(text))
+
+
+def _sides(left: str, right: str) -> tuple[str, str]:
+    """An equation's computing side and its result side: the left unless it holds a single number
+    ("36 = 12 * 3" computes on the right)."""
+    return (left, right) if _n_numbers(left.split()) >= 2 else (right, left)
 
 
 def grounded_step(problem: Problem, step_text: str, prefix: Sequence[str] = ()) -> bool | None:
@@ -263,7 +274,7 @@ def grounded_step(problem: Problem, step_text: str, prefix: Sequence[str] = ()) 
     for step in prefix:
         known |= _numbers(step)
     for left, right, _ in found:
-        computing = left if _n_numbers(left.split()) >= 2 else right  # "36 = 12 * 3" computes on the right
+        computing, _ = _sides(left, right)
         if not _numbers(computing) <= known:
             return False
         known |= _numbers(left) | _numbers(right)
@@ -298,10 +309,10 @@ def derived_step(problem: Problem, step_text: str, prefix: Sequence[str] = ()) -
     chain = []  # (operands, result) of every equation on the path, in order
     for text in (*prefix, step_text):
         for left, right, _ in equations(text):
-            computing, result = (left, right) if _n_numbers(left.split()) >= 2 else (right, left)
+            computing, result = _sides(left, right)
             value = _evaluate(result.split())
             if value is not None:
-                chain.append(([Fraction(n) for n in _NUMBER_RE.findall(computing)], value))
+                chain.append((_number_list(computing), value))
     meta = getattr(problem, "meta", None) or {}
     given = _numbers(meta.get("expression") or problem.prompt)
     last = next((i for i in range(len(chain) - 1, -1, -1) if chain[i][1] == answer), None)
@@ -348,16 +359,12 @@ def counted_step(problem: Problem, step_text: str, prefix: Sequence[str] = ()) -
     return _spend(step_text, have, stated)
 
 
-def _number_list(text: str) -> list[Fraction]:
-    return [Fraction(n) for n in _NUMBER_RE.findall(_normalize(text))]
-
-
 def _spend(text: str, have: Counter, stated: set) -> bool:
     """Use up the operands of ``text``'s equations from ``have`` and add what it writes; whether every operand
     was there. ``stated``: the (operands, result) of the equations seen so far, which a restatement repeats."""
     ok, in_equations = True, Counter()
     for left, right, _ in equations(text):
-        computing, result = (left, right) if _n_numbers(left.split()) >= 2 else (right, left)
+        computing, result = _sides(left, right)
         operands, written = Counter(_number_list(computing)), Counter(_number_list(result))
         in_equations += operands + written
         key = (tuple(sorted(operands.elements())), _evaluate(result.split()))
