@@ -53,7 +53,7 @@ from treepref.search.sample import first_solutions  # noqa: E402
 from treepref.train.evaluate import accuracy, majority  # noqa: E402
 from treepref.models import resolve_model  # noqa: E402
 from treepref.tree import ROOT, atomic_write_text  # noqa: E402
-from usefulness import held_out, lora_options, paired_difference  # noqa: E402  (bench/: shared helpers)
+from usefulness import Work, held_out, lora_options, paired_difference  # noqa: E402  (bench/: shared helpers)
 
 CONFIGS = Path(__file__).resolve().parents[1] / "configs"
 ARMS = ("beam+pav", "beam+orm", "flat+majority", "flat+orm", "flat+pav")
@@ -174,20 +174,9 @@ def grade(tree, node: int | None) -> bool:
 # -- the run ------------------------------------------------------------------------------------------------------
 def main(argv=None) -> None:
     args = parse_args(argv)
-    work, out = Path(args.work), Path(args.out)
-    work.mkdir(parents=True, exist_ok=True)
-    timing = {}
+    cache, out = Work(Path(args.work)), Path(args.out)  # a phase keeps the time it took when it first ran
+    work, phase, timing = cache.folder, cache.phase, cache.timing
     pav_cfg = yaml.safe_load((CONFIGS / "pav.yaml").read_text())
-
-    timing_file = work / "timing.json"  # a phase's time when it first ran: a rerun resumes it from --work
-    first_timing = json.loads(timing_file.read_text()) if timing_file.exists() else {}
-
-    def phase(name: str, fn):
-        t = time.time()
-        value = fn()
-        timing[name] = first_timing.setdefault(name, round(time.time() - t, 1))
-        atomic_write_text(timing_file, json.dumps(first_timing, indent=1))
-        return value
 
     # 1. training data
     train = arithmetic(args, args.train_problems, args.train_seed)
