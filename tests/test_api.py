@@ -166,7 +166,8 @@ def test_a_second_generate_resumes_and_a_changed_recipe_is_refused(tmp_path, scr
 
 @pytest.mark.parametrize("overrides, error, message", [
     (["search.options.nope=1"], treepref.ConfigError, r"recipe\.yaml: .*unknown option 'nope' for search"),
-    (["search.options.k"], treepref.ConfigError, r"^override 'search\.options\.k': expected section\.key=value$"),
+    (["search.options.k"], treepref.ConfigError,
+     r"^override 'search\.options\.k': expected key=value \(section\.key=value in a config\)$"),
     ({"problems.source": "file", "problems.options": {"path": "missing.jsonl"}}, treepref.UserInputError,
      r"recipe\.yaml: problems: .*missing\.jsonl"),
 ])

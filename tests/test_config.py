@@ -128,7 +128,7 @@ def test_overrides_are_parsed_as_yaml_and_validated(tmp_path):
     assert cfg.run.concurrency == 3 and cfg.env.delimiter == "\n"
     with pytest.raises(ConfigError, match="run.concurrency: expected int, got 'many'"):
         load_config(path, ["run.concurrency=many"])
-    with pytest.raises(ConfigError, match="expected section.key=value"):
+    with pytest.raises(ConfigError, match="expected key=value"):
         load_config(path, ["run.concurrency"])
 
 

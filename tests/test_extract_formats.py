@@ -469,25 +469,30 @@ def test_judged_rejected_keeps_only_rejected_steps_the_environment_judged():
 
 def test_checked_steps_keeps_pairs_whose_prefix_and_chosen_step_the_step_check_judged():
     """The d3 trees' failure: below a checked step, a step of prose that went on to the answer beats a false
-    step, and pairs under the prose inherit its unknown rightness. ``checked_steps`` drops both; a chosen
-    final answer (no equation, but an answer the environment read) stays chosen."""
+    step, and pairs under the prose inherit its unknown rightness. ``checked_steps`` drops both, and a
+    chosen final answer the step check left unjudged (the environment's lenient reader found 19 in prose
+    arithmetic); a chosen answer the check judged stays."""
     t = Tree(problem_id="c", prompt="Q?", answer="19")
     first = t.add(ROOT, "5 - 1 = 4", info={"answer": None, "step_check": True})
     prose = t.add(first, "Now add 15 to it.", info={"answer": None, "step_check": None})
     slip = t.add(first, "4 + 15 = 18", reward=0.0, terminated=True, info={"answer": None, "step_check": False})
     right = t.add(prose, "The answer is 19.", reward=1.0, terminated=True, info={"answer": "19"})
     wrong = t.add(prose, "The answer is 20.", reward=0.0, terminated=True, info={"answer": "20"})
-    right2 = t.add(first, "The answer is 19.", reward=1.0, terminated=True, info={"answer": "19"})
-    for node, v in ((right, 1.0), (wrong, 0.0), (slip, 0.0), (right2, 1.0)):
+    right2 = t.add(first, "The answer is 19.", reward=1.0, terminated=True,
+                   info={"answer": "19", "step_check": True})
+    lenient = t.add(first, "That is 3 * 5 + 4, which is 19.", reward=1.0, terminated=True,
+                    info={"answer": "19", "step_check": None})
+    for node, v in ((right, 1.0), (wrong, 0.0), (slip, 0.0), (right2, 1.0), (lenient, 1.0)):
         t.backup(node, v)
     kw = dict(tree=t, rule="margin", prefix=None, min_visits=None, exact_rejected="judged")
     got, stats = srows("step_pairs", **kw)
-    assert sorted(sides(got)) == [("Now add 15 to it.", "4 + 15 = 18"), ("The answer is 19.", "4 + 15 = 18"),
-                                  ("The answer is 19.", "The answer is 20.")]
+    assert sorted(sides(got)) == [("Now add 15 to it.", "4 + 15 = 18"),
+                                  ("That is 3 * 5 + 4, which is 19.", "4 + 15 = 18"),
+                                  ("The answer is 19.", "4 + 15 = 18"), ("The answer is 19.", "The answer is 20.")]
     assert "checked_steps" not in stats["dropped"]
     got, stats = srows("step_pairs", checked_steps=True, **kw)
     assert sides(got) == [("The answer is 19.", "4 + 15 = 18")] and got[0]["depth"] == 2
-    assert stats["dropped"]["checked_steps"] == 2 and stats["filters"]["checked_steps"] is True
+    assert stats["dropped"]["checked_steps"] == 3 and stats["filters"]["checked_steps"] is True
     t2 = Tree(problem_id="n", prompt="Q?", answer="4")  # no step check ran: every pair passes
     a = t2.add(ROOT, "Think.", info={"answer": None})
     b = t2.add(a, "The answer is 4.", reward=1.0, terminated=True, info={"answer": "4"})

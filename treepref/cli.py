@@ -22,7 +22,7 @@ import signal
 import sys
 from pathlib import Path
 
-from treepref.config import ConfigError
+from treepref.config import ConfigError, override_items
 from treepref.errors import UserInputError
 
 
@@ -254,16 +254,9 @@ def _extract(args) -> int:
 
 
 def _set_options(items: list[str]) -> dict:
-    """``--set key=value`` options (values parsed as YAML) of extract and evaluate."""
-    import yaml
-
-    out = {}
-    for item in items:
-        key, sep, raw = item.partition("=")
-        if not sep:
-            raise ConfigError(f"--set {item!r}: expected key=value")
-        out[key] = yaml.safe_load(raw)
-    return out
+    """``--set key=value`` options of extract and evaluate, read by the one rule of ``--set``
+    (``config.override_items``: values parsed as YAML)."""
+    return {key: value for key, value, _ in override_items(items)}
 
 
 # -- train ----------------------------------------------------------------------------------------------

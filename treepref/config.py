@@ -161,7 +161,7 @@ def override_items(overrides) -> list[tuple[str, Any, str]]:
     for item in overrides:
         key, sep, raw = str(item).partition("=")
         if not sep:
-            raise ConfigError(f"override {item!r}: expected section.key=value")
+            raise ConfigError(f"override {item!r}: expected key=value (section.key=value in a config)")
         items.append((key, yaml.safe_load(raw), item))
     return items
 

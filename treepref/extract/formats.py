@@ -136,15 +136,14 @@ def _checks(tree: Tree, ctx: Context, p: Pair, on_success: set[int]) -> dict:
     (``common.success_nodes``), the export's value of every node on the parent's path (root excluded), and
     the visits of each side that is not final (a final side's value is exact, whatever its visits),
     whether the rejected side is final, and judged (:func:`_judged`), and whether the environment's step
-    check judged every prefix step and the chosen step (``Tree.checked``; a chosen answer it read counts)."""
+    check judged every prefix step and the chosen step (``Tree.checked``)."""
     path = tree.path(p.parent)
     return {"on_success_path": p.parent in on_success,
             "prefix_values": [_float(ctx.read(tree, n)) for n in path],
             "side_visits": [tree.visits[n] for n in (p.chosen, p.rejected) if not tree.is_final(n)],
             "rejected_final": tree.is_final(p.rejected),
             "rejected_judged": _judged(tree, p.rejected),
-            "steps_checked": (all(tree.checked(n) for n in path)
-                              and (tree.checked(p.chosen) or _judged(tree, p.chosen)))}
+            "steps_checked": all(tree.checked(n) for n in (*path, p.chosen))}
 
 
 def _judged(tree: Tree, node: int) -> bool:

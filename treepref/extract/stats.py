@@ -88,9 +88,11 @@ def apply_filters(items: list[Item], *, prefix: str | None = None, prefix_value:
       then never stands as rejected. ``"judged"`` also asks that the environment judged what the step
       states (a wrong answer, a false step), so no stop without an answer and no cut step is rejected.
     * ``checked_steps`` (sibling pairs): True keeps pairs whose prefix steps and chosen step the
-      environment's step check judged (``Tree.checked``; a chosen final answer it read counts): a step of
-      prose that happened to lie on a path to the answer is neither chosen nor part of a prefix, since
-      nobody knows whether it is right. Without a step check every pair passes.
+      environment's step check judged (``Tree.checked``): a step of prose that happened to lie on a path to
+      the answer is neither chosen nor part of a prefix, since nobody knows whether it is right. A chosen
+      final answer needs the check's verdict too, not only the environment's reading of an answer in it
+      ("..., which is 56." after prose arithmetic), so it wants a check that judges answers
+      (``arithmetic_derived``, ``arithmetic_counted``). Without a step check every pair passes.
     * ``min_margin`` (unknown margins are dropped too), ``min_edit`` (characters between the two texts).
     * ``max_per_node``, ``max_per_problem``: caps, keeping the largest margins.
 

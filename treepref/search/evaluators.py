@@ -30,6 +30,7 @@ import asyncio
 import functools
 import math
 from dataclasses import dataclass, field
+from pathlib import Path
 from typing import Any, Callable
 
 from treepref.backends.base import Coalescer
@@ -103,16 +104,22 @@ def parse(spec: Any, where: str = "evaluator") -> dict:
     return out
 
 
+def _trained_folder(folder: Any, key: str, what: str = "a folder written by treepref train") -> Path:
+    """The model folder of a ``treepref train`` output named by option ``key``: a one-line error when there
+    is no such folder."""
+    from treepref.verifiers.trained import model_folder
+
+    if not Path(str(folder)).is_dir():
+        raise ValueError(f"{key}: no folder {folder!r} ({what})")
+    return model_folder(str(folder))
+
+
 def _check_trained(folder: Any, kind: str, key: str) -> None:
     """A trained scorer's folder exists and, where its summary says, holds a model of this ``kind`` (a PAV read
     as a PRM would misread its head)."""
-    from pathlib import Path
+    from treepref.verifiers.trained import read_method
 
-    from treepref.verifiers.trained import model_folder, read_method
-
-    if not Path(str(folder)).is_dir():
-        raise ValueError(f"{key}: no folder {folder!r} (a folder written by treepref train)")
-    method = read_method(model_folder(str(folder)))
+    method = read_method(_trained_folder(folder, key))
     if method is not None and method != kind:
         raise ValueError(f"{key}: {folder} holds a trained {method}, not a {kind}")
 
@@ -226,14 +233,11 @@ async def _dpo_q(spec, tree, states, nodes, ctx) -> list[float]:
 def _check_dpo_q(spec: dict, where: str) -> None:
     """The folder holds a policy ``treepref train`` wrote (its summary names the base model it started from, the
     reference), or the spec names the reference and beta."""
-    from pathlib import Path
-
-    from treepref.verifiers.trained import POLICY_METHODS, model_folder, read_summary
+    from treepref.verifiers.trained import POLICY_METHODS, read_summary
 
     folder = spec["model"]
-    if not Path(str(folder)).is_dir():
-        raise ValueError(f"{where}.model: no folder {folder!r} (a policy written by treepref train, method dpo)")
-    summary = read_summary(model_folder(str(folder)))
+    summary = read_summary(_trained_folder(folder, f"{where}.model", "a policy written by treepref train, "
+                                                                      "method dpo"))
     if summary is not None and summary.get("method") not in POLICY_METHODS:
         raise ValueError(f"{where}.model: {folder} holds a trained {summary.get('method')}, not a policy "
                          f"({', '.join(POLICY_METHODS)})")
