@@ -308,16 +308,14 @@ def main(argv=None) -> dict:
         # policies: greedy on the first --policy-problems held-out problems, hf (deterministic)
         subset = problems[:args.policy_problems]
         for arm in ("base", *POLICIES):
-            def solve(arm=arm):
-                model = None
-                if arm != "base":
-                    export, fmt = POLICIES[arm]
-                    model = work.phase(f"train {arm} {seed}", lambda: train_arm(
-                        args, work, arm, "train-step-dpo.yaml", export, seed, args.policy_steps, args.policy_batch,
-                        args.policy_lr, {"format": fmt}))["model"]
-                return asyncio.run(greedy_accuracy(model, subset))
-            greedy = work.phase(f"policy {arm} {seed}", lambda solve=solve, arm=arm: work.cached(
-                f"policy/{arm}-{seed}", solve))
+            model = None  # the phases side by side, not nested, so their times add up to the run's
+            if arm != "base":
+                export, fmt = POLICIES[arm]
+                model = work.phase(f"train {arm} {seed}", lambda arm=arm, export=export, fmt=fmt: train_arm(
+                    args, work, arm, "train-step-dpo.yaml", export, seed, args.policy_steps, args.policy_batch,
+                    args.policy_lr, {"format": fmt}))["model"]
+            greedy = work.phase(f"policy {arm} {seed}", lambda arm=arm, model=model: work.cached(
+                f"policy/{arm}-{seed}", lambda: asyncio.run(greedy_accuracy(model, subset))))
             policy[arm].append({"seed": seed, **greedy})
 
     rng = random.Random(0)
