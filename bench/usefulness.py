@@ -240,22 +240,28 @@ async def greedy_accuracy(model: str | None, problems: list) -> dict:
     return ev.accuracy(sum(bool(s) and s[0].correct for s in sols), len(sols))
 
 
-def verifier_picks(problems, samples, summaries: dict) -> tuple[dict, dict, dict]:
-    """Per method, whether its pick of each problem was right; pair AUCs; stepwise arms' first-error scores."""
+def verifier_scores(samples, summaries: dict) -> tuple[dict, dict]:
+    """Each verifier arm's score of every held-out solution, and the stepwise arms' step scores (cached by the
+    caller, so a new threshold or aggregate needs no rescoring)."""
     from treepref.verifiers.trained import load_trained
 
-    scores = {"logprob": ev.logprob_scores(samples)}
-    first_errors = {}
+    scores, steps = {}, {}
     for name, summary in summaries.items():
         scorer = load_trained(summary["model"])
         how = VERIFIERS[name][3]
         if how is None:
             scores[name] = ev.verifier_scores(scorer, samples)
         else:
-            steps = ev.prm_step_scores(scorer, samples)
-            scores[name] = ev.aggregate(steps, how)
-            first_errors[name] = ev.first_error_report(problems, samples, steps)
+            steps[name] = ev.prm_step_scores(scorer, samples)
+            scores[name] = ev.aggregate(steps[name], how)
         del scorer
+    return scores, steps
+
+
+def verifier_picks(problems, samples, scores: dict, steps: dict) -> tuple[dict, dict, dict]:
+    """Per method, whether its pick of each problem was right; pair AUCs; the stepwise arms' first-error cases
+    (their step scores beside the oracle's first wrong step)."""
+    scores = {"logprob": ev.logprob_scores(samples), **scores}
     picks = {"oracle": [any(s.correct for s in sols) for sols in samples],
              "first": [bool(sols) and sols[0].correct for sols in samples],
              "majority": [bool(m and m.correct) for m in map(ev.majority, samples)]}
@@ -263,7 +269,7 @@ def verifier_picks(problems, samples, summaries: dict) -> tuple[dict, dict, dict
     for name, sc in scores.items():
         picks[name] = [bool(p and p.correct) for p in (ev.by_score(s, v) for s, v in zip(samples, sc))]
         aucs[name] = ev.pair_auc(samples, sc)
-    return picks, aucs, first_errors
+    return picks, aucs, {name: ev.first_error_cases(problems, samples, st) for name, st in steps.items()}
 
 
 # -- the run ---------------------------------------------------------------------------------------------------------
@@ -284,7 +290,7 @@ def main(argv=None) -> dict:
         data[source] = {"problems": len(trees[source]),
                         "generated_tokens": sum(t.meta.get("generated_tokens", 0) for t in trees[source])}
 
-    per_seed, pooled = [], {}
+    per_seed, pooled, thresholds = [], {}, {}
     policy = {arm: [] for arm in ("base", *POLICIES)}
     for i in range(args.seeds):
         seed = i
@@ -295,14 +301,19 @@ def main(argv=None) -> dict:
                      for name, v in VERIFIERS.items()}
         report = work.phase(f"held-out samples {seed}", lambda: held_out_samples(args, work, problems, seed))
         samples = report["solutions"]["samples"]
-        picks, aucs, first_errors = work.phase(f"verifier picks {seed}",
-                                               lambda: verifier_picks(problems, samples, summaries))
+        scores, steps = work.phase(f"verifier scores {seed}", lambda: work.cached(
+            f"heldout-{seed}/scores", lambda: verifier_scores(samples, summaries)))
+        picks, aucs, cases = verifier_picks(problems, samples, scores, steps)
+        # ProcessBench's score at 0.5, and at the threshold fitted on the first seed (in-sample there)
+        thresholds = thresholds or {name: ev.fit_threshold(c) for name, c in cases.items()}
+        first_errors = {name: ev.first_error_at(c, 0.5) for name, c in cases.items()}
+        fitted = {name: {**ev.first_error_at(c, thresholds[name]), "in_sample": i == 0} for name, c in cases.items()}
         for name, oks in picks.items():
             pooled.setdefault(name, []).extend(oks)
         base_greedy = report["policy"]["greedy"]
         per_seed.append({"seed": seed, "heldout_seed": args.heldout_seed + i, "problems": len(problems),
                          "accuracy": {k: sum(v) / len(v) for k, v in picks.items()}, "pair_auc": aucs,
-                         "first_error": first_errors, "base_greedy": base_greedy,
+                         "first_error": first_errors, "first_error_fitted": fitted, "base_greedy": base_greedy,
                          "train": {k: {f: s.get(f) for f in ("examples", "steps", "train_loss", "dropped_too_long")}
                                    for k, s in summaries.items()}})
         # policies: greedy on the first --policy-problems held-out problems, hf (deterministic)
@@ -383,13 +394,19 @@ def markdown(result: dict) -> str:
                      f"{_diff(r.get('minus_orm'))} | "
                      f"{', '.join('-' if x is None else f'{x:.3f}' for x in aucs) if any(aucs) else '-'} |")
     lines += ["", "## First wrong step (ProcessBench's score against the exact oracle), per seed", "",
-              "| arm | found (solutions with an error) | passed (solutions without) | F1 |", "|---|---|---|---|"]
+              "At the threshold 0.5, and at the threshold that gives the best F1 on the first seed (in-sample there, "
+              "held out on the others), as ProcessBench fits a PRM's threshold on one split.", "",
+              "| arm | found (solutions with an error) | passed (solutions without) | F1 | fitted threshold | "
+              "F1 at it |", "|---|---|---|---|---|---|"]
     for name in ("orm", "prm_mc", "prm_consensus"):
         got = [s["first_error"].get(name) for s in result["per_seed"]]
+        fitted = [(s.get("first_error_fitted") or {}).get(name) for s in result["per_seed"]]
         if any(got):
             lines.append(f"| {LABELS[name]} | {', '.join(_of(g, 'error_accuracy', 'n_error') for g in got)} | "
                          f"{', '.join(_of(g, 'correct_accuracy', 'n_correct') for g in got)} | "
-                         f"{', '.join(_share(g and g['f1']) for g in got)} |")
+                         f"{', '.join(_share(g and g['f1']) for g in got)} | "
+                         f"{_share(fitted[0] and fitted[0]['threshold'])} | "
+                         f"{', '.join(_share(g and g['f1']) for g in fitted)} |")
     lines += ["", "## Policies: greedy on held-out problems (hf), per seed", "", "| policy | right per seed |",
               "|---|---|"]
     for arm, rows in result["policy"].items():

@@ -189,6 +189,19 @@ def test_first_error_f1_is_the_harmonic_mean_of_the_two_accuracies():
         first_error_f1([0, 1], [1])
 
 
+def test_a_fitted_threshold_finds_first_errors_a_head_that_scores_everything_low_hides_at_half():
+    from treepref.train.evaluate import first_error_at, fit_threshold
+
+    # a PRM trained on mostly wrong steps: every score under 0.5. Truth: an error at step 1, none, one at 0
+    cases = [([0.3, 0.1], 1), ([0.35, 0.32], -1), ([0.2], 0)]
+    at_half = first_error_at(cases, 0.5)  # every first step flagged: one error found by luck, nothing passed
+    assert (at_half["error_accuracy"], at_half["correct_accuracy"], at_half["f1"]) == (0.5, 0.0, 0.0)
+    # between the sorted scores 0.1, 0.2, 0.3, 0.32, 0.35: 0.15 misses the step-0 error (F1 2/3), 0.25 gets all
+    assert fit_threshold(cases) == pytest.approx(0.25)
+    assert first_error_at(cases, fit_threshold(cases))["f1"] == 1.0
+    assert first_error_at(cases, 0.15)["f1"] == pytest.approx(2 / 3)
+
+
 def test_first_error_report_grades_a_prms_step_scores_against_the_oracle():
     from treepref.domains.arithmetic import make_problem
     from treepref.train.evaluate import first_error_report

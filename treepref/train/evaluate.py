@@ -206,25 +206,54 @@ def first_error_f1(predicted: Sequence[int], truth: Sequence[int]) -> dict:
     return {"error_accuracy": a, "correct_accuracy": b, "f1": f1, "n_error": len(errors), "n_correct": len(clean)}
 
 
-def first_error_report(problems: Sequence[Problem], solutions: Sequence[Sequence[Solution]],
-                       step_scores: Sequence[Sequence[Sequence[float]]], threshold: float = 0.5) -> dict | None:
-    """ProcessBench's score of a stepwise scorer on built-in arithmetic: over the distinct solutions that state
-    an answer, its first step scored below ``threshold`` against the exact oracle's first wrong or off-track
-    step (``extract.quality.first_error``); None when a problem is not arithmetic (no oracle)."""
+def first_error_cases(problems: Sequence[Problem], solutions: Sequence[Sequence[Solution]],
+                      step_scores: Sequence[Sequence[Sequence[float]]]) -> list[tuple[list[float], int]] | None:
+    """``(step scores, first wrong step by the exact oracle)`` of each distinct solution that states an answer
+    (``extract.quality.first_error``; -1 for none): what ProcessBench grades. None when a problem is not
+    arithmetic (no oracle)."""
     from treepref.extract.quality import first_error
 
     if not all("expression" in (p.meta or {}) for p in problems):
         return None
-    predicted, truth, seen = [], [], set()
+    cases, seen = [], set()
     for problem, sols, scores in zip(problems, solutions, step_scores):
         for sol, steps in zip(sols, scores):
             key = (problem.id, tuple(sol.token_ids))
             if sol.answer is None or not steps or key in seen:
                 continue
             seen.add(key)
-            predicted.append(predicted_first_error(steps, threshold))
-            truth.append(first_error(problem, sol.steps))
-    return first_error_f1(predicted, truth)
+            cases.append((list(steps), first_error(problem, sol.steps)))
+    return cases
+
+
+def first_error_at(cases: Sequence[tuple[Sequence[float], int]], threshold: float) -> dict:
+    """:func:`first_error_f1` of ``cases`` with the first step scored below ``threshold`` as the guess."""
+    return {**first_error_f1([predicted_first_error(s, threshold) for s, _ in cases], [t for _, t in cases]),
+            "threshold": threshold}
+
+
+def fit_threshold(cases: Sequence[tuple[Sequence[float], int]]) -> float:
+    """The threshold with the best first-error F1 on ``cases``, as ProcessBench fits a PRM's on one split and
+    applies it to the others: a head trained on mostly wrong steps scores everything low, and at 0.5 it would
+    flag every first step. Candidates lie between consecutive distinct scores (the lowest wins ties)."""
+    values = sorted({v for s, _ in cases for v in s})
+    candidates = [values[0] - 1e-6] if values else [0.5]
+    candidates += [(a + b) / 2 for a, b in zip(values, values[1:])] + ([values[-1] + 1e-6] if values else [])
+    best, best_f1 = candidates[0], -1.0
+    for c in candidates:
+        f1 = first_error_at(cases, c)["f1"] or 0.0
+        if f1 > best_f1:
+            best, best_f1 = c, f1
+    return best
+
+
+def first_error_report(problems: Sequence[Problem], solutions: Sequence[Sequence[Solution]],
+                       step_scores: Sequence[Sequence[Sequence[float]]], threshold: float = 0.5) -> dict | None:
+    """ProcessBench's score of a stepwise scorer on built-in arithmetic (:func:`first_error_cases`): its first
+    step scored below ``threshold`` against the exact oracle's first wrong or off-track step; None when a
+    problem is not arithmetic (no oracle)."""
+    cases = first_error_cases(problems, solutions, step_scores)
+    return None if cases is None else first_error_at(cases, threshold)
 
 
 def rerank_report(problems: Sequence[Problem], solutions: Sequence[Sequence[Solution]],
