@@ -237,8 +237,9 @@ def fit_threshold(cases: Sequence[tuple[Sequence[float], int]]) -> float:
     applies it to the others: a head trained on mostly wrong steps scores everything low, and at 0.5 it would
     flag every first step. Candidates lie between consecutive distinct scores (the lowest wins ties)."""
     values = sorted({v for s, _ in cases for v in s})
-    candidates = [values[0] - 1e-6] if values else [0.5]
-    candidates += [(a + b) / 2 for a, b in zip(values, values[1:])] + ([values[-1] + 1e-6] if values else [])
+    if not values:
+        return 0.5
+    candidates = [values[0] - 1e-6, *((a + b) / 2 for a, b in zip(values, values[1:])), values[-1] + 1e-6]
     best, best_f1 = candidates[0], -1.0
     for c in candidates:
         f1 = first_error_at(cases, c)["f1"] or 0.0
