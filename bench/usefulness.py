@@ -12,8 +12,9 @@ the same generated tokens? Tree-PLV's claim, and step-DPO's, on built-in arithme
 2. Verifier arms, per seed, each ``--head-steps`` optimizer steps of ``--head-batch`` from the same base with
    LoRA: (a) ``verifier``, pairwise on the tree's pairs (Tree-PLV); (b) ``orm``, an outcome verifier on flat's
    labels, read at the last step (Tree-PLV's baseline); (c) ``prm_mc``, a PRM on the Monte Carlo labels; (d)
-   ``prm_consensus``, a PRM on the consensus labels; (c) and (d) read the weakest step. The stepwise arms read
-   their own short prompt (``input: question``); the pairwise verifier reads what the policy saw.
+   ``prm_consensus``, a PRM on the consensus labels; (c) and (d) read the weakest step. Every arm reads its own
+   short prompt (``input: question``: the question, then the steps, no worked examples); the stepwise arms weigh
+   their classes alike (``loss.pos_weight: balanced``).
 3. Held out, per seed (``--heldout-problems``, seed ``--heldout-seed`` + i, prompts disjoint from training,
    checked): ``--n`` samples a problem from the base; the pick of each verifier against majority vote, the
    base's mean log-prob, the first sample and the oracle (any of N right); pair AUC; for the stepwise arms
@@ -28,11 +29,13 @@ Reported: every arm per seed, pooled over seeds with Wilson 95% intervals, mean 
 paired differences (bootstrap 95% over problems) of each verifier against majority vote and the ORM.
 
     .venv/bin/python bench/usefulness.py                                   # bench/results/usefulness.{md,json}
-    .venv/bin/python bench/usefulness.py --train-problems 4 --heldout-problems 4 --policy-problems 2 \\
-        --seeds 1 --head-steps 2 --policy-steps 2 --work /tmp/useful-tiny --out /tmp/useful-tiny   # the harness
+    .venv/bin/python bench/usefulness.py --train-problems 8 --heldout-problems 4 --policy-problems 2 \\
+        --seeds 2 --head-steps 2 --policy-steps 2 --work /tmp/useful-tiny --out /tmp/useful-tiny   # the harness
 
 Everything is cached in ``--work`` (default ``bench/work/usefulness``, ignored by git): a rerun resumes the
-searches, reuses trained models and held-out samples, and only redoes what is missing. With ``--backend vllm``
+searches, reuses trained models and held-out samples, and only redoes what is missing. A policy arm's reference
+log-probs are the same for every seed (same data, same base): later seeds start from the first seed's cache, which
+the trainer uses only where its key (base model and examples) matches. With ``--backend vllm``
 every search runs in this process's engine (spawned on CPU machines, hence the ``__main__`` guard).
 """
 
@@ -45,6 +48,7 @@ import math
 import pickle
 import platform
 import random
+import shutil
 import statistics
 import sys
 import time
@@ -72,11 +76,14 @@ EXPORTS = {  # name: (search, format, export settings)
     "flat-outcome": ("flat", "stepwise", {"value": "outcome"}),
     "flat-trajectories": ("flat", "trajectory_pairs", {}),
 }
+# the stepwise heads: hard labels, classes weighed alike (a weak policy's labels are 75-92% negative, and unweighted
+# heads learned to score every step under 0.5 rather than to rank)
+STEPWISE = {"loss.labels": "hard", "loss.pos_weight": "balanced"}
 VERIFIERS = {  # name: (training recipe, export, overrides, how a solution's step scores become one)
-    "verifier": ("train-verifier.yaml", "tree-pairs", {"format": "step_pairs"}, None),
-    "orm": ("train-prm.yaml", "flat-outcome", {"input": "question", "loss.labels": "hard"}, "last"),
-    "prm_mc": ("train-prm.yaml", "tree-mc", {"input": "question", "loss.labels": "hard"}, "min"),
-    "prm_consensus": ("train-prm.yaml", "tree-consensus", {"input": "question", "loss.labels": "hard"}, "min"),
+    "verifier": ("train-verifier.yaml", "tree-pairs", {"format": "step_pairs", "input": "question"}, None),
+    "orm": ("train-prm.yaml", "flat-outcome", {"input": "question", **STEPWISE}, "last"),
+    "prm_mc": ("train-prm.yaml", "tree-mc", {"input": "question", **STEPWISE}, "min"),
+    "prm_consensus": ("train-prm.yaml", "tree-consensus", {"input": "question", **STEPWISE}, "min"),
 }
 POLICIES = {"step_dpo": ("tree-pairs", "step_pairs"), "dpo": ("flat-trajectories", "trajectory_pairs")}
 REFERENCES = ("oracle", "first", "majority", "logprob")
@@ -213,6 +220,10 @@ def train_arm(args, work: Work, name: str, config: str, data: str, seed: int, st
     summary_path = out / "summary.json"
     if summary_path.exists():
         return json.loads(summary_path.read_text())
+    shared = sorted((work.folder / "models").glob(f"{name}-*/reference_logps.json"))
+    if shared and not (out / "reference_logps.json").exists():
+        out.mkdir(parents=True, exist_ok=True)
+        shutil.copyfile(shared[0], out / "reference_logps.json")
     return treepref.train(CONFIGS / config, out, overrides={
         "data": str(work.folder / "exports" / data), "resume": False, "train.max_steps": steps,
         "train.batch_size": batch, "train.learning_rate": lr, "train.seed": seed, "train.progress": False,
@@ -238,6 +249,14 @@ async def greedy_accuracy(model: str | None, problems: list) -> dict:
     finally:
         policy.close()
     return ev.accuracy(sum(bool(s) and s[0].correct for s in sols), len(sols))
+
+
+def train_facts(summary: dict) -> dict:
+    """What the report says of one trained arm: its data, steps, loss and speed."""
+    runtime = next((r["train_runtime"] for r in reversed(summary.get("log") or []) if "train_runtime" in r), None)
+    steps = summary.get("steps")
+    return {**{f: summary.get(f) for f in ("examples", "steps", "train_loss", "dropped_too_long", "pos_weight")},
+            "steps_per_s": round(steps / runtime, 3) if steps and runtime else None}
 
 
 def verifier_scores(samples, summaries: dict) -> tuple[dict, dict]:
@@ -314,20 +333,19 @@ def main(argv=None) -> dict:
         per_seed.append({"seed": seed, "heldout_seed": args.heldout_seed + i, "problems": len(problems),
                          "accuracy": {k: sum(v) / len(v) for k, v in picks.items()}, "pair_auc": aucs,
                          "first_error": first_errors, "first_error_fitted": fitted, "base_greedy": base_greedy,
-                         "train": {k: {f: s.get(f) for f in ("examples", "steps", "train_loss", "dropped_too_long")}
-                                   for k, s in summaries.items()}})
+                         "train": {k: train_facts(s) for k, s in summaries.items()}})
         # policies: greedy on the first --policy-problems held-out problems, hf (deterministic)
         subset = problems[:args.policy_problems]
         for arm in ("base", *POLICIES):
-            model = None  # the phases side by side, not nested, so their times add up to the run's
+            trained = {}  # the phases side by side, not nested, so their times add up to the run's
             if arm != "base":
                 export, fmt = POLICIES[arm]
-                model = work.phase(f"train {arm} {seed}", lambda arm=arm, export=export, fmt=fmt: train_arm(
+                trained = work.phase(f"train {arm} {seed}", lambda arm=arm, export=export, fmt=fmt: train_arm(
                     args, work, arm, "train-step-dpo.yaml", export, seed, args.policy_steps, args.policy_batch,
-                    args.policy_lr, {"format": fmt}))["model"]
-            greedy = work.phase(f"policy {arm} {seed}", lambda arm=arm, model=model: work.cached(
+                    args.policy_lr, {"format": fmt}))
+            greedy = work.phase(f"policy {arm} {seed}", lambda arm=arm, model=trained.get("model"): work.cached(
                 f"policy/{arm}-{seed}", lambda: asyncio.run(greedy_accuracy(model, subset))))
-            policy[arm].append({"seed": seed, **greedy})
+            policy[arm].append({"seed": seed, **greedy, **({"train": train_facts(trained)} if trained else {})})
 
     rng = random.Random(0)
     table = []
@@ -411,6 +429,15 @@ def markdown(result: dict) -> str:
               "|---|---|"]
     for arm, rows in result["policy"].items():
         lines.append(f"| {arm} | {', '.join(str(r['correct']) + '/' + str(r['n']) for r in rows)} |")
+    trained = {name: [s["train"].get(name) or {} for s in result["per_seed"]] for name in VERIFIERS}
+    trained.update({arm: [r.get("train") or {} for r in rows] for arm, rows in result["policy"].items()
+                    if arm != "base"})
+    lines += ["", "## Training, per seed", "", "| arm | examples | optimizer steps | steps per second | final loss | "
+              "positive weight |", "|---|---|---|---|---|---|"]
+    for name, facts in trained.items():
+        cells = [", ".join("-" if f.get(k) is None else f"{f[k]:.3g}" for f in facts)
+                 for k in ("examples", "steps", "steps_per_s", "train_loss", "pos_weight")]
+        lines.append(f"| {LABELS.get(name, name)} | " + " | ".join(cells) + " |")
     head = [s["base_greedy"] for s in result["per_seed"]]
     lines += ["", "## Room above the base", "",
               "Base greedy per seed: " + ", ".join(f"{g['correct']}/{g['n']}" for g in head) + "; majority and "

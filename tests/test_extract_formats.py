@@ -45,7 +45,8 @@ def pair(prompt, chosen, rejected, prefix, cv, rv, depth, nc, nr, strategy, weig
     return {"problem_id": "p1", "recipe": "r", "prompt": prompt, "chosen": chosen, "rejected": rejected,
             "question": Q, "prefix_steps": prefix, "chosen_value": cv, "rejected_value": rv,
             "margin": cv - rv, "depth": depth, "chosen_visits": nc, "rejected_visits": nr,
-            "chosen_final": final, "rejected_final": final, "strategy": strategy, "weight": weight, "prompt_ids": [], "chosen_ids": [], "rejected_ids": []}
+            "chosen_final": final, "rejected_final": final, "strategy": strategy, "weight": weight, "prompt_ids": [],
+            "chosen_ids": [], "rejected_ids": [], "prefix_ids": [[] for _ in prefix]}
 
 
 def test_step_pairs_max_min():
@@ -335,6 +336,26 @@ def test_pair_id_columns():
         ("<user>\nQ?\n<assistant>\nb\n\n", "b1\n\n", "b2\n\n")]
     chosen = [1, 3, 5]
     assert all(r["prompt_ids"] + r["chosen_ids"] == t.prompt_ids(c) for r, c in zip(got, chosen))
+    # each prefix step's ids: prompt_ids is the root's prompt followed by them (what input: question reads)
+    assert [r["prefix_ids"] for r in got] == [[], [[11]], [[21, 22, 23]]]
+
+
+def test_prefix_ids_carry_the_observation_after_each_step():
+    """An agent's step is followed by its observation in what the policy saw; ``prefix_ids`` keep it, so the root's
+    prompt and the prefix ids still spell ``prompt_ids``; a tree without ids gives one empty list per step."""
+    t = Tree("p", "Q?", "x")
+    t.token_ids[ROOT] = [1, 2]
+    a = t.add(ROOT, "search[x]", token_ids=[11, 12], obs="found x", obs_ids=[90, 91])
+    for text, ids_, v in (("click[x]", [31], 1.0), ("click[y]", [41], 0.0)):
+        t.backup(t.add(a, text, token_ids=ids_, terminated=True, reward=v), v)
+    t.backup(t.add(ROOT, "search[y]", token_ids=[21], reward=0.0, terminated=True), 0.0)
+    got, _ = srows("step_pairs", tree=t, rule="max_min")
+    deep = [r for r in got if r["depth"] == 2]
+    assert [r["prefix_ids"] for r in deep] == [[[11, 12, 90, 91]]]
+    assert deep[0]["prompt_ids"] == [1, 2, 11, 12, 90, 91]
+    t.token_ids[a] = []
+    got, _ = srows("step_pairs", tree=t, rule="max_min")
+    assert [(r["prompt_ids"], r["prefix_ids"]) for r in got if r["depth"] == 2] == [([], [[]])]
 
 
 def test_step_dpo_id_columns():

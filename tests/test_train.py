@@ -4,6 +4,7 @@ for every method on a tiny model, reference caching and resume, LoRA, and one-li
 from __future__ import annotations
 
 import json
+import math
 
 import pytest
 import torch
@@ -178,6 +179,69 @@ def test_verifier_ranks_chosen_above_rejected(tok, tiny, tmp_path):
     assert json.loads((tmp_path / "out" / "model" / "treepref-train.json").read_text())["method"] == "verifier"
 
 
+def test_a_verifier_trained_on_the_question_alone_reads_it_back_so(tok, tiny, tmp_path):
+    """``input: question`` for the pairwise verifier: an example is the question's short prompt, the prefix steps'
+    ids (``prefix_ids``) and the step, never the policy's prompt of worked examples; the loaded verifier reads a
+    tree and a best-of-N solution the same way."""
+    import asyncio
+
+    from treepref.tokens import question_ids
+    from treepref.train.evaluate import Solution, verifier_scores
+    from treepref.tree import ROOT, Tree
+    from treepref.verifiers.trained import load_trained
+
+    q = "What is 2 + 3 * 4?"
+    policy = prompt_ids(tok, "Worked example: 1 + 1 = 2. The answer is 2.\n\n" + q)
+    own = question_ids(tok, q)
+    first = step_ids(tok, "3 * 4 = 12\n\n")
+    good, bad = step_ids(tok, "2 + 12 = 14\n\n"), step_ids(tok, "2 + 12 = 15\n\n")
+    rows = [{"prompt_ids": policy + first, "prefix_ids": [first], "question": q, "chosen_ids": good,
+             "rejected_ids": bad, "chosen_final": False, "rejected_final": False}]
+    ask = {"question_ids": lambda text: question_ids(tok, text)}
+    [ex] = Builder("verifier", "rows", tok.eos_token_id, **ask).build(rows)
+    assert (ex.prompt, ex.chosen, ex.rejected) == (own + first, good, bad)
+    with pytest.raises(TrainDataError, match="rows: row 1: prefix_ids: input: question reads one non-empty list"):
+        Builder("verifier", "rows", tok.eos_token_id, **ask).build([{**rows[0], "prefix_ids": None}])
+    with pytest.raises(TrainDataError, match="rows: row 1: question: input: question reads"):
+        Builder("verifier", "rows", tok.eos_token_id, **ask).build([{**rows[0], "question": ""}])
+    s = run("verifier", write_jsonl(tmp_path / "pairs.jsonl", rows), tiny, tmp_path / "out", learning_rate=5e-3,
+            input="question")
+    verifier = load_trained(s["model"])
+    want = verifier.score_ids([own + first + good, own + first + bad])
+    assert want[0] > want[1]
+    tree = Tree("p", q, "14")
+    tree.token_ids[ROOT] = policy
+    a = tree.add(ROOT, "3 * 4 = 12", token_ids=first)
+    nodes = [tree.add(a, text, token_ids=ids) for text, ids in (("2 + 12 = 14", good), ("2 + 12 = 15", bad))]
+    got = [asyncio.run(verifier.score_node(tree, n)) for n in nodes]
+    assert got == pytest.approx([1 / (1 + math.exp(-w)) for w in want], abs=1e-6)
+    sol = Solution("", first + good, [first, good], ["3 * 4 = 12", "2 + 12 = 14"], -1.0, None, False, False,
+                   prompt_ids=policy, question=q)
+    assert verifier_scores(verifier, [[sol]]) == [[pytest.approx(want[0], abs=1e-5)]]
+
+
+def test_balanced_pos_weight_is_the_negative_over_the_positive_label_mass(tok, tiny, tmp_path):
+    """``loss.pos_weight: balanced`` on 1 positive and 3 negative steps weighs the positive term 3x; the summary
+    keeps what was asked and records the number used; one class alone is a one-line error."""
+    from treepref.train.trainer import balanced_pos_weight
+
+    p = prompt_ids(tok, "What is 2 + 3?")
+    good, bad = step_ids(tok, "2 + 3 = 5\n\n"), step_ids(tok, "2 + 3 = 6\n\n")
+    rows = [{"prompt_ids": p, "completions_ids": [good, good], "labels": [True, False]},
+            {"prompt_ids": p, "completions_ids": [bad, bad], "labels": [False, False]}]
+    items = Builder("prm", "rows", tok.eos_token_id).build(rows)
+    assert balanced_pos_weight(items, "rows") == 3.0
+    with pytest.raises(TrainDataError, match="rows: loss.pos_weight: balanced needs positive and negative"):
+        balanced_pos_weight(items[1:], "rows")
+    s = run("prm", write_jsonl(tmp_path / "steps.jsonl", rows), tiny, tmp_path / "out", max_steps=2,
+            loss={"pos_weight": "balanced"})
+    assert (s["pos_weight"], s["config"]["loss"]["pos_weight"]) == (3.0, "balanced")
+    with pytest.raises(ConfigError, match="loss.pos_weight is read by prm only"):
+        train_config_from_dict({"method": "verifier", "loss": {"pos_weight": 2.0}})
+    with pytest.raises(ConfigError, match="loss.pos_weight must be a number > 0 or balanced"):
+        train_config_from_dict({"method": "prm", "loss": {"pos_weight": 0}})
+
+
 def test_prm_learns_step_labels(tok, tiny, tmp_path):
     from transformers import AutoModelForTokenClassification
 
@@ -224,8 +288,8 @@ def test_a_prm_trained_on_the_question_alone_reads_it_back_so(tok, tiny, tmp_pat
     got = [asyncio.run(prm.score_node(tree, n)) for n in nodes]
     assert got == pytest.approx([prm.score_ids(own, [ids])[0] for ids in (good, bad)], abs=1e-6)
     assert got[0] > 0.5 > got[1]
-    with pytest.raises(ConfigError, match="input: question is read by prm and pav"):
-        train_config_from_dict({"method": "verifier", "input": "question"})
+    with pytest.raises(ConfigError, match="input: question is read by prm, pav and verifier"):
+        train_config_from_dict({"method": "dpo", "input": "question"})
     with pytest.raises(ConfigError, match="input must be policy or question"):
         train_config_from_dict({"method": "prm", "input": "text"})
 

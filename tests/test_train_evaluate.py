@@ -93,6 +93,9 @@ def test_scores_use_the_generated_ids_and_aggregate_per_step():
         def __init__(self):
             self.seen = None
 
+        def sequence(self, prompt_ids, steps_ids, question):  # reads the policy's prompt, as one trained on it
+            return [*prompt_ids, *(t for s in steps_ids for t in s)]
+
         def score_ids(self, seqs):
             self.seen = seqs
             return [float(len(s)) for s in seqs]

@@ -406,6 +406,17 @@ def test_stepwise_bce_hand_values_with_soft_labels():
     assert weighted.loss.item() == pytest.approx((2 * l0 + l1 + l2) / 4, abs=1e-6)
 
 
+def test_stepwise_bce_pos_weight_scales_the_positive_term_and_moves_the_optimum():
+    # l = w * y * softplus(-x) + (1 - y) * softplus(x), w = 3
+    l0, l1, l2 = 3 * math.log(2), 3 * 0.25 * softplus(-2) + 0.75 * softplus(2), softplus(-1)
+    out = stepwise_bce(t(0.0, 2.0, -1.0), t(1.0, 0.25, 0.0), pos_weight=3.0)
+    assert out.loss.item() == pytest.approx((l0 + l1 + l2) / 3, abs=1e-6)
+    # dl/dx = (w y + 1 - y) sigmoid(x) - w y: zero at sigmoid(x) = w y / (w y + 1 - y); y = 0.25, w = 3 -> x = 0
+    x = torch.tensor([0.0], requires_grad=True)
+    stepwise_bce(x, [0.25], pos_weight=3.0).loss.backward()
+    assert x.grad.item() == pytest.approx(0.0, abs=1e-6)
+
+
 def test_stepwise_bce_soft_label_is_its_own_target():
     # dBCE/dx = sigmoid(x) - y: zero at x = log(y / (1 - y)); y = 0.25 -> x = log(1/3)
     x = torch.tensor([math.log(1 / 3)], requires_grad=True)

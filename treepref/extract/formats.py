@@ -72,7 +72,7 @@ def _continuation_nodes(tree: Tree, node: int, kids: dict[int, list[int]]) -> li
 # Id columns and how deep their lists nest (1: a list of ids, 2: a list of id lists); api.export types them
 # as int64 lists, so an export of trees without ids still has the same schema.
 ID_COLUMNS = {"prompt_ids": 1, "chosen_ids": 1, "rejected_ids": 1, "full_chosen_ids": 1,
-              "full_rejected_ids": 1, "responses_ids": 2, "completions_ids": 2}
+              "full_rejected_ids": 1, "responses_ids": 2, "completions_ids": 2, "prefix_ids": 2}
 
 
 def _known(tree: Tree, nodes) -> bool:
@@ -113,6 +113,11 @@ def _pair_row(tree: Tree, ctx: Context, p: Pair) -> dict:
     pr = ctx.prompter
     vc, vr = tree.visits[p.chosen], tree.visits[p.rejected]
     ids = _row_ids(tree, p.parent, {"chosen_ids": [p.chosen], "rejected_ids": [p.rejected]})
+    # each prefix step's ids and the observation after it: prompt_ids is the root's prompt followed by these, so a
+    # scorer with its own short prompt (train's input: question) can put the question before the same steps
+    prefix = tree.path(p.parent)
+    ids["prefix_ids"] = ([tree.token_ids[n] + tree.obs_ids[n] for n in prefix] if ids["prompt_ids"]
+                         else [[] for _ in prefix])
     return {**_base(tree, ctx),
             "prompt": pr.prompt(tree, p.parent),
             "chosen": pr.completion(pr.action(tree, p.chosen)),
@@ -470,7 +475,7 @@ _ID = ("problem_id", "recipe")
 _PAIR_IDS = ("prompt_ids", "chosen_ids", "rejected_ids")
 _PAIR_COLUMNS = _ID + ("prompt", "chosen", "rejected", "question", "prefix_steps", "chosen_value",
                        "rejected_value", "margin", "depth", "chosen_visits", "rejected_visits",
-                       "chosen_final", "rejected_final", "strategy", "weight") + _PAIR_IDS
+                       "chosen_final", "rejected_final", "strategy", "weight") + _PAIR_IDS + ("prefix_ids",)
 
 FORMATS = Registry("format", {
     "step_pairs": Format(step_pairs, _PAIR_COLUMNS, "max_min", _STEP_PAIR_FILTERS),

@@ -23,6 +23,8 @@ class LossSection:
     tpo_weighting: str = "uniform"  # tpo: uniform | lambda (LiPO-λ) | adaptive (pairs of near-identical
     #                                 responses count less: 1 - Jaccard similarity of their tokens)
     labels: str = "hard"  # prm: hard (labels) | soft (soft_labels)
+    pos_weight: float | str | None = None  # prm: weight of a positive label's BCE term: a number, or balanced (the
+    #                                        training set's negative mass ÷ positive mass: both classes weigh alike)
 
 
 @dataclass
@@ -54,9 +56,9 @@ class TrainConfig:
     format: str | None = None  # which export of a run folder (default: the method's first format)
     model: str | None = None  # the model to start from: a local folder; None: the embedded SmolLM2
     output: str = "runs/train"
-    input: str = "policy"  # prm/pav: what the model reads before the steps: policy (the prompt ids the policy
-    #                        saw, worked examples and all) | question (its own short prompt: the question alone
-    #                        in the chat template; shorter, so training and scoring are cheaper)
+    input: str = "policy"  # prm/pav/verifier: what the model reads before the steps: policy (the prompt ids the
+    #                        policy saw, worked examples and all) | question (its own short prompt: the question
+    #                        alone in the chat template; shorter, so training and scoring are cheaper)
     resume: bool = True  # continue from the last checkpoint in output/checkpoints
     loss: LossSection = field(default_factory=LossSection)
     train: OptimSection = field(default_factory=OptimSection)
@@ -88,9 +90,9 @@ def _validate(cfg: TrainConfig) -> None:
         raise ConfigError(f"{src}: format {cfg.format!r} has no {cfg.method} columns; use one of {', '.join(formats)}")
     if cfg.input not in ("policy", "question"):
         raise ConfigError(f"{src}: input must be policy or question, got {cfg.input!r}")
-    if cfg.input == "question" and cfg.method not in ("prm", "pav"):
-        raise ConfigError(f"{src}: input: question is read by prm and pav (stepwise rows, whose prompt is the "
-                          f"question); method {cfg.method} reads the policy's prompt ids")
+    if cfg.input == "question" and cfg.method not in ("prm", "pav", "verifier"):
+        raise ConfigError(f"{src}: input: question is read by prm, pav and verifier (scorers); method {cfg.method} "
+                          f"trains the policy, which reads its own prompt ids")
     if loss.weighting not in WEIGHTINGS:
         raise ConfigError(f"{src}: loss.weighting must be one of {', '.join(WEIGHTINGS)}, got {loss.weighting!r}")
     if loss.weighting != "none" and cfg.method not in ("dpo", "step_apo"):
@@ -100,6 +102,13 @@ def _validate(cfg: TrainConfig) -> None:
                           f"got {loss.tpo_weighting!r}")
     if loss.labels not in ("hard", "soft"):
         raise ConfigError(f"{src}: loss.labels must be hard or soft, got {loss.labels!r}")
+    if loss.pos_weight is not None:
+        pw = loss.pos_weight
+        number = isinstance(pw, (int, float)) and not isinstance(pw, bool)
+        if not (pw == "balanced" or number and pw > 0):
+            raise ConfigError(f"{src}: loss.pos_weight must be a number > 0 or balanced, got {pw!r}")
+        if cfg.method != "prm":
+            raise ConfigError(f"{src}: loss.pos_weight is read by prm only")
     if not 0 <= loss.label_smoothing < 0.5:
         raise ConfigError(f"{src}: loss.label_smoothing must be in [0, 0.5), got {loss.label_smoothing}")
     if loss.beta <= 0:

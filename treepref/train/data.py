@@ -172,7 +172,7 @@ class Builder:
     labels: str = "hard"  # prm: "hard" (labels) or "soft" (soft_labels)
     weights: str = "none"  # dpo/step_apo: "none" or "weight" (the export's weight column as a loss weight)
     max_length: int | None = None
-    question_ids: Callable[[str], list[int]] | None = None  # prm/pav with input: question (tokens.question_ids)
+    question_ids: Callable[[str], list[int]] | None = None  # input: question (tokens.question_ids)
     retokenized: int = 0
     too_long: int = 0
     skipped_steps: int = 0  # pav: steps without an advantage (None), left out of the loss
@@ -191,6 +191,8 @@ class Builder:
     # one row --------------------------------------------------------------------------------------
     def _pair(self, row: dict, i: int) -> PairExample | None:
         prompt = self._ids(row, i, "prompt_ids", "prompt", prompt=True)
+        if self.question_ids is not None:  # a verifier's own short prompt: the question, then the prefix steps
+            prompt = self._question_then_prefix(row, i)
         eos = self.method != "verifier"  # a verifier scores the step itself; a policy learns where to stop
         sides = []
         for side in ("chosen", "rejected"):
@@ -258,6 +260,15 @@ class Builder:
             return None
         ids = ids[:positions[-1] + 1]
         return StepExample(ids, positions, kept) if self._fits(len(ids)) else None
+
+    def _question_then_prefix(self, row: dict, i: int) -> list[int]:
+        question, prefix = row.get("question"), row.get("prefix_ids")
+        if not isinstance(question, str) or not question:
+            raise self._error(i, "question", "input: question reads the problem's question here; it is missing")
+        if not isinstance(prefix, list) or not all(map(_token_ids, prefix)):
+            raise self._error(i, "prefix_ids", "input: question reads one non-empty list of token ids per prefix "
+                              "step (a step_pairs or step_apo export of a tree with token ids)")
+        return self.question_ids(question) + [t for step in prefix for t in step]
 
     def _target_column(self) -> str:
         if self.method == "pav":

@@ -325,10 +325,12 @@ def _unique(keys: list) -> tuple[list, list[int]]:
 
 
 def verifier_scores(verifier, solutions: Sequence[Sequence[Solution]]) -> list[list[float]]:
-    """A trained pairwise verifier's logit of ``prompt ids + solution ids`` (``TrainedVerifier.score_ids``);
-    an empty solution scores -inf. Identical sequences are scored once."""
+    """A trained pairwise verifier's logit of what it reads for each solution (``TrainedVerifier.sequence``: the
+    prompt ids, or its own short prompt, then the solution's ids); an empty solution scores -inf. Identical
+    sequences are scored once."""
     flat = _flat(solutions)
-    keys, where = _unique([tuple(s.prompt_ids + s.token_ids) if s.token_ids else () for s in flat])
+    keys, where = _unique([tuple(verifier.sequence(s.prompt_ids, s.steps_ids, s.question)) if s.token_ids else ()
+                           for s in flat])
     live = [k for k in keys if k]
     logits = dict(zip(live, verifier.score_ids([list(k) for k in live]))) if live else {}
     values = [float(logits[keys[w]]) if keys[w] else -math.inf for w in where]

@@ -261,7 +261,7 @@ def bradley_terry_loss(score_chosen: torch.Tensor, score_rejected: torch.Tensor,
     return LossOutput(_weighted_mean(per_example, weights), metrics)
 
 
-def stepwise_bce(logits: torch.Tensor, labels, *, weights=None) -> LossOutput:
+def stepwise_bce(logits: torch.Tensor, labels, *, weights=None, pos_weight: float | None = None) -> LossOutput:
     """Stepwise process-reward loss: binary cross-entropy of one logit per labelled step; inputs ``[N]``.
 
     ``logits`` is one scalar per step, e.g. a 2-class head's ``logit[1] - logit[0]``, for which
@@ -270,10 +270,15 @@ def stepwise_bce(logits: torch.Tensor, labels, *, weights=None) -> LossOutput:
     the right answer). With a soft label ``y`` the loss is minimised at ``sigmoid(logit) = y`` (its derivative
     is ``sigmoid(logit) - y``), so the head learns the estimated success probability rather than a hard call.
 
+    ``pos_weight`` multiplies the positive term, ``l = -(w * y * log σ + (1 - y) * log(1 - σ))``: with labels
+    mostly 0 (a weak policy's steps), ``w = negatives / positives`` makes both classes weigh the same, so the head
+    learns to rank rather than to say "wrong" everywhere (its optimum moves to ``σ = w y / (w y + 1 - y)``).
+
     Metrics: ``"accuracy"`` (``sigmoid > 0.5`` agrees with ``label > 0.5``) and ``"mean_prob"``.
     """
     labels = _like(labels, logits)
-    per_step = F.binary_cross_entropy_with_logits(logits, labels, reduction="none")
+    pw = None if pos_weight is None else _like(pos_weight, logits)
+    per_step = F.binary_cross_entropy_with_logits(logits, labels, reduction="none", pos_weight=pw)
     prob = torch.sigmoid(logits.detach())
     metrics = {"accuracy": _mean(((prob > 0.5) == (labels > 0.5)).float()), "mean_prob": _mean(prob)}
     return LossOutput(_weighted_mean(per_step, weights), metrics)

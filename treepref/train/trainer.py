@@ -13,6 +13,7 @@ the examples, so a resumed run reuses them.
 
 from __future__ import annotations
 
+import dataclasses
 import hashlib
 import json
 import logging
@@ -28,7 +29,7 @@ from treepref.tokens import question_ids
 from treepref.train import losses
 from treepref.train.batches import COLLATE, pair_batch, list_batch
 from treepref.train.config import TrainConfig
-from treepref.train.data import examples as load_examples
+from treepref.train.data import TrainDataError, examples as load_examples
 
 log = logging.getLogger(__name__)
 
@@ -85,7 +86,7 @@ def prm_loss(model, batch: dict, cfg: TrainConfig) -> losses.LossOutput:
     """BCE on logit(good) - logit(bad) of the 2-class head (its softmax class 1 is what
     ``verifiers.prm.TokenClassPRM`` reads)."""
     at = step_outputs(model, batch)
-    return losses.stepwise_bce(at[:, 1] - at[:, 0], batch["labels_"])
+    return losses.stepwise_bce(at[:, 1] - at[:, 0], batch["labels_"], pos_weight=cfg.loss.pos_weight)
 
 
 def pav_loss(model, batch: dict, cfg: TrainConfig) -> losses.LossOutput:
@@ -230,6 +231,17 @@ def last_checkpoint(folder: Path) -> str | None:
     return str(ckpts[-1]) if ckpts else None
 
 
+def balanced_pos_weight(items: Sequence, source: str) -> float:
+    """``loss.pos_weight: balanced``: the negative label mass over the positive (soft labels count fractionally)."""
+    labels = [y for ex in items for y in ex.labels]
+    pos = sum(labels)
+    neg = len(labels) - pos
+    if pos <= 0 or neg <= 0:
+        raise TrainDataError(f"{source}: loss.pos_weight: balanced needs positive and negative step labels; "
+                             f"got {pos:g} positive and {neg:g} negative")
+    return neg / pos
+
+
 def train(cfg: TrainConfig) -> dict:
     """Train ``cfg.method`` on ``cfg.data``; the model lands in ``cfg.output/model`` with its summary."""
     from transformers import AutoTokenizer, TrainingArguments, set_seed
@@ -250,6 +262,10 @@ def train(cfg: TrainConfig) -> dict:
         log.warning("%d rows had no token ids and were encoded from their text", builder.retokenized)
     if cfg.method == "verifier":
         check_last_tokens(items, pad)
+    given = cfg
+    if cfg.loss.pos_weight == "balanced":  # the number the loss reads; the summary keeps both
+        cfg = dataclasses.replace(cfg, loss=dataclasses.replace(cfg.loss, pos_weight=balanced_pos_weight(items,
+                                                                                                         cfg.data)))
 
     out = Path(cfg.output)
     out.mkdir(parents=True, exist_ok=True)
@@ -286,9 +302,9 @@ def train(cfg: TrainConfig) -> dict:
                "examples": len(items), "retokenized_rows": builder.retokenized, "dropped_too_long": builder.too_long,
                "skipped_steps": builder.skipped_steps, "dropped_unlabelled": builder.unlabelled,
                "reference_cache_used": cached, "resumed_from": resume, "steps": trainer.state.global_step,
-               "train_loss": result.training_loss,
+               "train_loss": result.training_loss, "pos_weight": cfg.loss.pos_weight,
                "log": [r for r in trainer.state.log_history if "loss" in r or "train_loss" in r],
-               "config": cfg.to_dict()}
+               "config": given.to_dict()}
     atomic_write_text(target / SUMMARY, json.dumps(summary, indent=1, default=str))
     atomic_write_text(out / "summary.json", json.dumps(summary, indent=1, default=str))
     return summary

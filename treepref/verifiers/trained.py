@@ -250,9 +250,19 @@ class TrainedVerifier(_Trained):
     def _read(logits, length: int) -> float:
         return float(logits[0])  # already pooled at the last non-pad token: [num_labels]
 
+    def sequence(self, prompt_ids: Sequence[int], steps_ids: Sequence[Sequence[int]], question: str) -> list[int]:
+        """What this verifier reads for a path, as one sequence: ``row``'s prompt, then every step's ids."""
+        prompt, steps = self.row(prompt_ids, steps_ids, question)
+        return [*prompt, *(t for s in steps for t in s)]
+
     def score_node_sync(self, tree, node: int) -> float:
-        """sigmoid of the logit on ``Tree.prompt_ids(node)``: the prompt and every step down to ``node``."""
-        return _sigmoid(self.score_ids([tree.prompt_ids(node)])[0])
+        """sigmoid of the logit on the prompt and every step down to ``node`` (``Tree.prompt_ids(node)``, or the
+        question's short prompt before the same steps for a verifier trained with ``input: question``)."""
+        from treepref.extract.common import problem_of
+        from treepref.tree import ROOT
+
+        steps = [tree.token_ids[n] + tree.obs_ids[n] for n in tree.path(node)]
+        return _sigmoid(self.score_ids([self.sequence(tree.token_ids[ROOT], steps, problem_of(tree).question)])[0])
 
     def prefix_ids(self, problem: Problem, steps: Sequence[str]) -> list[list[int]]:
         """The ids of every prefix path of ``steps`` (re-encoded text), shortest first."""
