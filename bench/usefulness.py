@@ -60,6 +60,7 @@ import yaml  # noqa: E402
 
 import treepref  # noqa: E402
 from treepref.domains.arithmetic import generate as arithmetic_problems  # noqa: E402
+from treepref.errors import UserInputError  # noqa: E402
 from treepref.extract.api import write_export  # noqa: E402
 from treepref.extract.quality import pair_label_quality  # noqa: E402
 from treepref.models import resolve_model  # noqa: E402
@@ -224,10 +225,15 @@ def train_arm(args, work: Work, name: str, config: str, data: str, seed: int, st
     if shared and not (out / "reference_logps.json").exists():
         out.mkdir(parents=True, exist_ok=True)
         shutil.copyfile(shared[0], out / "reference_logps.json")
-    return treepref.train(CONFIGS / config, out, overrides={
-        "data": str(work.folder / "exports" / data), "resume": False, "train.max_steps": steps,
-        "train.batch_size": batch, "train.learning_rate": lr, "train.seed": seed, "train.progress": False,
-        "train.logging_steps": max(1, steps // 4), "train.lora": lora_options(args, resolve_model()), **overrides})
+    try:
+        return treepref.train(CONFIGS / config, out, overrides={
+            "data": str(work.folder / "exports" / data), "resume": False, "train.max_steps": steps,
+            "train.batch_size": batch, "train.learning_rate": lr, "train.seed": seed, "train.progress": False,
+            "train.logging_steps": max(1, steps // 4), "train.lora": lora_options(args, resolve_model()),
+            **overrides})
+    except UserInputError as exc:  # data that cannot train this arm (a small run: no pair, one class of label)
+        print(f"{name}: skipped: {exc}", file=sys.stderr)
+        return {"skipped": str(exc)}
 
 
 def held_out_samples(args, work: Work, problems: list, seed: int) -> dict:
@@ -255,7 +261,8 @@ def train_facts(summary: dict) -> dict:
     """What the report says of one trained arm: its data, steps, loss and speed."""
     runtime = next((r["train_runtime"] for r in reversed(summary.get("log") or []) if "train_runtime" in r), None)
     steps = summary.get("steps")
-    return {**{f: summary.get(f) for f in ("examples", "steps", "train_loss", "dropped_too_long", "pos_weight")},
+    return {**{f: summary.get(f) for f in ("examples", "steps", "train_loss", "dropped_too_long", "pos_weight",
+                                           "skipped")},
             "steps_per_s": round(steps / runtime, 3) if steps and runtime else None}
 
 
@@ -318,13 +325,15 @@ def main(argv=None) -> dict:
         summaries = {name: work.phase(f"train {name} {seed}", lambda name=name, v=v: train_arm(
             args, work, name, v[0], v[1], seed, args.head_steps, args.head_batch, args.head_lr, v[2]))
                      for name, v in VERIFIERS.items()}
+        trained = {name: s for name, s in summaries.items() if "model" in s}  # a skipped arm is reported, not scored
         report = work.phase(f"held-out samples {seed}", lambda: held_out_samples(args, work, problems, seed))
         samples = report["solutions"]["samples"]
         scores, steps = work.phase(f"verifier scores {seed}", lambda: work.cached(
-            f"heldout-{seed}/scores", lambda: verifier_scores(samples, summaries)))
+            f"heldout-{seed}/scores-{'-'.join(trained)}", lambda: verifier_scores(samples, trained)))
         picks, aucs, cases = verifier_picks(problems, samples, scores, steps)
         # ProcessBench's score at 0.5, and at the threshold fitted on the first seed (in-sample there)
-        thresholds = thresholds or {name: ev.fit_threshold(c) for name, c in cases.items()}
+        for name, c in cases.items():
+            thresholds.setdefault(name, ev.fit_threshold(c))
         first_errors = {name: ev.first_error_at(c, 0.5) for name, c in cases.items()}
         fitted = {name: {**ev.first_error_at(c, thresholds[name]), "in_sample": i == 0} for name, c in cases.items()}
         for name, oks in picks.items():
@@ -337,15 +346,18 @@ def main(argv=None) -> dict:
         # policies: greedy on the first --policy-problems held-out problems, hf (deterministic)
         subset = problems[:args.policy_problems]
         for arm in ("base", *POLICIES):
-            trained = {}  # the phases side by side, not nested, so their times add up to the run's
+            tuned = {}  # the phases side by side, not nested, so their times add up to the run's
             if arm != "base":
                 export, fmt = POLICIES[arm]
-                trained = work.phase(f"train {arm} {seed}", lambda arm=arm, export=export, fmt=fmt: train_arm(
+                tuned = work.phase(f"train {arm} {seed}", lambda arm=arm, export=export, fmt=fmt: train_arm(
                     args, work, arm, "train-step-dpo.yaml", export, seed, args.policy_steps, args.policy_batch,
                     args.policy_lr, {"format": fmt}))
-            greedy = work.phase(f"policy {arm} {seed}", lambda arm=arm, model=trained.get("model"): work.cached(
+                if "skipped" in tuned:
+                    policy[arm].append({"seed": seed, "skipped": tuned["skipped"]})
+                    continue
+            greedy = work.phase(f"policy {arm} {seed}", lambda arm=arm, model=tuned.get("model"): work.cached(
                 f"policy/{arm}-{seed}", lambda: asyncio.run(greedy_accuracy(model, subset))))
-            policy[arm].append({"seed": seed, **greedy, **({"train": train_facts(trained)} if trained else {})})
+            policy[arm].append({"seed": seed, **greedy, **({"train": train_facts(tuned)} if tuned else {})})
 
     rng = random.Random(0)
     table = []
@@ -392,6 +404,10 @@ def _of(score: dict | None, share: str, count: str) -> str:
     return "-" if not score else f"{_share(score[share])} of {score[count]}"
 
 
+def _greedy(r: dict) -> str:
+    return "skipped" if "skipped" in r else f"{r['correct']}/{r['n']}"
+
+
 def markdown(result: dict) -> str:
     meta, a = result["meta"], result["meta"]["args"]
     lines = [f"# Usefulness: tree step pairs vs flat samples at the same tokens ({meta['date']})", "",
@@ -428,7 +444,7 @@ def markdown(result: dict) -> str:
     lines += ["", "## Policies: greedy on held-out problems (hf), per seed", "", "| policy | right per seed |",
               "|---|---|"]
     for arm, rows in result["policy"].items():
-        lines.append(f"| {arm} | {', '.join(str(r['correct']) + '/' + str(r['n']) for r in rows)} |")
+        lines.append(f"| {arm} | {', '.join(map(_greedy, rows))} |")
     trained = {name: [s["train"].get(name) or {} for s in result["per_seed"]] for name in VERIFIERS}
     trained.update({arm: [r.get("train") or {} for r in rows] for arm, rows in result["policy"].items()
                     if arm != "base"})
@@ -438,6 +454,9 @@ def markdown(result: dict) -> str:
         cells = [", ".join("-" if f.get(k) is None else f"{f[k]:.3g}" for f in facts)
                  for k in ("examples", "steps", "steps_per_s", "train_loss", "pos_weight")]
         lines.append(f"| {LABELS.get(name, name)} | " + " | ".join(cells) + " |")
+    skipped = {name: f["skipped"] for name, facts in trained.items() for f in facts if f.get("skipped")}
+    if skipped:
+        lines += [""] + [f"Skipped: {LABELS.get(name, name)}: {why}" for name, why in skipped.items()]
     head = [s["base_greedy"] for s in result["per_seed"]]
     lines += ["", "## Room above the base", "",
               "Base greedy per seed: " + ", ".join(f"{g['correct']}/{g['n']}" for g in head) + "; majority and "
