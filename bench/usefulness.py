@@ -77,8 +77,8 @@ EXPORTS = {  # name: (search, format, export settings)
     "flat-outcome": ("flat", "stepwise", {"value": "outcome"}),
     "flat-trajectories": ("flat", "trajectory_pairs", {}),
 }
-# the stepwise heads: hard labels, classes weighed alike (a weak policy's labels are 75-92% negative, and unweighted
-# heads learned to score every step under 0.5 rather than to rank)
+# the stepwise heads: hard labels, classes weighed alike (a weak policy's labels are 75-92% negative; unweighted, the
+# 2026-12-06 run's heads scored every step under 0.5; balanced, they rank no better: bench/README.md)
 STEPWISE = {"loss.labels": "hard", "loss.pos_weight": "balanced"}
 VERIFIERS = {  # name: (training recipe, export, overrides, how a solution's step scores become one)
     "verifier": ("train-verifier.yaml", "tree-pairs", {"format": "step_pairs", "input": "question"}, None),

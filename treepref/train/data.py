@@ -190,9 +190,9 @@ class Builder:
 
     # one row --------------------------------------------------------------------------------------
     def _pair(self, row: dict, i: int) -> PairExample | None:
-        prompt = self._ids(row, i, "prompt_ids", "prompt", prompt=True)
-        if self.question_ids is not None:  # a verifier's own short prompt: the question, then the prefix steps
-            prompt = self._question_then_prefix(row, i)
+        # a verifier with input: question reads its own short prompt, the question, then the prefix steps
+        prompt = (self._question_then_prefix(row, i) if self.question_ids is not None
+                  else self._ids(row, i, "prompt_ids", "prompt", prompt=True))
         eos = self.method != "verifier"  # a verifier scores the step itself; a policy learns where to stop
         sides = []
         for side in ("chosen", "rejected"):

@@ -271,8 +271,9 @@ def stepwise_bce(logits: torch.Tensor, labels, *, weights=None, pos_weight: floa
     is ``sigmoid(logit) - y``), so the head learns the estimated success probability rather than a hard call.
 
     ``pos_weight`` multiplies the positive term, ``l = -(w * y * log σ + (1 - y) * log(1 - σ))``: with labels
-    mostly 0 (a weak policy's steps), ``w = negatives / positives`` makes both classes weigh the same, so the head
-    learns to rank rather than to say "wrong" everywhere (its optimum moves to ``σ = w y / (w y + 1 - y)``).
+    mostly 0 (a weak policy's steps), ``w = negatives / positives`` makes both classes weigh the same in the loss,
+    where unweighted the head gains most by calling every step wrong (the optimum moves to
+    ``σ = w y / (w y + 1 - y)``).
 
     Metrics: ``"accuracy"`` (``sigmoid > 0.5`` agrees with ``label > 0.5``) and ``"mean_prob"``.
     """

@@ -262,10 +262,10 @@ def train(cfg: TrainConfig) -> dict:
         log.warning("%d rows had no token ids and were encoded from their text", builder.retokenized)
     if cfg.method == "verifier":
         check_last_tokens(items, pad)
-    given = cfg
-    if cfg.loss.pos_weight == "balanced":  # the number the loss reads; the summary keeps both
-        cfg = dataclasses.replace(cfg, loss=dataclasses.replace(cfg.loss, pos_weight=balanced_pos_weight(items,
-                                                                                                         cfg.data)))
+    given = cfg  # the summary keeps the recipe as written, and the number the loss read
+    if cfg.loss.pos_weight == "balanced":
+        weight = balanced_pos_weight(items, cfg.data)
+        cfg = dataclasses.replace(cfg, loss=dataclasses.replace(cfg.loss, pos_weight=weight))
 
     out = Path(cfg.output)
     out.mkdir(parents=True, exist_ok=True)
