@@ -298,6 +298,17 @@ def verifier_picks(problems, samples, scores: dict, steps: dict) -> tuple[dict, 
     return picks, aucs, {name: ev.first_error_cases(problems, samples, st) for name, st in steps.items()}
 
 
+def pick_steps(samples, scores: dict) -> dict:
+    """The mean number of steps in each method's pick, and in the right solutions: a scorer's taste in length (a
+    short arithmetic solution merges operations into one step)."""
+    scores = {"logprob": ev.logprob_scores(samples), **scores}
+    chosen = {"first": [sols[0] for sols in samples if sols], "majority": [m for m in map(ev.majority, samples) if m]}
+    chosen.update({name: [p for p in (ev.by_score(s, v) for s, v in zip(samples, sc)) if p]
+                   for name, sc in scores.items()})
+    chosen["right solutions"] = [s for sols in samples for s in sols if s.correct]
+    return {name: statistics.fmean(len(p.steps) for p in ps) if ps else None for name, ps in chosen.items()}
+
+
 # -- the run ---------------------------------------------------------------------------------------------------------
 def main(argv=None) -> dict:
     args = parse_args(argv)
@@ -342,6 +353,7 @@ def main(argv=None) -> dict:
         per_seed.append({"seed": seed, "heldout_seed": args.heldout_seed + i, "problems": len(problems),
                          "accuracy": {k: sum(v) / len(v) for k, v in picks.items()}, "pair_auc": aucs,
                          "first_error": first_errors, "first_error_fitted": fitted, "base_greedy": base_greedy,
+                         "pick_steps": pick_steps(samples, scores),
                          "train": {k: train_facts(s) for k, s in summaries.items()}})
         # policies: greedy on the first --policy-problems held-out problems, hf (deterministic)
         subset = problems[:args.policy_problems]
@@ -427,6 +439,10 @@ def markdown(result: dict) -> str:
                      f"{', '.join(f'{x:.3f}' for x in r['per_seed'])} | {_diff(r.get('minus_majority'))} | "
                      f"{_diff(r.get('minus_orm'))} | "
                      f"{', '.join('-' if x is None else f'{x:.3f}' for x in aucs) if any(aucs) else '-'} |")
+    steps = [s.get("pick_steps") or {} for s in result["per_seed"]]
+    lines += ["", "Steps in each method's pick, mean per seed (right solutions for reference): " + "; ".join(
+        f"{LABELS.get(name, name)} " + ", ".join("-" if st.get(name) is None else f"{st[name]:.2f}" for st in steps)
+        for name in steps[0]) + "."]
     lines += ["", "## First wrong step (ProcessBench's score against the exact oracle), per seed", "",
               "At the threshold 0.5, and at the threshold that gives the best F1 on the first seed (in-sample there, "
               "held out on the others), as ProcessBench fits a PRM's threshold on one split.", "",
