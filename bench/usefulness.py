@@ -284,29 +284,29 @@ def verifier_scores(samples, summaries: dict) -> tuple[dict, dict]:
     return scores, steps
 
 
-def verifier_picks(problems, samples, scores: dict, steps: dict) -> tuple[dict, dict, dict]:
-    """Per method, whether its pick of each problem was right; pair AUCs; the stepwise arms' first-error cases
-    (their step scores beside the oracle's first wrong step)."""
-    scores = {"logprob": ev.logprob_scores(samples), **scores}
+def chosen_by(samples, scores: dict) -> dict:
+    """Each method's pick of each problem (None where there is nothing to pick): the first sample, majority vote,
+    and each scorer's top solution."""
+    chosen = {"first": [sols[0] if sols else None for sols in samples], "majority": list(map(ev.majority, samples))}
+    chosen.update({name: [ev.by_score(s, v) for s, v in zip(samples, sc)] for name, sc in scores.items()})
+    return chosen
+
+
+def verifier_picks(problems, samples, chosen: dict, scores: dict, steps: dict) -> tuple[dict, dict, dict]:
+    """Per method, whether its pick of each problem was right (``chosen``: :func:`chosen_by`); pair AUCs; the
+    stepwise arms' first-error cases (their step scores beside the oracle's first wrong step)."""
     picks = {"oracle": [any(s.correct for s in sols) for sols in samples],
-             "first": [bool(sols) and sols[0].correct for sols in samples],
-             "majority": [bool(m and m.correct) for m in map(ev.majority, samples)]}
-    aucs = {}
-    for name, sc in scores.items():
-        picks[name] = [bool(p and p.correct) for p in (ev.by_score(s, v) for s, v in zip(samples, sc))]
-        aucs[name] = ev.pair_auc(samples, sc)
+             **{name: [bool(p and p.correct) for p in ps] for name, ps in chosen.items()}}
+    aucs = {name: ev.pair_auc(samples, sc) for name, sc in scores.items()}
     return picks, aucs, {name: ev.first_error_cases(problems, samples, st) for name, st in steps.items()}
 
 
-def pick_steps(samples, scores: dict) -> dict:
+def pick_steps(samples, chosen: dict) -> dict:
     """The mean number of steps in each method's pick, and in the right solutions: a scorer's taste in length (a
     short arithmetic solution merges operations into one step)."""
-    scores = {"logprob": ev.logprob_scores(samples), **scores}
-    chosen = {"first": [sols[0] for sols in samples if sols], "majority": [m for m in map(ev.majority, samples) if m]}
-    chosen.update({name: [p for p in (ev.by_score(s, v) for s, v in zip(samples, sc)) if p]
-                   for name, sc in scores.items()})
-    chosen["right solutions"] = [s for sols in samples for s in sols if s.correct]
-    return {name: statistics.fmean(len(p.steps) for p in ps) if ps else None for name, ps in chosen.items()}
+    groups = {**{name: [p for p in ps if p] for name, ps in chosen.items()},
+              "right solutions": [s for sols in samples for s in sols if s.correct]}
+    return {name: statistics.fmean(len(p.steps) for p in ps) if ps else None for name, ps in groups.items()}
 
 
 # -- the run ---------------------------------------------------------------------------------------------------------
@@ -341,7 +341,9 @@ def main(argv=None) -> dict:
         samples = report["solutions"]["samples"]
         scores, steps = work.phase(f"verifier scores {seed}", lambda: work.cached(
             f"heldout-{seed}/scores-{'-'.join(trained)}", lambda: verifier_scores(samples, trained)))
-        picks, aucs, cases = verifier_picks(problems, samples, scores, steps)
+        ranked = {"logprob": ev.logprob_scores(samples), **scores}  # the base's own log-prob beside the arms
+        chosen = chosen_by(samples, ranked)
+        picks, aucs, cases = verifier_picks(problems, samples, chosen, ranked, steps)
         # ProcessBench's score at 0.5, and at the threshold fitted on the first seed (in-sample there)
         for name, c in cases.items():
             thresholds.setdefault(name, ev.fit_threshold(c))
@@ -353,7 +355,7 @@ def main(argv=None) -> dict:
         per_seed.append({"seed": seed, "heldout_seed": args.heldout_seed + i, "problems": len(problems),
                          "accuracy": {k: sum(v) / len(v) for k, v in picks.items()}, "pair_auc": aucs,
                          "first_error": first_errors, "first_error_fitted": fitted, "base_greedy": base_greedy,
-                         "pick_steps": pick_steps(samples, scores),
+                         "pick_steps": pick_steps(samples, chosen),
                          "train": {k: train_facts(s) for k, s in summaries.items()}})
         # policies: greedy on the first --policy-problems held-out problems, hf (deterministic)
         subset = problems[:args.policy_problems]

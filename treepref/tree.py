@@ -167,14 +167,13 @@ class Tree:
         """Step texts from the root down to ``node``."""
         return [self.text[i] for i in self.path(node)]
 
+    def path_ids(self, node: int) -> list[list[int]]:
+        """Per step from the root down to ``node``: its ids, then the ids of the observation after it."""
+        return [self.token_ids[i] + self.obs_ids[i] for i in self.path(node)]
+
     def prompt_ids(self, node: int) -> list[int]:
-        """The token ids the policy continues at ``node``: the prompt, then every step's ids (and the
-        observation after it) down to it."""
-        out = list(self.token_ids[ROOT])
-        for i in self.path(node):
-            out.extend(self.token_ids[i])
-            out.extend(self.obs_ids[i])
-        return out
+        """The token ids the policy continues at ``node``: the prompt, then :meth:`path_ids` down to it."""
+        return [*self.token_ids[ROOT], *(t for step in self.path_ids(node) for t in step)]
 
     def prompt_text(self, node: int) -> str:
         """The same context as text, as the environment rendered it (needs a tree that recorded ``rendered``)."""

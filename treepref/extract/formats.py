@@ -113,11 +113,10 @@ def _pair_row(tree: Tree, ctx: Context, p: Pair) -> dict:
     pr = ctx.prompter
     vc, vr = tree.visits[p.chosen], tree.visits[p.rejected]
     ids = _row_ids(tree, p.parent, {"chosen_ids": [p.chosen], "rejected_ids": [p.rejected]})
-    # each prefix step's ids and the observation after it: prompt_ids is the root's prompt followed by these, so a
-    # scorer with its own short prompt (train's input: question) can put the question before the same steps
-    prefix = tree.path(p.parent)
-    ids["prefix_ids"] = ([tree.token_ids[n] + tree.obs_ids[n] for n in prefix] if ids["prompt_ids"]
-                         else [[] for _ in prefix])
+    # each prefix step's ids and the observation after it (Tree.path_ids): prompt_ids is the root's prompt followed
+    # by these, so a scorer with its own short prompt (train's input: question) can put the question before them
+    prefix = tree.path_ids(p.parent)
+    ids["prefix_ids"] = prefix if ids["prompt_ids"] else [[] for _ in prefix]
     return {**_base(tree, ctx),
             "prompt": pr.prompt(tree, p.parent),
             "chosen": pr.completion(pr.action(tree, p.chosen)),

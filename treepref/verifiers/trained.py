@@ -261,7 +261,7 @@ class TrainedVerifier(_Trained):
         from treepref.extract.common import problem_of
         from treepref.tree import ROOT
 
-        steps = [tree.token_ids[n] + tree.obs_ids[n] for n in tree.path(node)]
+        steps = tree.path_ids(node)
         return _sigmoid(self.score_ids([self.sequence(tree.token_ids[ROOT], steps, problem_of(tree).question)])[0])
 
     def prefix_ids(self, problem: Problem, steps: Sequence[str]) -> list[list[int]]:
