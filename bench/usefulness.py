@@ -17,7 +17,8 @@ the same generated tokens? Tree-PLV's claim, and step-DPO's, on built-in arithme
    their classes alike (``loss.pos_weight: balanced``).
 3. Held out, per seed (``--heldout-problems``, seed ``--heldout-seed`` + i, prompts disjoint from training,
    checked): ``--n`` samples a problem from the base; the pick of each verifier against majority vote, the
-   base's mean log-prob, the first sample and the oracle (any of N right); pair AUC; for the stepwise arms
+   base's mean log-prob, the first sample and the oracle (any of N right); each scorer's vote too (majority vote
+   weighted by its P(right), as Math-Shepherd combines a PRM with self-consistency); pair AUC; for the stepwise arms
    ProcessBench's first-error score against the exact oracle. The base's greedy accuracy, majority and oracle
    say how much room the setting leaves (the issue asks for greedy in 20-70% and oracle 15 points above
    majority).
@@ -284,11 +285,23 @@ def verifier_scores(samples, summaries: dict) -> tuple[dict, dict]:
     return scores, steps
 
 
+def vote_weight(name: str, score: float) -> float:
+    """A scorer's score as a vote's weight (>= 0): the stepwise arms' scores are already P(right); the pairwise
+    verifier's logit goes through the logistic; the mean log-prob becomes the geometric-mean token probability."""
+    if name == "logprob":
+        return math.exp(score)
+    if name == "verifier":
+        return 1 / (1 + math.exp(-score)) if score >= 0 else math.exp(score) / (1 + math.exp(score))
+    return max(score, 0.0)  # -inf (no steps) votes nothing
+
+
 def chosen_by(samples, scores: dict) -> dict:
     """Each method's pick of each problem (None where there is nothing to pick): the first sample, majority vote,
-    and each scorer's top solution."""
+    each scorer's top solution, and (``<scorer>_vote``) majority vote weighted by each scorer."""
     chosen = {"first": [sols[0] if sols else None for sols in samples], "majority": list(map(ev.majority, samples))}
     chosen.update({name: [ev.by_score(s, v) for s, v in zip(samples, sc)] for name, sc in scores.items()})
+    chosen.update({f"{name}_vote": [ev.weighted_majority(s, [vote_weight(name, x) for x in v])
+                                    for s, v in zip(samples, sc)] for name, sc in scores.items()})
     return chosen
 
 
@@ -402,6 +415,10 @@ LABELS = {"oracle": "oracle (any of N right)", "first": "first sample", "majorit
           "prm_consensus": "(d) PRM on the tree's consensus labels"}
 
 
+def label(name: str) -> str:
+    return f"{LABELS[name[:-5]]}, weighted vote" if name.endswith("_vote") else LABELS.get(name, name)
+
+
 def _ci(a: dict) -> str:
     return f"{a['accuracy']:.3f} [{a['ci95'][0]:.3f}, {a['ci95'][1]:.3f}] ({a['correct']}/{a['n']})"
 
@@ -437,13 +454,13 @@ def markdown(result: dict) -> str:
              "|---|---|---|---|---|---|"]
     for r in result["table"]:
         aucs = [s["pair_auc"].get(r["method"]) for s in result["per_seed"]]
-        lines.append(f"| {LABELS.get(r['method'], r['method'])} | {_ci(r)} | "
+        lines.append(f"| {label(r['method'])} | {_ci(r)} | "
                      f"{', '.join(f'{x:.3f}' for x in r['per_seed'])} | {_diff(r.get('minus_majority'))} | "
                      f"{_diff(r.get('minus_orm'))} | "
                      f"{', '.join('-' if x is None else f'{x:.3f}' for x in aucs) if any(aucs) else '-'} |")
     steps = [s.get("pick_steps") or {} for s in result["per_seed"]]
     lines += ["", "Steps in each method's pick, mean per seed (right solutions for reference): " + "; ".join(
-        f"{LABELS.get(name, name)} " + ", ".join("-" if st.get(name) is None else f"{st[name]:.2f}" for st in steps)
+        f"{label(name)} " + ", ".join("-" if st.get(name) is None else f"{st[name]:.2f}" for st in steps)
         for name in steps[0]) + "."]
     lines += ["", "## First wrong step (ProcessBench's score against the exact oracle), per seed", "",
               "At the threshold 0.5, and at the threshold that gives the best F1 on the first seed (in-sample there, "
@@ -471,10 +488,10 @@ def markdown(result: dict) -> str:
     for name, facts in trained.items():
         cells = [", ".join("-" if f.get(k) is None else f"{f[k]:.3g}" for f in facts)
                  for k in ("examples", "steps", "steps_per_s", "train_loss", "pos_weight")]
-        lines.append(f"| {LABELS.get(name, name)} | " + " | ".join(cells) + " |")
+        lines.append(f"| {label(name)} | " + " | ".join(cells) + " |")
     skipped = {name: f["skipped"] for name, facts in trained.items() for f in facts if f.get("skipped")}
     if skipped:
-        lines += [""] + [f"Skipped: {LABELS.get(name, name)}: {why}" for name, why in skipped.items()]
+        lines += [""] + [f"Skipped: {label(name)}: {why}" for name, why in skipped.items()]
     head = [s["base_greedy"] for s in result["per_seed"]]
     lines += ["", "## Room above the base", "",
               "Base greedy per seed: " + ", ".join(f"{g['correct']}/{g['n']}" for g in head) + "; majority and "

@@ -12,7 +12,7 @@ from treepref.envs.reasoning import ReasoningEnv, plain_template
 from treepref.problems import Problem
 from treepref.tokens import PLAIN
 from treepref.train.evaluate import (Solution, aggregate, by_score, evaluate, first_error_f1, majority, pair_auc,
-                                     policy_report, predicted_first_error, prm_step_scores, rerank_report,
+                                     policy_report, weighted_majority, predicted_first_error, prm_step_scores, rerank_report,
                                      sample_solutions, verifier_scores, wilson)
 
 
@@ -47,6 +47,28 @@ def test_majority_counts_equal_values_once_and_breaks_ties_by_first_stated():
     votes = [sol(None), sol(None)]
     assert majority(votes) is votes[0]
     assert majority([]) is None
+
+
+def test_weighted_majority_sums_each_answers_weight():
+    votes = [sol("9"), sol("9.0"), sol("4", True), sol(None), sol("9")]
+    # by count 9 wins 3 to 1; by weight 4 has 0.9 against 9's 0.2 + 0.3 + 0.3 = 0.8 (the answerless 5.0 does not vote)
+    assert majority(votes) is votes[0]
+    assert weighted_majority(votes, [0.2, 0.3, 0.9, 5.0, 0.3]) is votes[2]
+    # 9 outweighs (0.2 + 0.35 + 0.3 = 0.85): its heaviest solution is returned, the earliest of equal weights
+    assert weighted_majority(votes, [0.2, 0.35, 0.8, 0.0, 0.3]) is votes[1]
+    assert weighted_majority(votes, [0.3, 0.3, 0.8, 0.0, 0.3]) is votes[0]
+    # equal weights are majority; a tie of totals goes to the answer stated first; nan counts 0
+    assert weighted_majority(votes, [1.0] * 5) is majority(votes)
+    assert weighted_majority(votes[1:3], [0.5, 0.5]) is votes[1]
+    assert weighted_majority(votes[:3], [float("nan"), 0.1, 0.2]) is votes[2]
+    # no answers: the heaviest solution; nothing: None
+    none = [sol(None), sol(None)]
+    assert weighted_majority(none, [0.1, 0.4]) is none[1]
+    assert weighted_majority([], []) is None
+    with pytest.raises(ValueError, match=">= 0"):
+        weighted_majority(votes[:2], [0.1, -0.2])
+    with pytest.raises(ValueError, match="2 solutions but 1 weights"):
+        weighted_majority(votes[:2], [0.1])
 
 
 def test_by_score_picks_the_highest_earliest_on_ties_and_nan_lowest():

@@ -138,6 +138,22 @@ def _same_answer(a: str, b: str) -> bool:
     return answers_match(a, b)
 
 
+def _answer_groups(solutions: Sequence[Solution]) -> list[list[int]]:
+    """The indices of the solutions that state an answer, grouped by it (equal values are one answer: "12" =
+    "12.0"), groups in order of their answer's first appearance and each in sample order."""
+    groups: list[list[int]] = []
+    for i, s in enumerate(solutions):
+        if s.answer is None:
+            continue
+        for g in groups:
+            if _same_answer(s.answer, solutions[g[0]].answer):
+                g.append(i)
+                break
+        else:
+            groups.append([i])
+    return groups
+
+
 def majority(solutions: Sequence[Solution]) -> Solution | None:
     """Majority vote over the answers the solutions state (equal values are one answer: "12" = "12.0").
 
@@ -145,20 +161,32 @@ def majority(solutions: Sequence[Solution]) -> Solution | None:
     first in sample order wins (samples are exchangeable, so this is a fair coin that is reproducible), and
     the first solution stating it is returned. No answer at all: the first solution (None if there is none).
     """
-    groups: list[list[Solution]] = []
-    for s in solutions:
-        if s.answer is None:
-            continue
-        for g in groups:
-            if _same_answer(s.answer, g[0].answer):
-                g.append(s)
-                break
-        else:
-            groups.append([s])
+    groups = _answer_groups(solutions)
     if not groups:
         return solutions[0] if solutions else None
     best = max(len(g) for g in groups)
-    return next(g[0] for g in groups if len(g) == best)  # groups are in order of first appearance
+    return solutions[next(g[0] for g in groups if len(g) == best)]  # groups are in order of first appearance
+
+
+def weighted_majority(solutions: Sequence[Solution], weights: Sequence[float]) -> Solution | None:
+    """Majority vote where each solution's vote counts its weight (a verifier's P(right), say): the answer with the
+    most weight wins, and its highest-weighted solution is returned. This is how Math-Shepherd and "Let's Verify
+    Step by Step" combine a verifier with self-consistency; with equal weights it is :func:`majority`.
+
+    Weights must be >= 0 (nan counts 0). Ties go as in :func:`majority` (to the answer stated first, and within
+    it to the earliest sample). No answer at all: the highest-weighted solution.
+    """
+    if len(solutions) != len(weights):
+        raise ValueError(f"{len(solutions)} solutions but {len(weights)} weights")
+    weights = [0.0 if w is None or math.isnan(w) else float(w) for w in weights]
+    if any(w < 0 for w in weights):
+        raise ValueError(f"weights must be >= 0, got {min(weights)}")
+    groups = _answer_groups(solutions)
+    if not groups:
+        return by_score(solutions, weights) if solutions else None
+    totals = [math.fsum(weights[i] for i in g) for g in groups]
+    group = groups[totals.index(max(totals))]  # index() finds the first of equal totals
+    return solutions[max(group, key=lambda i: (weights[i], -i))]
 
 
 def by_score(solutions: Sequence[Solution], scores: Sequence[float]) -> Solution | None:
