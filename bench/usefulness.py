@@ -285,23 +285,15 @@ def verifier_scores(samples, summaries: dict) -> tuple[dict, dict]:
     return scores, steps
 
 
-def vote_weight(name: str, score: float) -> float:
-    """A scorer's score as a vote's weight (>= 0): the stepwise arms' scores are already P(right); the pairwise
-    verifier's logit goes through the logistic; the mean log-prob becomes the geometric-mean token probability."""
-    if name == "logprob":
-        return math.exp(score)
-    if name == "verifier":
-        return 1 / (1 + math.exp(-score)) if score >= 0 else math.exp(score) / (1 + math.exp(score))
-    return max(score, 0.0)  # -inf (no steps) votes nothing
-
-
 def chosen_by(samples, scores: dict) -> dict:
     """Each method's pick of each problem (None where there is nothing to pick): the first sample, majority vote,
     each scorer's top solution, and (``<scorer>_vote``) majority vote weighted by each scorer."""
     chosen = {"first": [sols[0] if sols else None for sols in samples], "majority": list(map(ev.majority, samples))}
     chosen.update({name: [ev.by_score(s, v) for s, v in zip(samples, sc)] for name, sc in scores.items()})
-    chosen.update({f"{name}_vote": [ev.weighted_majority(s, [vote_weight(name, x) for x in v])
-                                    for s, v in zip(samples, sc)] for name, sc in scores.items()})
+    kinds = {"logprob": "logprob", "verifier": "logit"}  # the stepwise arms' scores are P(right)
+    chosen.update({f"{name}_vote": list(map(ev.weighted_majority, samples,
+                                            ev.vote_weights(kinds.get(name, "probability"), sc)))
+                   for name, sc in scores.items()})
     return chosen
 
 

@@ -12,7 +12,7 @@ from treepref.envs.reasoning import ReasoningEnv, plain_template
 from treepref.problems import Problem
 from treepref.tokens import PLAIN
 from treepref.train.evaluate import (Solution, aggregate, by_score, evaluate, first_error_f1, majority, pair_auc,
-                                     policy_report, weighted_majority, predicted_first_error, prm_step_scores, rerank_report,
+                                     policy_report, vote_weights, weighted_majority, predicted_first_error, prm_step_scores, rerank_report,
                                      sample_solutions, verifier_scores, wilson)
 
 
@@ -99,6 +99,20 @@ def test_rerank_report_by_hand():
     assert pair_auc(sols, scores["s"]) == 0.5
     with pytest.raises(ValueError, match="3 problems but 2"):
         rerank_report(problems, sols[:2])
+    # a weighted vote: a's "1" (1.0) outweighs "9" (0.0 + 0.5); b's "2" (0.5 + 0.5) outweighs "5" (0.9), which
+    # by_score would pick; c has nothing right
+    r = rerank_report(problems, sols, scores, votes={"w": [[0.0, 1.0, 0.5], [0.5, 0.5, 0.9], [1.0, 1.0, 1.0]]})
+    assert r["w_vote"]["correct"] == 2 and "pair_auc" not in r["w_vote"]
+    with pytest.raises(ValueError, match="votes 'w': 1 rows for 3 problems"):
+        rerank_report(problems, sols, votes={"w": [[1.0, 1.0, 1.0]]})
+
+
+def test_vote_weights_by_kind_of_score():
+    assert vote_weights("logit", [[0.0, math.log(3), -math.inf, -800.0]]) == [[0.5, pytest.approx(0.75), 0.0, 0.0]]
+    assert vote_weights("logprob", [[math.log(0.25), -math.inf]]) == [[pytest.approx(0.25), 0.0]]
+    assert vote_weights("probability", [[0.7, -math.inf]]) == [[0.7, 0.0]]
+    with pytest.raises(ValueError, match="use probability, logit or logprob"):
+        vote_weights("advantage", [[0.1]])
 
 
 def test_policy_report_greedy_and_samples():
@@ -192,8 +206,10 @@ def test_evaluate_on_a_given_policy_reports_greedy_and_reranking():
     r = asyncio.run(evaluate(None, problems=problems, n=4, policy=policy, env=env))
     assert r["policy"]["greedy"]["correct"] == 2  # temperature 0 on the script: candidate 0, right
     assert r["policy"]["samples"]["correct"] == 4 and r["policy"]["samples"]["n"] == 8
-    assert set(r["rerank"]) == {"first", "oracle", "mean_sample", "majority", "logprob"}
+    assert set(r["rerank"]) == {"first", "oracle", "mean_sample", "majority", "logprob", "logprob_vote"}
     assert r["rerank"]["majority"]["correct"] == 2  # 2-2 ties: "2" was stated first
+    # the right samples' mean log-prob is -0.5, the wrong ones' -1.0: "2" weighs 2 e^-0.5 against 2 e^-1
+    assert r["rerank"]["logprob_vote"]["correct"] == 2
     assert r["generated_tokens"] > 0
 
 

@@ -410,3 +410,44 @@ def test_concurrent_prm_evaluations_are_one_forward_batch(prm_dir, prm, tok):
     assert calls == [2]
     assert va == pytest.approx(prm.score_ids(tree.token_ids[ROOT], [tree.token_ids[a]])[-1], abs=1e-6)
     assert vb == pytest.approx(prm.score_ids(tree.token_ids[ROOT], [tree.token_ids[b]])[-1], abs=1e-6)
+
+
+class WholePolicy(TokPolicy):
+    """Whole solutions on SmolLM2's tokenizer, cycling through two right ones and two wrong ones."""
+
+    SOLUTIONS = ["2 + 3 = 5.\n\nThe answer is 5.", "2 + 3 = 6.\n\nThe answer is 6.", "3 + 2 = 5.\n\nThe answer is 5.",
+                 "The answer is 6."]
+
+    async def generate(self, prompts, params):
+        from treepref.backends.base import Completion
+
+        def one(text):
+            ids = tuple(self.tok.encode(text))
+            return Completion(text, ids, -1.0, "stop", None, tuple([-1.0 / len(ids)] * len(ids)))
+
+        return [[one(self.SOLUTIONS[i % 4]) for i in range(params.n)] for _ in prompts]
+
+
+def test_evaluate_reports_each_scorers_weighted_vote(verifier_dir, prm_dir, tok):
+    """``evaluate`` with a trained verifier and PRM: each gets a weighted vote beside its pick, the verifier's logits
+    through the logistic and the PRM's P(good) as they are, on the solutions it sampled."""
+    from treepref.envs.reasoning import ReasoningEnv
+    from treepref.train.evaluate import evaluate, prm_step_scores, verifier_scores, vote_weights, weighted_majority
+
+    async def exact(problem, answer):
+        return 1.0 if answer == "5" else 0.0
+
+    policy = WholePolicy(tok)
+    env = ReasoningEnv(template=policy.chat_prompt, verifier=exact, system=None, max_depth=3)
+    problems = [Problem("p", "What is 2 + 3?", "5"), Problem("q", "What is 3 + 2?", "5")]
+    r = asyncio.run(evaluate(None, problems=problems, n=4, policy=policy, env=env, verifier=str(verifier_dir),
+                             prm=str(prm_dir), greedy=False, keep_solutions=True))
+    rerank, samples = r["rerank"], r["solutions"]["samples"]
+    assert {"verifier_vote", "prm_min_vote", "prm_last_vote", "logprob_vote"} <= set(rerank)
+    assert [s.answer for s in samples[0]] == ["5", "6", "5", "6"] and rerank["oracle"]["correct"] == 2
+    logits = verifier_scores(load_trained(str(verifier_dir)), samples)
+    steps = prm_step_scores(load_trained(str(prm_dir)), samples)
+    for name, weights in {"verifier": vote_weights("logit", logits),
+                          "prm_min": [[min(v) for v in sols] for sols in steps]}.items():
+        picks = [weighted_majority(s, w) for s, w in zip(samples, weights)]
+        assert rerank[f"{name}_vote"]["correct"] == sum(p.correct for p in picks)

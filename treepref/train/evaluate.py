@@ -9,7 +9,8 @@ the env's depth/token limit), and the env's verifier says whether that answer is
 or PRM then scores ``prompt ids + solution ids``; no text is re-tokenised.
 
 * :func:`sample_solutions` - ``n`` solutions per problem from a policy, as :class:`Solution` records.
-* :func:`majority`, :func:`by_score` - pick one solution of a problem (ties: the earliest sample).
+* :func:`majority`, :func:`by_score`, :func:`weighted_majority` - pick one solution of a problem (ties: the
+  earliest sample); the last is a vote weighted by a scorer (:func:`vote_weights`).
 * :func:`rerank_report` - accuracy with a 95% Wilson interval of each way of picking, plus the oracle
   (any of N right), the first sample and the mean over samples.
 * :func:`policy_report` - held-out accuracy of a policy: greedy and/or the mean over a few samples.
@@ -286,14 +287,16 @@ def first_error_report(problems: Sequence[Problem], solutions: Sequence[Sequence
 
 
 def rerank_report(problems: Sequence[Problem], solutions: Sequence[Sequence[Solution]],
-                  scores: dict[str, Sequence[Sequence[float]]] | None = None, z: float = Z95) -> dict:
+                  scores: dict[str, Sequence[Sequence[float]]] | None = None, z: float = Z95,
+                  votes: dict[str, Sequence[Sequence[float]]] | None = None) -> dict:
     """Accuracy of each way of picking one of a problem's N solutions, with its Wilson interval.
 
     ``scores`` maps a method's name to one score per solution per problem (higher = better); each becomes
     ``by_score``. Always reported: ``majority``; for reference ``first`` (the first sample: best-of-1),
     ``oracle`` (any of N right: the ceiling of any reranker) and ``mean_sample`` (right samples over all
     samples: the expected accuracy of a random pick; its interval treats samples as independent).
-    Each scored method also gets ``pair_auc`` (see :func:`pair_auc`).
+    Each scored method also gets ``pair_auc`` (see :func:`pair_auc`). ``votes`` maps a name to one weight (>= 0)
+    per solution per problem (:func:`vote_weights`); each becomes ``<name>_vote``, :func:`weighted_majority`.
     """
     if len(problems) != len(solutions):
         raise ValueError(f"{len(problems)} problems but {len(solutions)} solution lists")
@@ -312,6 +315,11 @@ def rerank_report(problems: Sequence[Problem], solutions: Sequence[Sequence[Solu
         out[name] = accuracy(sum(bool(p and p.correct) for p in picks), n, z)
         auc = pair_auc(solutions, sc)
         out[name]["pair_auc"] = round(auc, 4) if auc is not None else None
+    for name, ws in (votes or {}).items():
+        if len(ws) != n:
+            raise ValueError(f"votes {name!r}: {len(ws)} rows for {n} problems")
+        picks = [weighted_majority(s, w) for s, w in zip(solutions, ws)]
+        out[f"{name}_vote"] = accuracy(sum(bool(p and p.correct) for p in picks), n, z)
     return out
 
 
@@ -334,6 +342,19 @@ def policy_report(greedy: Sequence[Sequence[Solution]] | None = None,
 def logprob_scores(solutions: Sequence[Sequence[Solution]]) -> list[list[float]]:
     """The sampling policy's mean token log-prob of each solution (its confidence, length-normalised)."""
     return [[s.mean_logprob for s in sols] for sols in solutions]
+
+
+def vote_weights(kind: str, scores: Sequence[Sequence[float]]) -> list[list[float]]:
+    """Scores as the weights of :func:`weighted_majority`'s votes (>= 0), by what the scores are: ``probability``
+    (a PRM's or an ORM's P(right)) as they are; ``logit`` (a pairwise verifier's) through the logistic; ``logprob``
+    (a mean token log-prob) as the geometric-mean token probability. Nothing to score (-inf) weighs 0."""
+    def logistic(x: float) -> float:
+        return 1 / (1 + math.exp(-x)) if x >= 0 else math.exp(x) / (1 + math.exp(x))
+
+    how = {"probability": lambda x: max(x, 0.0), "logit": logistic, "logprob": math.exp}.get(kind)
+    if how is None:
+        raise ValueError(f"vote weights from {kind!r} scores: use probability, logit or logprob")
+    return [[how(x) for x in sc] for sc in scores]
 
 
 def _flat(solutions):
@@ -458,10 +479,13 @@ async def evaluate(model: str | None, *, problems: Sequence[Problem], n: int = 8
                 first_errors[name] = found
         timings[scorer.method] = round(time.perf_counter() - t1, 1)
         del scorer
+    # each scorer's weighted vote (a PAV's advantages are no P(right): it gets none)
+    kinds = {"logprob": "logprob", "verifier": "logit", "prm_min": "probability", "prm_last": "probability"}
+    votes = {name: vote_weights(kinds[name], scores[name]) for name in kinds if name in scores}
     out = {"model": model, "problems": len(problems), "n": n, "temperature": temperature, "top_p": top_p,
            "seed": seed, "max_tokens": max_tokens,
            "policy": policy_report(greedy_sols, samples),
-           "rerank": rerank_report(problems, samples, scores),
+           "rerank": rerank_report(problems, samples, scores, votes=votes),
            "first_error": first_errors,
            "generated_tokens": sum(s.generated_tokens for sols in (samples + (greedy_sols or [])) for s in sols),
            "seconds": timings}
