@@ -290,10 +290,9 @@ def chosen_by(samples, scores: dict) -> dict:
     each scorer's top solution, and (``<scorer>_vote``) majority vote weighted by each scorer."""
     chosen = {"first": [sols[0] if sols else None for sols in samples], "majority": list(map(ev.majority, samples))}
     chosen.update({name: [ev.by_score(s, v) for s, v in zip(samples, sc)] for name, sc in scores.items()})
-    kinds = {"logprob": "logprob", "verifier": "logit"}  # the stepwise arms' scores are P(right)
     chosen.update({f"{name}_vote": list(map(ev.weighted_majority, samples,
-                                            ev.vote_weights(kinds.get(name, "probability"), sc)))
-                   for name, sc in scores.items()})
+                                            ev.vote_weights(ev.SCORE_KINDS.get(name, "probability"), sc)))
+                   for name, sc in scores.items()})  # the stepwise arms' scores are P(good)
     return chosen
 
 

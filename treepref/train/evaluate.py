@@ -344,6 +344,11 @@ def logprob_scores(solutions: Sequence[Sequence[Solution]]) -> list[list[float]]
     return [[s.mean_logprob for s in sols] for sols in solutions]
 
 
+# What a scorer's numbers are, for vote_weights: the policy's mean log-prob, a pairwise verifier's logit; any other
+# (a PRM's or ORM's step scores, and so their min or last) is a P(good).
+SCORE_KINDS = {"logprob": "logprob", "verifier": "logit"}
+
+
 def vote_weights(kind: str, scores: Sequence[Sequence[float]]) -> list[list[float]]:
     """Scores as the weights of :func:`weighted_majority`'s votes (>= 0), by what the scores are: ``probability``
     (a PRM's or an ORM's P(right)) as they are; ``logit`` (a pairwise verifier's) through the logistic; ``logprob``
@@ -480,8 +485,8 @@ async def evaluate(model: str | None, *, problems: Sequence[Problem], n: int = 8
         timings[scorer.method] = round(time.perf_counter() - t1, 1)
         del scorer
     # each scorer's weighted vote (a PAV's advantages are no P(right): it gets none)
-    kinds = {"logprob": "logprob", "verifier": "logit", "prm_min": "probability", "prm_last": "probability"}
-    votes = {name: vote_weights(kinds[name], scores[name]) for name in kinds if name in scores}
+    votes = {name: vote_weights(SCORE_KINDS.get(name, "probability"), sc) for name, sc in scores.items()
+             if not name.startswith("pav_")}
     out = {"model": model, "problems": len(problems), "n": n, "temperature": temperature, "top_p": top_p,
            "seed": seed, "max_tokens": max_tokens,
            "policy": policy_report(greedy_sols, samples),
