@@ -12,8 +12,8 @@ from treepref.envs.reasoning import ReasoningEnv, plain_template
 from treepref.problems import Problem
 from treepref.tokens import PLAIN
 from treepref.train.evaluate import (Solution, aggregate, by_score, evaluate, first_error_f1, majority, pair_auc,
-                                     policy_report, vote_weights, weighted_majority, predicted_first_error, prm_step_scores, rerank_report,
-                                     sample_solutions, verifier_scores, wilson)
+                                     policy_report, predicted_first_error, prm_step_scores, rerank_report,
+                                     sample_solutions, verifier_scores, vote_weights, weighted_majority, wilson)
 
 
 def sol(answer, correct=False, tokens=(1,), mean_logprob=-1.0) -> Solution:
