@@ -160,7 +160,7 @@ def test_trajectory_pairs():
                     "question": Q, "chosen_reward": 1.0, "rejected_reward": 0.0, "margin": 1.0,
                     "chosen_steps": cs, "rejected_steps": rs, "strategy": "outcome",
                     "chosen_final": True, "rejected_final": True,
-                    "prompt_ids": [], "chosen_ids": [], "rejected_ids": []}
+                    "prompt_ids": [], "chosen_ids": [], "rejected_ids": [], "prefix_ids": []}
                    for c, cs in good for r, rs in bad]
     got, _ = rows("trajectory_pairs", max_per_problem=2)
     assert len(got) == 2
@@ -382,8 +382,8 @@ def test_ranked_lists_stepwise_trajectory_id_columns():
         (["a", "a1"], [1, 2], [[11], [31, 32]]), (["a", "a2"], [1, 2], [[11], [41]]),
         (["b", "b1"], [1, 2], [[21, 22, 23], [51]]), (["b", "b2"], [1, 2], [[21, 22, 23], [61]])]
     got, _ = srows("trajectory_pairs")
-    assert [(r["chosen"], r["rejected"], *ids(r, *PAIR_IDS)) for r in got] == [
-        ("a\n\na1", "a\n\na2", [1, 2], [11, 31, 32], [11, 41])]
+    assert [(r["chosen"], r["rejected"], *ids(r, *PAIR_IDS), r["prefix_ids"]) for r in got] == [
+        ("a\n\na1", "a\n\na2", [1, 2], [11, 31, 32], [11, 41], [])]  # a pair at the root: no prefix steps
 
 
 def test_missing_ids_give_empty_columns_never_partial():

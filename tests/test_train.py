@@ -220,6 +220,33 @@ def test_a_verifier_trained_on_the_question_alone_reads_it_back_so(tok, tiny, tm
     assert verifier_scores(verifier, [[sol]]) == [[pytest.approx(want[0], abs=1e-5)]]
 
 
+def test_a_verifier_trains_on_whole_solution_pairs_read_after_the_question(tok, tiny, tmp_path):
+    """``trajectory_pairs`` (a right whole solution against a wrong one, ``prefix_ids: []``) train a pairwise
+    verifier too, the outcome-level reward model: with ``input: question`` an example is the question's short
+    prompt, then the whole solution, which is what the loaded verifier reads of a best-of-N solution."""
+    from treepref.tokens import question_ids
+    from treepref.train.evaluate import Solution, verifier_scores
+    from treepref.verifiers.trained import load_trained
+
+    q = "What is 2 + 3 * 4?"
+    policy, own = prompt_ids(tok, "Worked example: 1 + 1 = 2.\n\n" + q), question_ids(tok, q)
+    first = step_ids(tok, "3 * 4 = 12\n\n")
+    right = [first, step_ids(tok, "The answer is 14.")]
+    wrong = [step_ids(tok, "2 + 3 = 5\n\n"), step_ids(tok, "The answer is 20.")]
+    rows = [{"prompt_ids": policy, "prefix_ids": [], "question": q, "chosen_ids": right[0] + right[1],
+             "rejected_ids": wrong[0] + wrong[1], "chosen_final": True, "rejected_final": True}]
+    [ex] = Builder("verifier", "rows", tok.eos_token_id, question_ids=lambda text: question_ids(tok, text)).build(rows)
+    assert (ex.prompt, ex.chosen, ex.rejected) == (own, right[0] + right[1], wrong[0] + wrong[1])  # no EOS
+    s = run("verifier", write_jsonl(tmp_path / "pairs.jsonl", rows), tiny, tmp_path / "out", learning_rate=5e-3,
+            input="question")
+    verifier = load_trained(s["model"])
+    want = verifier.score_ids([own + right[0] + right[1], own + wrong[0] + wrong[1]])
+    assert want[0] > want[1]
+    sols = [Solution("", sum(steps, []), steps, ["", ""], -1.0, None, False, False, prompt_ids=policy, question=q)
+            for steps in (right, wrong)]
+    assert verifier_scores(verifier, [sols]) == [[pytest.approx(w, abs=1e-5) for w in want]]
+
+
 def test_balanced_pos_weight_is_the_negative_over_the_positive_label_mass(tok, tiny, tmp_path):
     """``loss.pos_weight: balanced`` on 1 positive and 3 negative steps weighs the positive term 3x; the summary
     keeps what was asked and records the number used; one class alone is a one-line error."""

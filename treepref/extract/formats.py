@@ -396,7 +396,8 @@ def trajectory_pairs(tree: Tree, ctx: Context) -> list[Item]:
                "rejected_steps": tree.steps(b),
                **_finals(tree, a, b),
                "strategy": "outcome",
-               **_row_ids(tree, ROOT, {"chosen_ids": tree.path(a), "rejected_ids": tree.path(b)})}
+               **_row_ids(tree, ROOT, {"chosen_ids": tree.path(a), "rejected_ids": tree.path(b)}),
+               "prefix_ids": []}  # a pair at the root: no prefix steps before the question (train's input: question)
         out.append(Item(row, (tree.problem_id, ta, tb), (tree.problem_id, ROOT), ra - rb, (ta, tb)))
     return out
 
@@ -507,6 +508,6 @@ FORMATS = Registry("format", {
                                                         "chosen_reward", "rejected_reward", "margin",
                                                         "chosen_steps", "rejected_steps", "chosen_final",
                                                         "rejected_final", "strategy")
-                               + _PAIR_IDS,
+                               + _PAIR_IDS + ("prefix_ids",),
                                None, ("min_margin", "min_edit", "max_per_problem")),
 })

@@ -42,7 +42,8 @@ NEEDS: dict[str, Need] = {
     "step_apo": Need(("step_apo",), ("prompt_ids", "chosen_ids", "rejected_ids", "chosen_final", "rejected_final",
                                      "q_chosen", "q_rejected")),
     "tpo": Need(("ranked_lists",), ("prompt_ids", "responses_ids", "scores", "responses_final")),
-    "verifier": Need(("step_pairs", "step_apo", "step_dpo"), ("prompt_ids", "chosen_ids", "rejected_ids")),
+    "verifier": Need(("step_pairs", "step_apo", "step_dpo", "trajectory_pairs"),
+                     ("prompt_ids", "chosen_ids", "rejected_ids")),
     "prm": Need(("stepwise",), ("prompt_ids", "completions_ids"), any_of=("labels", "soft_labels")),
     "pav": Need(("stepwise",), ("prompt_ids", "completions_ids", "advantages"), value="advantage"),
 }
