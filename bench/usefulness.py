@@ -290,9 +290,8 @@ def chosen_by(samples, scores: dict) -> dict:
     each scorer's top solution, and (``<scorer>_vote``) majority vote weighted by each scorer."""
     chosen = {"first": [sols[0] if sols else None for sols in samples], "majority": list(map(ev.majority, samples))}
     chosen.update({name: [ev.by_score(s, v) for s, v in zip(samples, sc)] for name, sc in scores.items()})
-    chosen.update({f"{name}_vote": list(map(ev.weighted_majority, samples,
-                                            ev.vote_weights(ev.SCORE_KINDS.get(name, "probability"), sc)))
-                   for name, sc in scores.items()})  # the stepwise arms' scores are P(good)
+    chosen.update({f"{name}_vote": list(map(ev.weighted_majority, samples, ws))
+                   for name, ws in ev.scorer_votes(scores).items()})
     return chosen
 
 

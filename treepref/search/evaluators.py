@@ -28,7 +28,6 @@ from __future__ import annotations
 
 import asyncio
 import functools
-import math
 from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any, Callable
@@ -37,6 +36,7 @@ from treepref.backends.base import Coalescer
 from treepref.envs.base import State
 from treepref.registry import Registry, resolve
 from treepref.tree import ROOT, Tree
+from treepref.verifiers.trained import sigmoid
 
 Evidence = list[tuple[int, float]]
 TRAINED = ("prm", "verifier", "pav")  # kinds that read a folder ``treepref train`` wrote, named by its method
@@ -316,7 +316,7 @@ def _batcher(folder: str, method: str, *options) -> Coalescer:
             elif method == "dpo_q":  # log-ratios of (context, action) rows; the caller scales by beta
                 flat = await asyncio.to_thread(scorer.log_ratios, rows)
             else:
-                flat = [1.0 / (1.0 + math.exp(-x)) for x in await asyncio.to_thread(scorer.score_ids, rows)]
+                flat = [sigmoid(x) for x in await asyncio.to_thread(scorer.score_ids, rows)]
             out, i = [], 0
             for items, _ in requests:
                 out.append(flat[i:i + len(items)])

@@ -353,13 +353,19 @@ def vote_weights(kind: str, scores: Sequence[Sequence[float]]) -> list[list[floa
     """Scores as the weights of :func:`weighted_majority`'s votes (>= 0), by what the scores are: ``probability``
     (a PRM's or an ORM's P(right)) as they are; ``logit`` (a pairwise verifier's) through the logistic; ``logprob``
     (a mean token log-prob) as the geometric-mean token probability. Nothing to score (-inf) weighs 0."""
-    def logistic(x: float) -> float:
-        return 1 / (1 + math.exp(-x)) if x >= 0 else math.exp(x) / (1 + math.exp(x))
+    from treepref.verifiers.trained import sigmoid
 
-    how = {"probability": lambda x: max(x, 0.0), "logit": logistic, "logprob": math.exp}.get(kind)
+    how = {"probability": lambda x: max(x, 0.0), "logit": sigmoid, "logprob": math.exp}.get(kind)
     if how is None:
         raise ValueError(f"vote weights from {kind!r} scores: use probability, logit or logprob")
     return [[how(x) for x in sc] for sc in scores]
+
+
+def scorer_votes(scores: dict[str, Sequence[Sequence[float]]]) -> dict[str, list[list[float]]]:
+    """Each scorer's scores as vote weights, by what its numbers are (``SCORE_KINDS``; P(good) otherwise). A PAV's
+    advantages (``pav_*``) are no P(right): it gets no vote."""
+    return {name: vote_weights(SCORE_KINDS.get(name, "probability"), sc) for name, sc in scores.items()
+            if not name.startswith("pav_")}
 
 
 def _flat(solutions):
@@ -484,13 +490,10 @@ async def evaluate(model: str | None, *, problems: Sequence[Problem], n: int = 8
                 first_errors[name] = found
         timings[scorer.method] = round(time.perf_counter() - t1, 1)
         del scorer
-    # each scorer's weighted vote (a PAV's advantages are no P(right): it gets none)
-    votes = {name: vote_weights(SCORE_KINDS.get(name, "probability"), sc) for name, sc in scores.items()
-             if not name.startswith("pav_")}
     out = {"model": model, "problems": len(problems), "n": n, "temperature": temperature, "top_p": top_p,
            "seed": seed, "max_tokens": max_tokens,
            "policy": policy_report(greedy_sols, samples),
-           "rerank": rerank_report(problems, samples, scores, votes=votes),
+           "rerank": rerank_report(problems, samples, scores, votes=scorer_votes(scores)),
            "first_error": first_errors,
            "generated_tokens": sum(s.generated_tokens for sols in (samples + (greedy_sols or [])) for s in sols),
            "seconds": timings}

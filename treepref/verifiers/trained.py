@@ -97,7 +97,8 @@ def model_folder(folder: str | Path) -> Path:
     return folder
 
 
-def _sigmoid(x: float) -> float:
+def sigmoid(x: float) -> float:
+    """A logit as a probability, without overflow at either end (math.exp overflows past 709)."""
     if x >= 0:
         return 1.0 / (1.0 + math.exp(-x))
     z = math.exp(x)
@@ -262,7 +263,7 @@ class TrainedVerifier(_Trained):
         from treepref.tree import ROOT
 
         steps = tree.path_ids(node)
-        return _sigmoid(self.score_ids([self.sequence(tree.token_ids[ROOT], steps, problem_of(tree).question)])[0])
+        return sigmoid(self.score_ids([self.sequence(tree.token_ids[ROOT], steps, problem_of(tree).question)])[0])
 
     def prefix_ids(self, problem: Problem, steps: Sequence[str]) -> list[list[int]]:
         """The ids of every prefix path of ``steps`` (re-encoded text), shortest first."""
@@ -276,7 +277,7 @@ class TrainedVerifier(_Trained):
         rows = [self.prefix_ids(p, s) if s else [] for p, s in zip(problems, steps)]
         flat = [seq for row in rows for seq in row]
         logits = iter(self.score_ids(flat))
-        return [[_sigmoid(next(logits)) for _ in row] for row in rows]
+        return [[sigmoid(next(logits)) for _ in row] for row in rows]
 
 
 class _Stepwise(_Trained):
